@@ -1,0 +1,96 @@
+"""Choose KVM or TCG. Opening /dev/kvm proves nothing here (guests die with a KVM emulation
+failure during kernel decompression), so 'auto' boots a probe guest under KVM and only uses KVM
+if the probe prints its marker. The verdict is cached per host kernel, QEMU and guest kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from lab.errors import UsageError
+from lab.paths import cache_dir
+from lab.progress import info
+from lab.topology.argv import Accel
+
+PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
+MARKER = "LAB-PROBE-OK"
+
+
+def kvm_openable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def probe_kvm(qemu: str, kernel: Path, initrd: Path, cpu: str) -> tuple[bool, str]:
+    """Boot the lab's initramfs in probe mode under KVM: (works, why)."""
+    with tempfile.TemporaryDirectory(prefix="lab-kvm-probe-") as tmp:
+        console = Path(tmp) / "console.log"
+        argv = [
+            qemu, "-machine", "q35", "-accel", "kvm", "-cpu", cpu, "-m", "512M", "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", f"file:{console}", "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 rdinit=/init lab.probe quiet",
+        ]
+        errlog = Path(tmp) / "stderr.log"
+        started = time.monotonic()
+        with open(errlog, "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+        why = f"no answer within {PROBE_TIMEOUT:.0f} s"
+        try:
+            # A broken KVM does not always exit: on an internal error QEMU pauses the guest and waits.
+            while time.monotonic() - started < PROBE_TIMEOUT:
+                if console.exists() and MARKER in console.read_text(errors="replace"):
+                    return True, f"probe guest booted under KVM in {time.monotonic() - started:.1f} s"
+                errors = errlog.read_text(errors="replace")
+                if "internal error" in errors.lower() or "failed to" in errors or proc.poll() is not None:
+                    first = next((l for l in errors.splitlines() if l.strip()), f"QEMU exited {proc.poll()}")
+                    why = first.strip()[:160]
+                    break
+                time.sleep(0.1)
+        finally:
+            proc.kill()
+            proc.wait()
+        return False, why
+
+
+def choose(requested: str, qemu: str, qemu_version: str, kernel: Path, kernel_sha: str, initrd: Path) -> tuple[Accel, str]:
+    """(accelerator, reason). requested is auto, kvm or tcg."""
+    if requested == "tcg":
+        return Accel("tcg"), "forced with --accel tcg"
+    if requested not in ("auto", "kvm"):
+        raise UsageError(f"--accel must be auto, kvm or tcg (got {requested!r})")
+    if not kvm_openable():
+        if requested == "kvm":
+            raise UsageError("--accel kvm: /dev/kvm cannot be opened")
+        return Accel("tcg"), "TCG: /dev/kvm cannot be opened"
+    # KVM breakage is a property of the host and QEMU, not of the guest kernel.
+    key = hashlib.sha256(f"{platform.release()}|{qemu_version}".encode()).hexdigest()[:16]
+    cache = cache_dir() / "accel" / f"{key}.json"
+    if cache.exists():
+        verdict = json.loads(cache.read_text())
+    else:
+        info("testing whether KVM can really run a guest here (boots a probe guest once)")
+        verdict = {"kvm": False, "cpu": None, "reasons": []}
+        for cpu in ("host", "max"):
+            ok, why = probe_kvm(qemu, kernel, initrd, cpu)
+            verdict["reasons"].append(f"-cpu {cpu}: {why}")
+            if ok:
+                verdict.update(kvm=True, cpu=cpu)
+                break
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(verdict))
+    if verdict["kvm"]:
+        return Accel("kvm", verdict["cpu"]), f"KVM ({verdict['reasons'][-1]})"
+    if requested == "kvm":
+        raise UsageError(f"--accel kvm: KVM cannot run guests here ({'; '.join(verdict['reasons'])})")
+    return Accel("tcg"), f"TCG: KVM probe failed ({'; '.join(verdict['reasons'])})"

@@ -1,0 +1,87 @@
+"""`lab bench boot`: time from launch to the first guest command through the lab, against bare QEMU
+started with the same argv, so the lab's own overhead is a measured figure."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+
+from lab.images import create_overlay
+from lab.lab import Lab
+from lab.machine import READY_MARKER
+from lab.rundir import RunDir
+from lab.sshkeys import ensure_key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: Path) -> float:
+    """Same argv, no lab: a fixed forwarded port, poll the console, connect with paramiko, run true."""
+    overlay.unlink(missing_ok=True)
+    create_overlay(base, overlay)
+    port = _free_port()
+    argv = [a.replace("hostfwd=tcp:127.0.0.1:0-:22", f"hostfwd=tcp:127.0.0.1:{port}-:22") for a in argv]
+    console.write_text("")
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while READY_MARKER not in console.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() - started > 240:
+                raise RuntimeError("bare QEMU did not boot")
+            time.sleep(0.05)
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect("127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False, timeout=10)
+        _, out, _ = client.exec_command("true")
+        out.channel.recv_exit_status()
+        elapsed = time.monotonic() - started
+        client.close()
+        return elapsed
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def bench_boot(template: Lab, runs: int = 3) -> int:
+    lab_times, bare_times = [], []
+    key, _ = ensure_key()
+    run = RunDir.create("bench", "boot")
+    for i in range(runs):
+        lab = Lab(template.rendered, kernel_ref=template.kernel_ref, accel=template.accel, run=run)
+        started = time.monotonic()
+        with lab:
+            name = next(iter(lab.machines))
+            lab.guest(name).run("true", check=True)
+            lab_times.append(time.monotonic() - started - 0.0)
+            launch_to_cmd = time.monotonic() - lab.machines[name].launched_at
+            argv = lab.machines[name].argv
+            overlay = Path(next(a for a in argv if "root.qcow2" in a).split("file=")[1].split(",")[0])
+            base = lab.images[lab.rendered.topology.machines[name].image].path
+        # Runtime dir is gone after the lab stopped: give the bare run its own copy of the paths.
+        bare_dir = run.path / "bare"
+        bare_dir.mkdir(exist_ok=True)
+        bare_argv = [a.replace(str(overlay.parent), str(bare_dir)) for a in argv]
+        for a in bare_argv:
+            if ".img," in a and "nvme" in a:
+                img = Path(a.split("file=")[1].split(",")[0])
+                with open(img, "wb") as f:
+                    f.truncate(1 << 30)
+        console = bare_dir / "console.log"
+        bare_argv = [f"file,id=console,path={console}" if a.startswith("file,id=console") else a for a in bare_argv]
+        bare_argv = [a.replace(str(lab.machines[name].qmp_socket), str(bare_dir / "qmp.sock")) for a in bare_argv]
+        bare_times.append(_bare_boot(bare_argv, bare_dir / "root.qcow2", base, console, key))
+        print(f"run {i + 1}: lab {lab_times[-1]:.1f} s (launch to first command {launch_to_cmd:.1f} s), bare QEMU {bare_times[-1]:.1f} s", flush=True)
+    lab_med, bare_med = statistics.median(lab_times), statistics.median(bare_times)
+    overhead = 100.0 * (lab_med - bare_med) / bare_med
+    print(f"first guest command: lab {lab_med:.1f} s (median of {runs}), bare QEMU {bare_med:.1f} s; lab overhead {overhead:+.1f} %")
+    run.finish("done", bench={"lab_seconds": lab_times, "bare_seconds": bare_times, "overhead_percent": overhead})
+    return 0

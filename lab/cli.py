@@ -1,0 +1,389 @@
+"""The `lab` command. Every failure the user can act on is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from lab import __version__
+from lab.errors import LabError, UsageError
+
+
+def _params(args) -> dict:
+    from lab.topology.render import parse_params
+
+    return parse_params(args.param)
+
+
+def _add_topology_args(p: argparse.ArgumentParser, default: str | None = "nvme-pi") -> None:
+    if default:
+        p.add_argument("topology", nargs="?", default=default, help=f"topology name or template path (default: {default})")
+    else:
+        p.add_argument("topology", help="topology name or template path")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="template parameter (repeatable)")
+
+
+def _add_boot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", metavar="REF", help="debian:X.Y or a bzImage path (default: debian:7.3)")
+    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"),
+                   help="auto tests KVM by booting a probe and falls back to TCG (default: auto)")
+
+
+# -- topology ---------------------------------------------------------------------------------
+def cmd_topology_list(args) -> int:
+    from lab.topology.render import available, render, template_parameters
+
+    for name, path in available().items():
+        try:
+            desc = render(name).topology.description
+        except LabError as exc:
+            desc = f"(broken: {exc})"
+        print(f"{name:16} {desc}")
+        print(f"{'':16} parameters: {', '.join(template_parameters(path))}")
+    return 0
+
+
+def cmd_topology_show(args) -> int:
+    import yaml
+
+    from lab.topology.render import render
+
+    rendered = render(args.topology, _params(args))
+    if not args.qemu:
+        print(yaml.safe_dump(rendered.topology.model_dump(), sort_keys=False).rstrip())
+        return 0
+    import shlex
+
+    from lab.qemu_caps import probe
+    from lab.topology.argv import Accel, BootFiles, machine_argv, namespace_drive_ids
+
+    caps = probe()
+    topo = rendered.topology
+    run = Path("$RUN")
+    for name, machine in topo.machines.items():
+        links = {}
+        for nic in machine.nics:
+            peer = next(m for m, mm in topo.machines.items() if m != name and any(n.link == nic.link for n in mm.nics))
+            links[nic.link] = (run / "links" / f"{nic.link}.{name}", run / "links" / f"{nic.link}.{peer}")
+        files = BootFiles(
+            kernel=Path("$KERNEL"), initrd=Path("$INITRD"), root_overlay=run / name / "root.qcow2",
+            modules_image=Path("$MODULES"), qmp_socket=run / name / "qmp.sock", console_log=run / name / "console.log",
+            namespace_images={d: run / name / f"{d}.img" for d in namespace_drive_ids(machine)},
+            link_sockets=links, ssh_pubkey_blob="$KEY",
+        )
+        plan = machine_argv(topo, name, files, caps, Accel(args.accel_name))
+        print(f"# {name}")
+        lines: list[list[str]] = []
+        for a in plan.argv:
+            if a.startswith("-") or not lines:
+                lines.append([])
+            lines[-1].append(shlex.quote(a))
+        print(" \\\n    ".join(" ".join(l) for l in lines))
+    return 0
+
+
+# -- images and kernels -----------------------------------------------------------------------
+def cmd_image_build(args) -> int:
+    from lab.host import ensure_host
+    from lab.images import ensure_image
+
+    ensure_host()
+    image = ensure_image(args.recipe)
+    print(f"{image.path}  sha256 {image.meta['sha256'][:16]}  built {image.meta['built']} in {image.meta['build_seconds']} s")
+    return 0
+
+
+def cmd_image_list(args) -> int:
+    from lab.images import list_images
+
+    for img in list_images():
+        print(f"{img['recipe']:12} {img['recipe_key']}  {img['built']}  {img['build_seconds']:6.1f} s  {img['path']}")
+    return 0
+
+
+def cmd_kernel_fetch(args) -> int:
+    from lab.host import ensure_host
+    from lab.kernels.resolve import resolve
+
+    ensure_host()
+    for ref in args.ref:
+        k = resolve(ref)
+        print(f"{ref}: {k.release}  sha256 {k.sha256[:16]}  {k.vmlinuz.parent}")
+    return 0
+
+
+def cmd_kernel_list(args) -> int:
+    from lab.kernels.debian import list_cached
+
+    for k in list_cached():
+        print(f"{k['ref']:14} {k['release']:28} {k['sha256'][:16]}  {k['path']}")
+    return 0
+
+
+# -- machines ---------------------------------------------------------------------------------
+def _boot(args, run=None, die_with_parent=True):
+    from lab.host import ensure_host
+    from lab.lab import Lab, reap_stale_runtimes
+    from lab.topology.render import render
+
+    rendered = render(args.topology, _params(args))
+    ensure_host()
+    reap_stale_runtimes()
+    return Lab(rendered, kernel_ref=args.kernel, accel=args.accel, run=run, die_with_parent=die_with_parent)
+
+
+def cmd_inspect(args) -> int:
+    """Boot a topology, print what each guest sees of its hardware, shut down."""
+    from lab import inspect
+    from lab.rundir import RunDir
+
+    lab = _boot(args)
+    lab.run = RunDir.create("inspect", lab.rendered.name)
+    status = "error"
+    try:
+        with lab:
+            facts = {}
+            for name in lab.machines:
+                facts[name] = inspect.gather(lab.guest(name))
+                print(inspect.summary(name, facts[name]))
+            for name, machine in lab.rendered.topology.machines.items():
+                for nic in machine.nics:
+                    peer = next(n for m, mm in lab.rendered.topology.machines.items() if m != name
+                                for n in mm.nics if n.link == nic.link)
+                    ok = inspect.ping(lab.guest(name), peer.address)
+                    facts[name].setdefault("pings", {})[nic.link] = ok
+                    print(f"{name}: ping over {nic.link} to {peer.address.split('/')[0]}: {'ok' if ok else 'FAILED'}")
+            lab.run.write("inspect.json", json.dumps(facts, indent=2))
+            status = "done"
+    finally:
+        lab.run.finish(status)
+        print(f"results: {lab.run.path}", file=sys.stderr)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from lab.lab import boot_summary, wait_forever
+
+    lab = _boot(args, die_with_parent=not args.detach)
+    lab.start() if args.detach else lab.__enter__()
+    print(boot_summary(lab))
+    if args.detach:
+        lab.run.update(status="up")
+        print(f"detached; stop with: lab down {lab.run.id}")
+        return 0
+    print("guests are up; 'lab ssh MACHINE' in another terminal; Ctrl-C or 'lab down' stops them", flush=True)
+    try:
+        wait_forever()
+    finally:
+        lab.__exit__(None, None, None)
+        lab.run.finish("down")
+    return 0
+
+
+def _live_state(which: str | None) -> tuple[Path, dict]:
+    from lab.lab import _pid_alive
+    from lab.paths import runtime_root
+
+    states = []
+    for f in sorted(runtime_root().glob("*/state.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            state = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if any(_pid_alive(m.get("pid")) for m in state.get("machines", {}).values()):
+            states.append((f.parent, state))
+    if which:
+        states = [(d, s) for d, s in states if which in d.name or which in (s.get("run") or "")]
+    if not states:
+        raise UsageError("no running lab" + (f" matching {which!r}" if which else "") + "; start one with 'lab up'")
+    return states[-1]
+
+
+def cmd_ssh(args) -> int:
+    _, state = _live_state(args.lab)
+    machines = state["machines"]
+    name = args.machine or next(iter(machines))
+    if name not in machines:
+        raise UsageError(f"no machine {name!r} in this lab; machines: {', '.join(machines)}")
+    from lab.ssh import Guest
+
+    guest = Guest(name, machines[name]["ssh_port"], Path(state["key_file"]))
+    remote = [a for a in args.remote if a != "--"] if args.remote else []
+    if remote:
+        res = guest.run(" ".join(remote), timeout=args.timeout)
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        return res.exit_code
+    argv = guest.ssh_argv()
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_qmp(args) -> int:
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    _, state = _live_state(args.lab)
+    machines = state["machines"]
+    if args.machine not in machines:
+        raise UsageError(f"no machine {args.machine!r} in this lab; machines: {', '.join(machines)}")
+    try:
+        arguments = json.loads(args.arguments) if args.arguments else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"QMP arguments must be a JSON object: {exc}") from None
+    qmp = QEMUMonitorProtocol(machines[args.machine]["qmp"])
+    try:
+        qmp.connect()
+        # A 'lab up' in another process holds the monitor; QEMU accepts one client per socket.
+        reply = qmp.cmd_raw(args.command, arguments) if hasattr(qmp, "cmd_raw") else qmp.cmd_obj({"execute": args.command, "arguments": arguments})
+    except OSError as exc:
+        raise LabError(f"cannot talk to QMP of {args.machine}: {exc}") from None
+    finally:
+        qmp.close()
+    print(json.dumps(reply, indent=2))
+    return 0 if "error" not in reply else 1
+
+
+def cmd_down(args) -> int:
+    import signal as sig
+
+    from lab.lab import _is_qemu, _pid_alive
+
+    directory, state = _live_state(args.lab)
+    owner = state.get("owner_pid")
+    if owner and _pid_alive(owner) and owner != os.getpid():
+        os.kill(owner, sig.SIGTERM)  # the owning 'lab up' shuts its guests down cleanly
+        for _ in range(150):
+            if not _pid_alive(owner):
+                break
+            time.sleep(0.1)
+    for m in state["machines"].values():
+        pid = m.get("pid")
+        if pid and _pid_alive(pid) and _is_qemu(pid):
+            os.kill(pid, sig.SIGKILL)
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+    print(f"stopped {', '.join(state['machines'])}")
+    return 0
+
+
+def cmd_setup(args) -> int:
+    from lab.host import HOST_PACKAGES, install, missing_packages
+
+    missing = missing_packages()
+    for pkg, why in HOST_PACKAGES.items():
+        print(f"{'missing  ' if pkg in missing else 'installed'} {pkg:24} {why}")
+    if args.check:
+        return 1 if missing else 0
+    install(missing)
+    return 0
+
+
+def cmd_bench_boot(args) -> int:
+    from lab.bench import bench_boot
+
+    lab = _boot(args)
+    return bench_boot(lab, runs=args.runs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab", description="QEMU-based virtual hardware lab for P2PDMA and T10 PI kernel work")
+    parser.add_argument("--version", action="version", version=f"lab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("setup", help="install the host packages the lab needs (apt-get, as root)")
+    p.add_argument("--check", action="store_true", help="only report; exit 1 if something is missing")
+    p.set_defaults(func=cmd_setup)
+
+    top = sub.add_parser("topology", help="list, render and check topologies").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = top.add_parser("list", help="shipped topologies and their parameters")
+    p.set_defaults(func=cmd_topology_list)
+    p = top.add_parser("show", help="the validated model, or with --qemu the exact argv of each machine")
+    _add_topology_args(p, default=None)
+    p.add_argument("--qemu", action="store_true", help="print QEMU argv instead of the model")
+    p.add_argument("--accel-name", default="tcg", choices=("tcg", "kvm"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_topology_show)
+
+    img = sub.add_parser("image", help="guest root file system images").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = img.add_parser("build", help="build (or find in the cache) the base image of a recipe")
+    p.add_argument("recipe", nargs="?", default="lab-trixie")
+    p.set_defaults(func=cmd_image_build)
+    p = img.add_parser("list", help="cached base images")
+    p.set_defaults(func=cmd_image_list)
+
+    ker = sub.add_parser("kernel", help="kernels").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = ker.add_parser("fetch", help="fetch packaged kernels into the cache (debian:6.12, debian:7.3, ...)")
+    p.add_argument("ref", nargs="+")
+    p.set_defaults(func=cmd_kernel_fetch)
+    p = ker.add_parser("list", help="cached kernels")
+    p.set_defaults(func=cmd_kernel_list)
+
+    p = sub.add_parser("inspect", help="boot a topology, print what the guests see of their hardware, shut down")
+    _add_topology_args(p)
+    _add_boot_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("up", help="boot a topology and keep it running for interactive use")
+    _add_topology_args(p)
+    _add_boot_args(p)
+    p.add_argument("--detach", action="store_true", help="return once booted; guests run until 'lab down'")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("ssh", help="a shell (or one command) on a machine of a running lab")
+    p.add_argument("machine", nargs="?")
+    p.add_argument("remote", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    p.add_argument("--lab", help="run id (or part of it) when several labs are up")
+    p.add_argument("--timeout", type=float, default=600)
+    p.set_defaults(func=cmd_ssh)
+
+    p = sub.add_parser("qmp", help="send a QMP command to a machine of a running lab")
+    p.add_argument("machine")
+    p.add_argument("command", help="e.g. query-status, query-pci")
+    p.add_argument("arguments", nargs="?", help="JSON object of arguments")
+    p.add_argument("--lab")
+    p.set_defaults(func=cmd_qmp)
+
+    p = sub.add_parser("down", help="stop a running lab")
+    p.add_argument("lab", nargs="?", help="run id (or part of it); default: the newest")
+    p.set_defaults(func=cmd_down)
+
+    bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = bench.add_parser("boot", help="time to the first guest command, and the lab's overhead over bare QEMU")
+    _add_topology_args(p)
+    _add_boot_args(p)
+    p.add_argument("--runs", type=int, default=3)
+    p.set_defaults(func=cmd_bench_boot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.CRITICAL)
+    if not args.verbose:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    from lab.lab import Terminated, install_signal_handlers
+
+    install_signal_handlers()
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lab ... | head` ends quietly
+    try:
+        return args.func(args)
+    except LabError as exc:
+        if args.verbose:
+            raise
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("lab: interrupted; guests stopped, results kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("lab: terminated; guests stopped, results kept", file=sys.stderr)
+        return 143

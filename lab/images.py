@@ -1,0 +1,163 @@
+"""Guest root file systems: built once per recipe hash into a read-only base image, used through
+per-run copy-on-write overlays so the base is never written to."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError, UsageError
+from lab.paths import cache_dir, images_dir
+from lab.progress import run_logged, step
+from lab.topology.model import parse_size
+
+
+# Bumped when the way an image is made changes (file system options), so old images are not reused.
+BUILD_FORMAT = "ext4-nojournal-1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    directory: Path
+    suite: str
+    mirror: str
+    variant: str
+    size: int
+    packages: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """Hash of every file in the recipe directory: the image's identity."""
+        digest = hashlib.sha256(BUILD_FORMAT.encode())
+        for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(self.directory)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Image:
+    recipe: Recipe
+    path: Path
+    meta: dict
+
+    @property
+    def key(self) -> str:
+        return self.recipe.key
+
+
+def load_recipe(name: str) -> Recipe:
+    directory = images_dir() / name
+    if not (directory / "recipe.toml").is_file():
+        known = sorted(p.name for p in images_dir().iterdir() if (p / "recipe.toml").is_file())
+        raise UsageError(f"unknown image recipe {name!r}; recipes in images/: {', '.join(known)}")
+    data = tomllib.loads((directory / "recipe.toml").read_text())
+    packages = tuple(
+        line.split("#", 1)[0].strip()
+        for line in (directory / "packages.txt").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    )
+    return Recipe(name, directory, data["suite"], data["mirror"], data.get("variant", "apt"), parse_size(data["size"]), packages)
+
+
+def image_path(recipe: Recipe) -> Path:
+    return cache_dir() / "images" / f"{recipe.name}-{recipe.key}.img"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_image(name: str) -> Image:
+    """The base image for a recipe, built if the cache lacks it. Concurrent labs wait on a lock."""
+    recipe = load_recipe(name)
+    path = image_path(recipe)
+    meta_path = path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path.exists() and meta_path.exists()):
+            _build(recipe, path, meta_path)
+    return Image(recipe, path, json.loads(meta_path.read_text()))
+
+
+def _build(recipe: Recipe, path: Path, meta_path: Path) -> None:
+    for tool in ("mmdebstrap", "mkfs.ext4"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists() and not Path(f"/sbin/{tool}").exists():
+            raise LabError(f"{tool} is not installed; run 'lab setup' to install the host packages")
+    log = path.with_suffix(".log")
+    log.write_text("")
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix=f"build-{recipe.name}-", dir=path.parent))
+    try:
+        rootdir = workdir / "root"
+        tmp_image = workdir / "image.raw"
+        with step(f"building image {recipe.name} ({recipe.suite}, {len(recipe.packages)} packages; log {log})") as st:
+            run_logged(
+                [
+                    "mmdebstrap",
+                    f"--variant={recipe.variant}",
+                    f"--include={','.join(recipe.packages)}",
+                    f"--customize-hook={recipe.directory / 'customize.sh'} \"$1\"",
+                    recipe.suite,
+                    str(rootdir),
+                    recipe.mirror,
+                ],
+                log, st, what="mmdebstrap",
+            )
+            st.update("mkfs.ext4 -d")
+            with open(tmp_image, "wb") as f:
+                f.truncate(recipe.size)
+            run_logged(
+                # No journal: the root is a throw-away overlay, and replaying a journal costs a second under TCG.
+                ["mkfs.ext4", "-q", "-F", "-L", "labroot", "-O", "^has_journal", "-E", "root_owner=0:0", "-d", str(rootdir), str(tmp_image)],
+                log, st, what="mkfs.ext4",
+            )
+            st.update("hashing the image")
+            sha = file_sha256(tmp_image)
+        os.chmod(tmp_image, 0o444)
+        os.replace(tmp_image, path)
+        meta = {
+            "recipe": recipe.name,
+            "recipe_key": recipe.key,
+            "suite": recipe.suite,
+            "packages": list(recipe.packages),
+            "sha256": sha,
+            "size": recipe.size,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.time() - started, 1),
+        }
+        meta_path.write_text(json.dumps(meta, indent=2))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def create_overlay(base: Path, overlay: Path) -> None:
+    """A qcow2 overlay whose backing file is the read-only base: all guest writes land here."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(overlay)],
+        check=True, capture_output=True, text=True,
+    )
+
+
+def list_images() -> list[dict]:
+    out = []
+    for meta in sorted((cache_dir() / "images").glob("*.json")):
+        data = json.loads(meta.read_text())
+        data["path"] = str(meta.with_suffix(".img"))
+        out.append(data)
+    return out

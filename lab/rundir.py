@@ -1,0 +1,86 @@
+"""A run's results directory: written as the run goes, so a crash or Ctrl-C keeps what was gathered."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lab import __version__
+from lab.paths import PROJECT_ROOT, results_dir
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return res.stdout.strip() + ("-dirty" if dirty else "") if res.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.manifest_path = path / "manifest.json"
+
+    @classmethod
+    def create(cls, kind: str, label: str) -> "RunDir":
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{label}-{secrets.token_hex(2)}"
+        path = results_dir() / run_id
+        path.mkdir(parents=True)
+        run = cls(path)
+        run.write_manifest({
+            "id": run_id, "kind": kind, "label": label, "status": "running",
+            "lab": {"version": __version__, "commit": _git_commit()},
+            "host": {"hostname": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count()},
+            "started": now(),
+        })
+        return run
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self.manifest_path)
+
+    def update(self, **fields: Any) -> None:
+        data = self.manifest()
+        data.update(fields)
+        self.write_manifest(data)
+
+    def machine_dir(self, name: str) -> Path:
+        d = self.path / "machines" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def write(self, relative: str, content: str | bytes) -> Path:
+        target = self.path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        return target
+
+    def finish(self, status: str, **fields: Any) -> None:
+        self.update(status=status, finished=now(), **fields)

@@ -1,0 +1,130 @@
+"""SSH to a guest through fabric, with a timeout on every call."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+from lab.errors import LabError
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class GuestCommandError(LabError):
+    pass
+
+
+class Guest:
+    """One guest's SSH endpoint on 127.0.0.1, key-only, root."""
+
+    def __init__(self, name: str, port: int, key_file: Path) -> None:
+        self.name = name
+        self.port = port
+        self.key_file = key_file
+        self._conn: Connection | None = None
+
+    def _connection(self, connect_timeout: float = 10.0) -> Connection:
+        if self._conn is None or not self._conn.is_connected:
+            conn = Connection(
+                host="127.0.0.1",
+                port=self.port,
+                user="root",
+                config=Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}}),
+                connect_timeout=connect_timeout,
+                connect_kwargs={
+                    "key_filename": str(self.key_file),
+                    "look_for_keys": False,
+                    "allow_agent": False,
+                    "banner_timeout": connect_timeout,
+                    "auth_timeout": connect_timeout,
+                },
+            )
+            # Guests are throw-away and their ports change every run: check their host key against
+            # nothing rather than against the user's known_hosts, where a stale entry would refuse.
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            conn.client = client
+            conn.open()
+            self._conn = conn
+        return self._conn
+
+    def try_connect(self, timeout: float) -> bool:
+        try:
+            self._connection(timeout)
+            return True
+        except (OSError, paramiko.SSHException, EOFError):
+            self.close()
+            return False
+
+    def run(self, command: str, timeout: float = DEFAULT_TIMEOUT, check: bool = False) -> Result:
+        try:
+            res = self._connection().run(command, hide=True, warn=True, timeout=timeout)
+        except CommandTimedOut:
+            raise GuestCommandError(f"{self.name}: command timed out after {timeout:.0f} s: {command[:120]}") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise GuestCommandError(f"{self.name}: SSH failed ({exc.__class__.__name__}: {exc}) running: {command[:120]}") from None
+        result = Result(command, res.exited, res.stdout, res.stderr)
+        if check and not result.ok:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise GuestCommandError(f"{self.name}: '{command[:120]}' exited {result.exit_code}: {' | '.join(detail)}")
+        return result
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            self._connection().put(str(local), remote)
+        except (OSError, paramiko.SSHException) as exc:
+            raise GuestCommandError(f"{self.name}: copying {local} to {remote} failed: {exc}") from None
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            self._connection().get(remote, str(local))
+        except (OSError, paramiko.SSHException) as exc:
+            raise GuestCommandError(f"{self.name}: copying {remote} to {local} failed: {exc}") from None
+
+    def fire_and_forget(self, command: str) -> None:
+        """Start a command without waiting (poweroff: the connection dies with the guest)."""
+        try:
+            transport = self._connection(5).client.get_transport()
+            if transport:
+                channel = transport.open_session(timeout=5)
+                channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def ssh_argv(self) -> list[str]:
+        """An OpenSSH command line for interactive use."""
+        return [
+            "ssh", "-i", str(self.key_file), "-p", str(self.port),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "root@127.0.0.1",
+        ]
+
+
+def quote(value: str) -> str:
+    return shlex.quote(value)

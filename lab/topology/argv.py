@@ -1,0 +1,195 @@
+"""Turn a validated machine description into the exact QEMU argv. Pure: no files, no processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import UsageError
+from lab.qemu_caps import QemuCaps
+from lab.topology.checks import switch_port_of
+from lab.topology.model import Machine, Topology
+
+MGMT_GUEST_ADDR = "10.0.2.15/24"
+MGMT_GATEWAY = "10.0.2.2"
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What the lab prepared for one machine before launch."""
+
+    kernel: Path
+    initrd: Path
+    root_overlay: Path
+    modules_image: Path | None
+    qmp_socket: Path
+    console_log: Path
+    namespace_images: dict[str, Path]  # drive id -> raw image
+    link_sockets: dict[str, tuple[Path, Path]]  # link name -> (local, remote)
+    ssh_pubkey_blob: str  # base64 part of the public key, passed on the kernel command line
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str  # "kvm" or "tcg"
+    cpu: str | None = None  # the model the KVM probe booted with
+
+    def argv(self, cpu_model: str | None) -> list[str]:
+        if self.name == "kvm":
+            return ["-accel", "kvm", "-cpu", cpu_model or self.cpu or "host"]
+        return ["-accel", "tcg,thread=multi", "-cpu", cpu_model or "max"]
+
+
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+
+
+@dataclass
+class MachinePlan:
+    name: str
+    argv: list[str]
+    cmdline: str
+    namespace_sizes: dict[str, int] = field(default_factory=dict)  # drive id -> bytes
+
+
+def mac_address(machine_index: int, nic_index: int) -> str:
+    # Locally administered, QEMU's OUI; unique per (machine, nic) within one lab.
+    return f"52:54:00:4c:{machine_index:02x}:{nic_index:02x}"
+
+
+def namespace_drive_ids(machine: Machine) -> dict[str, int]:
+    """drive id -> size, one per namespace, in document order."""
+    out: dict[str, int] = {}
+    for ctrl in machine.nvme:
+        for j, ns in enumerate(ctrl.namespaces):
+            out[f"{ctrl.id}n{ns.nsid or j + 1}"] = ns.size
+    return out
+
+
+def _prop_check(caps: QemuCaps, device: str, prop: str, path: str) -> None:
+    if caps.properties.get(device) and not caps.has(device, prop):
+        raise UsageError(
+            f"{path}: this QEMU ({caps.version}) has no {device} property {prop!r}; "
+            f"it has: {', '.join(sorted(p for p in caps.properties[device] if not p.startswith('x-'))[:40])}"
+        )
+
+
+def kernel_cmdline(topology: Topology, name: str, files: BootFiles) -> str:
+    machine = topology.machines[name]
+    index = list(topology.machines).index(name)
+    parts = [
+        "console=ttyS0,115200", "quiet",
+        "panic=-1",  # with -no-reboot a panic ends QEMU instead of hanging the lab
+        "rdinit=/init",
+        "random.trust_cpu=on",
+        "mitigations=off",
+        "no_timer_check",
+        "8250.nr_uarts=1",
+        f"lab.host={name}",
+        f"lab.init={machine.init}",
+        f"lab.key={files.ssh_pubkey_blob}",
+        f"lab.nic={mac_address(index, 0)},mgmt,{MGMT_GUEST_ADDR},{MGMT_GATEWAY}",
+    ]
+    for i, nic in enumerate(machine.nics, start=1):
+        parts.append(f"lab.nic={mac_address(index, i)},{nic.link},{nic.address},,{nic.mtu},{nic.rdma}")
+    if machine.use_cmb_sqes is not None:
+        parts.append(f"nvme.use_cmb_sqes={'1' if machine.use_cmb_sqes else '0'}")
+    if machine.append:
+        parts.append(machine.append)
+    return " ".join(p for p in parts if p)
+
+
+def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps, accel: Accel) -> MachinePlan:
+    machine = topology.machines[name]
+    index = list(topology.machines).index(name)
+    base = f"machines.{name}"
+    cmdline = kernel_cmdline(topology, name, files)
+    argv = [
+        caps.binary,
+        "-name", f"lab-{name},debug-threads=on",
+        "-machine", "q35",
+        *accel.argv(machine.cpu_model),
+        "-smp", str(machine.cpus),
+        "-m", f"{machine.memory >> 20}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-chardev", f"file,id=console,path={files.console_log}",
+        "-serial", "chardev:console",
+        *(["-bios", str(QBOOT)] if machine.firmware == "qboot" else []),
+        "-kernel", str(files.kernel),
+        "-initrd", str(files.initrd),
+        "-append", cmdline,
+        "-device", "virtio-rng-pci",
+        # Root: a copy-on-write overlay over the read-only base image.
+        "-drive", f"file={files.root_overlay},format=qcow2,if=none,id=root,discard=unmap",
+        "-device", "virtio-blk-pci,drive=root,serial=lab-root",
+    ]
+    if files.modules_image:
+        argv += [
+            "-drive", f"file={files.modules_image},format=raw,if=none,id=modules,readonly=on",
+            "-device", "virtio-blk-pci,drive=modules,serial=lab-modules",
+        ]
+    argv += [
+        "-netdev", "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={mac_address(index, 0)}",
+    ]
+    for i, nic in enumerate(machine.nics, start=1):
+        local, remote = files.link_sockets[nic.link]
+        netdev = f"link-{nic.link}"
+        argv += [
+            "-netdev",
+            f"dgram,id={netdev},local.type=unix,local.path={local},remote.type=unix,remote.path={remote}",
+            "-device", f"virtio-net-pci,netdev={netdev},mac={mac_address(index, i)}",
+        ]
+
+    chassis = 1
+    for sw in machine.switches:
+        argv += [
+            "-device", f"pcie-root-port,id={sw.name}-rp,bus=pcie.0,chassis={chassis},slot=0",
+            "-device", f"x3130-upstream,id={sw.name}-up,bus={sw.name}-rp",
+        ]
+        chassis += 1
+        for port in range(sw.ports):
+            argv += ["-device", f"xio3130-downstream,id={sw.name}-dp{port},bus={sw.name}-up,chassis={chassis},slot={port}"]
+        chassis += 1
+
+    placement = switch_port_of(topology, name)
+    sizes: dict[str, int] = {}
+    for i, ctrl in enumerate(machine.nvme):
+        path = f"{base}.nvme[{i}]"
+        if ctrl.bus == "root-port":
+            argv += ["-device", f"pcie-root-port,id={ctrl.id}-rp,bus=pcie.0,chassis={chassis},slot=0"]
+            chassis += 1
+            bus = f"{ctrl.id}-rp"
+        elif ctrl.bus == "root-complex":
+            bus = "pcie.0"
+        else:
+            sw, port = placement[ctrl.id]
+            bus = f"{sw}-dp{port}"
+        props = [f"nvme,id={ctrl.id}", f"bus={bus}", f"serial={ctrl.serial or f'lab-{name}-{ctrl.id}'}"]
+        if ctrl.cmb_size_mb:
+            _prop_check(caps, "nvme", "cmb_size_mb", f"{path}.cmb_size_mb")
+            props.append(f"cmb_size_mb={ctrl.cmb_size_mb}")
+        if ctrl.legacy_cmb:
+            _prop_check(caps, "nvme", "legacy-cmb", f"{path}.legacy_cmb")
+            props.append("legacy-cmb=on")
+        argv += ["-device", ",".join(props)]
+        for j, ns in enumerate(ctrl.namespaces):
+            nspath = f"{path}.namespaces[{j}]"
+            nsid = ns.nsid or j + 1
+            drive = f"{ctrl.id}n{nsid}"
+            sizes[drive] = ns.size
+            argv += ["-drive", f"file={files.namespace_images[drive]},format=raw,if=none,id={drive},aio=threads"]
+            nsprops = [
+                f"nvme-ns,drive={drive}",
+                f"bus={ctrl.id}",
+                f"nsid={nsid}",
+                f"logical_block_size={ns.lba}",
+                f"physical_block_size={ns.lba}",
+            ]
+            for prop in ("ms", "mset", "pi", "pil", "pif"):
+                value = getattr(ns, prop)
+                if value:
+                    _prop_check(caps, "nvme-ns", prop, f"{nspath}.{prop}")
+                    nsprops.append(f"{prop}={value}")
+            argv += ["-device", ",".join(nsprops)]
+    return MachinePlan(name=name, argv=argv, cmdline=cmdline, namespace_sizes=sizes)

@@ -1,0 +1,137 @@
+"""The typed model a rendered topology document is validated into.
+
+Field names follow QEMU's property names where one exists (ms, mset, pi, pil, pif, cmb_size_mb),
+so that what a developer reads in QEMU's nvme documentation maps one to one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+NAME_RE = r"^[a-z][a-z0-9-]{0,14}$"
+
+
+def parse_size(value: object) -> int:
+    """'1G', '512M', '4096' or an int -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number with an optional K/M/G/T suffix")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (examples: 4096, 512M, 1G)")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Namespace(Strict):
+    """An nvme-ns device. Defaults give a plain 4 KiB namespace without metadata."""
+
+    nsid: int = Field(default=0, ge=0, le=1024, description="0 = numbered in order")
+    size: Size = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    lba: Literal[512, 4096] = 4096
+    ms: Literal[0, 8, 16, 64] = 0
+    mset: Literal[0, 1] = 0
+    pi: Literal[0, 1, 2, 3] = 0
+    pil: Literal[0, 1] = 0
+    pif: Literal[0, 2] = Field(default=0, description="0 = 16-bit guard (T10 DIF), 2 = 64-bit guard")
+
+    @model_validator(mode="after")
+    def _pi_needs_metadata(self) -> "Namespace":
+        # Protection information lives in the metadata: 8 bytes for the 16-bit guard, 16 for 64-bit.
+        need = 16 if self.pif == 2 else 8
+        if self.pi and self.ms < need:
+            raise ValueError(f"pi={self.pi} with pif={self.pif} needs ms >= {need} (got ms={self.ms})")
+        if self.pif == 2 and self.lba == 512 and self.pi:
+            raise ValueError("the 64-bit guard format (pif=2) needs lba=4096 in QEMU")
+        return self
+
+
+PortName = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class Nvme(Strict):
+    """An NVMe controller, placed on its own root port, on the root complex, or on a switch."""
+
+    id: Annotated[str, Field(pattern=r"^nvme[0-9]{1,2}$")]
+    serial: str = Field(default="", max_length=20)
+    cmb_size_mb: int = Field(default=0, ge=0, le=1024)
+    legacy_cmb: bool = False
+    bus: str = Field(
+        default="root-port",
+        description="'root-port' (own pcie-root-port), 'root-complex' (directly on pcie.0) or a switch name",
+    )
+    port: int | None = Field(default=None, ge=0, le=31, description="downstream port on a switch")
+    namespaces: list[Namespace] = Field(default_factory=list, max_length=16)
+
+
+class Switch(Strict):
+    """A PCIe switch: root port -> x3130-upstream -> xio3130-downstream ports."""
+
+    name: PortName
+    ports: int = Field(default=4, ge=1, le=32)
+
+
+class Nic(Strict):
+    """A NIC on a private link between two machines."""
+
+    link: PortName
+    address: str = Field(description="IPv4 address with prefix, e.g. 192.168.100.1/24")
+    rdma: Literal["rxe", "siw", "none"] = "none"
+    mtu: int = Field(default=1500, ge=576, le=9000)
+
+    @field_validator("address")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 address with prefix: {exc}") from None
+        if "/" not in value:
+            raise ValueError(f"{value!r} needs a prefix length, e.g. {value}/24")
+        return str(iface)
+
+
+class Machine(Strict):
+    cpus: int = Field(default=2, ge=1, le=64)
+    memory: Size = Field(default=2 << 30, ge=256 << 20, le=64 << 30)
+    kernel: str | None = Field(default=None, description="kernel reference; --kernel overrides")
+    image: str = "lab-trixie"
+    append: str = Field(default="", description="extra kernel arguments")
+    cpu_model: str | None = Field(default=None, description="QEMU -cpu model; default: max (TCG) or host (KVM)")
+    init: Literal["lean", "systemd"] = "lean"
+    firmware: Literal["qboot", "seabios"] = Field(
+        default="qboot", description="qboot reaches the kernel about a second sooner than SeaBIOS under TCG"
+    )
+    use_cmb_sqes: bool | None = Field(
+        default=None, description="nvme.use_cmb_sqes module parameter; None keeps the kernel default"
+    )
+    switches: list[Switch] = Field(default_factory=list, max_length=8)
+    nvme: list[Nvme] = Field(default_factory=list, max_length=16)
+    nics: list[Nic] = Field(default_factory=list, max_length=8)
+
+
+class Link(Strict):
+    """A private point-to-point Ethernet link (unix-socket dgram netdevs, no host address)."""
+
+    name: PortName
+
+
+class Topology(Strict):
+    name: str
+    description: str = ""
+    machines: dict[Annotated[str, Field(pattern=NAME_RE)], Machine] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
