@@ -131,7 +131,7 @@ class Lab:
             self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
                                               mdir / "qemu-stderr.log", key_file)
         self.run.update(argv=argvs)
-        timeout = self.boot_timeout or (BOOT_TIMEOUT_KVM if self.chosen_accel.name == "kvm" else BOOT_TIMEOUT_TCG)
+        timeout = self.boot_timeout or float(os.environ.get("LAB_BOOT_TIMEOUT", 0)) or (BOOT_TIMEOUT_KVM if self.chosen_accel.name == "kvm" else BOOT_TIMEOUT_TCG)
         with step(f"booting {', '.join(self.machines)} ({self.chosen_accel.name}, {', '.join(sorted({k.ref for k in self.kernels.values()}))})") as st:
             for m in self.machines.values():
                 m.launch(self.die_with_parent)
@@ -172,6 +172,7 @@ class Lab:
             return
         state = {
             "owner_pid": os.getpid(),
+            "detached": not self.die_with_parent,
             "run": str(self.run.path) if self.run else None,
             "topology": self.rendered.name,
             "key_file": str(ensure_key()[0]),
@@ -214,7 +215,8 @@ def reap_stale_runtimes() -> list[str]:
             state = json.loads(state_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if _pid_alive(state.get("owner_pid")):
+        machines_alive = any(_pid_alive(m.get("pid")) for m in state.get("machines", {}).values())
+        if _pid_alive(state.get("owner_pid")) or (state.get("detached") and machines_alive):
             continue
         for m in state.get("machines", {}).values():
             pid = m.get("pid")

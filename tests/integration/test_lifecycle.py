@@ -1,0 +1,102 @@
+"""No QEMU outlives the lab: killed mid-boot, interrupted, timed out; two labs side by side;
+lab up / ssh / qmp / down."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab.lab import Lab
+from lab.topology.render import render
+
+from .conftest import qemu_pids_matching
+
+
+def _lab_cmd(*argv, env=None):
+    return [sys.executable, "-m", "lab", *argv]
+
+
+def _spawn(tmp_path, *argv, extra_env=None):
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path), **(extra_env or {}))
+    return subprocess.Popen(_lab_cmd(*argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_qemu(marker: str, timeout: float = 180) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = qemu_pids_matching(marker)
+        if pids:
+            return pids
+        time.sleep(0.1)
+    raise AssertionError("QEMU never started")
+
+
+def _gone(marker: str, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not qemu_pids_matching(marker):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigkill_mid_boot_leaves_no_qemu(tmp_path):
+    proc = _spawn(tmp_path, "inspect", "nvme-pi", "--kernel", "debian:7.3")
+    pids = _wait_for_qemu(str(tmp_path))
+    time.sleep(2)  # mid-boot: QEMU runs, the guest is not up yet
+    proc.kill()
+    proc.wait()
+    assert _gone(str(tmp_path)), f"QEMU {pids} outlived a SIGKILLed lab"
+
+
+def test_sigint_mid_boot_stops_guests_and_keeps_results(tmp_path):
+    proc = _spawn(tmp_path, "inspect", "nvme-pi", "--kernel", "debian:7.3")
+    _wait_for_qemu(str(tmp_path))
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert _gone(str(tmp_path), 5)
+    consoles = list(tmp_path.glob("*/machines/vm/console.log"))
+    assert consoles and consoles[0].stat().st_size > 0
+
+
+def test_boot_timeout_reports_console_tail(tmp_path):
+    proc = _spawn(tmp_path, "inspect", "nvme-pi", "--kernel", "debian:7.3", extra_env={"LAB_BOOT_TIMEOUT": "3"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "no SSH after 3 s" in err and "console" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.glob("*/machines/vm/console.log"))
+    assert _gone(str(tmp_path), 5)
+
+
+def test_two_labs_at_once_get_their_own_ports_and_dirs():
+    a = Lab(render("nvme-pi"), kernel_ref="debian:7.3")
+    b = Lab(render("nvme-pi"), kernel_ref="debian:7.3")
+    with a, b:
+        assert a.machines["vm"].ssh_port != b.machines["vm"].ssh_port
+        assert a.runtime != b.runtime and a.run.path != b.run.path
+        assert a.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
+        assert b.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
+
+
+def test_up_ssh_qmp_down(tmp_path):
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path))
+    run = lambda *a, **k: subprocess.run(_lab_cmd(*a), env=env, capture_output=True, text=True, timeout=300, **k)  # noqa: E731
+    up = run("up", "nvme-pi", "--kernel", "debian:7.3", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr
+        ssh = run("ssh", "vm", "--", "cat", "/sys/block/nvme0n1/integrity/format")
+        assert ssh.returncode == 0 and ssh.stdout.strip() == "T10-DIF-TYPE1-CRC", ssh.stderr
+        qmp = run("qmp", "vm", "query-status")
+        assert qmp.returncode == 0, qmp.stderr
+        assert json.loads(qmp.stdout)["return"]["status"] == "running"
+    finally:
+        down = run("down")
+    assert down.returncode == 0, down.stderr
+    assert _gone(str(tmp_path), 10)

@@ -1,0 +1,203 @@
+"""Rendering and validation of topologies, and every bad-input case: one line naming the template,
+the path inside the document and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from lab.qemu_caps import QemuCaps, parse_device_help
+from lab.topology.argv import Accel, BootFiles, machine_argv
+from lab.topology.render import TopologyError, available, parse_params, render
+
+SHIPPED = ["nvme-pi", "nfs-rdma-pair", "p2p-switch"]
+
+
+def test_shipped_topologies_render():
+    assert set(SHIPPED) <= set(available())
+    for name in SHIPPED:
+        topo = render(name).topology
+        for machine in topo.machines.values():
+            for ctrl in machine.nvme:
+                for ns in ctrl.namespaces:
+                    assert ns.size >= 64 << 20
+
+
+def test_nvme_pi_defaults_match_the_issue():
+    vm = render("nvme-pi").topology.machines["vm"]
+    ctrl = vm.nvme[0]
+    assert ctrl.cmb_size_mb == 64
+    ns = ctrl.namespaces[0]
+    assert (ns.pi, ns.lba, ns.ms, ns.pif) == (1, 4096, 8, 0)
+    assert ns.size >= 300 << 20  # room for XFS
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_common_parameters_are_accepted(name):
+    topo = render(name, {"pi": 2, "pif": 2, "ms": 16, "lba": 4096, "cmb_mb": 32, "ns_size": "2G"}).topology
+    namespaces = [ns for m in topo.machines.values() for c in m.nvme for ns in c.namespaces if ns.pi]
+    assert namespaces and all(ns.pi == 2 and ns.pif == 2 and ns.ms == 16 and ns.size == 2 << 30 for ns in namespaces)
+    assert all(c.cmb_size_mb == 32 for m in topo.machines.values() for c in m.nvme)
+
+
+def test_pif2_defaults_metadata_to_16():
+    ns = render("nvme-pi", {"pif": 2}).topology.machines["vm"].nvme[0].namespaces[0]
+    assert ns.ms == 16
+
+
+def test_params_are_typed():
+    assert parse_params(["pi=1", "ns_size=2G", "x=on", "s=abc"]) == {"pi": 1, "ns_size": "2G", "x": True, "s": "abc"}
+    with pytest.raises(TopologyError.__mro__[1]):
+        parse_params(["novalue"])
+
+
+def _error(name, params=None, directory=None) -> str:
+    with pytest.raises(TopologyError) as info:
+        render(name, params, directory)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_value_out_of_range_names_the_path():
+    msg = _error("nvme-pi", {"pi": 5})
+    assert "topologies/nvme-pi.yaml.j2" in msg
+    assert "machines.vm.nvme[0].namespaces[0].pi" in msg
+    assert "0, 1, 2 or 3" in msg
+
+
+def test_pi_without_enough_metadata():
+    msg = _error("nvme-pi", {"pi": 1, "ms": 0})
+    assert "machines.vm.nvme[0].namespaces[0]" in msg and "ms >= 8" in msg
+
+
+def test_unknown_parameter():
+    msg = _error("nvme-pi", {"bogus": 1})
+    assert "unknown parameter bogus" in msg and "pi" in msg
+
+
+def test_unknown_topology():
+    msg = _error("no-such-topology")
+    assert "nvme-pi" in msg
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    (tmp_path / f"{name}.yaml.j2").write_text(text)
+    return tmp_path
+
+
+BASE = """name: t
+machines:
+  vm:
+    nvme:
+      - id: nvme0
+        namespaces:
+          - size: 1G
+"""
+
+
+def test_undefined_variable(tmp_path):
+    d = write(tmp_path, "t", BASE.replace("1G", "{{ size }}"))
+    msg = _error("t", {}, d)
+    assert "'size' is undefined" in msg
+
+
+def test_yaml_error(tmp_path):
+    d = write(tmp_path, "t", "name: t\nmachines: [unclosed\n")
+    msg = _error("t", {}, d)
+    assert "YAML error" in msg and "line" in msg
+
+
+def test_unknown_key(tmp_path):
+    d = write(tmp_path, "t", BASE.replace("      - id: nvme0", "      - id: nvme0\n        colour: blue"))
+    msg = _error("t", {}, d)
+    assert "machines.vm.nvme[0].colour: unknown key" in msg
+
+
+def test_two_devices_on_one_port(tmp_path):
+    text = """name: t
+machines:
+  vm:
+    switches: [{name: sw0, ports: 2}]
+    nvme:
+      - {id: nvme0, bus: sw0, port: 1}
+      - {id: nvme1, bus: sw0, port: 1}
+"""
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert "machines.vm.nvme[1].port" in msg and "already taken by nvme0" in msg
+
+
+def test_switch_out_of_ports(tmp_path):
+    text = """name: t
+machines:
+  vm:
+    switches: [{name: sw0, ports: 1}]
+    nvme:
+      - {id: nvme0, bus: sw0}
+      - {id: nvme1, bus: sw0}
+"""
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert "no free downstream port" in msg
+
+
+def test_unknown_switch(tmp_path):
+    text = "name: t\nmachines:\n  vm:\n    nvme:\n      - {id: nvme0, bus: sw9}\n"
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert "machines.vm.nvme[0].bus" in msg and "root-port" in msg
+
+
+def test_link_with_one_end(tmp_path):
+    text = """name: t
+links: [{name: lan}]
+machines:
+  a:
+    nics: [{link: lan, address: 10.9.0.1/24}]
+  b: {}
+"""
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert "links[0]" in msg and "1 end" in msg
+
+
+def test_bad_address(tmp_path):
+    text = """name: t
+links: [{name: lan}]
+machines:
+  a:
+    nics: [{link: lan, address: 10.9.0.300/24}]
+  b:
+    nics: [{link: lan, address: 10.9.0.2/24}]
+"""
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert "machines.a.nics[0].address" in msg
+
+
+HELP = """nvme-ns options:
+  ms=<uint16>            -  (default: 0)
+  pi=<uint8>             -  (default: 0)
+  logical_block_size=<size> - A power of two
+"""
+
+
+def test_parse_device_help():
+    assert parse_device_help(HELP) == {"ms", "pi", "logical_block_size"}
+
+
+def _files(topo, name):
+    from lab.topology.argv import namespace_drive_ids
+
+    machine = topo.machines[name]
+    run = Path("/run/x")
+    links = {}
+    for nic in machine.nics:
+        peer = next(m for m in topo.machines if m != name)
+        links[nic.link] = (run / f"{nic.link}.{name}", run / f"{nic.link}.{peer}")
+    return BootFiles(Path("/k"), Path("/i"), run / "root.qcow2", Path("/m.img"), run / "qmp.sock", run / "c.log",
+                     {d: run / f"{d}.img" for d in namespace_drive_ids(machine)}, links, "KEY")
+
+
+def test_property_this_qemu_lacks():
+    caps = QemuCaps("/usr/bin/qemu-system-x86_64", "0.0-test", {"nvme-ns": frozenset({"ms", "pi", "pil", "mset"}), "nvme": frozenset({"cmb_size_mb"})})
+    topo = render("nvme-pi", {"pif": 2}).topology
+    with pytest.raises(Exception) as info:
+        machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+    assert "machines.vm.nvme[0].namespaces[0].pif" in str(info.value) and "no nvme-ns property 'pif'" in str(info.value)
+
