@@ -268,6 +268,10 @@ def cmd_down(args) -> int:
     import shutil
 
     shutil.rmtree(directory, ignore_errors=True)
+    if state.get("run"):
+        from lab.rundir import RunDir
+
+        RunDir(Path(state["run"])).finish("down")
     print(f"stopped {', '.join(state['machines'])}")
     return 0
 
@@ -289,6 +293,68 @@ def cmd_bench_boot(args) -> int:
 
     lab = _boot(args)
     return bench_boot(lab, runs=args.runs)
+
+
+# -- scenarios and results --------------------------------------------------------------------------
+def cmd_run_stable_pages(args) -> int:
+    from lab.host import ensure_host
+    from lab.lab import reap_stale_runtimes
+    from lab.scenarios import stable_pages as sp
+
+    directions = ["write", "read"] if args.direction == "both" else [args.direction]
+    options = sp.Options(
+        kernels=args.kernel or list(sp.DEFAULT_KERNELS), topology=args.topology, params=_params(args),
+        targets=args.target or ["xfs"], directions=directions,
+        block_sizes=[sp.parse_block_size(b) for b in (args.bs or ["64K"])],
+        duration=args.duration, control_duration=args.control_duration, control=not args.no_control,
+        size=args.size << 20, accel=args.accel,
+    )
+    options.validate()
+    ensure_host()
+    reap_stale_runtimes()
+    run_dir, results = sp.run(options)
+    print(sp.table(results))
+    print(f"results: {run_dir.path}")
+    return 0 if sp.all_ok(results) else 1
+
+
+def cmd_results_list(args) -> int:
+    from lab.results import list_runs
+
+    for r in list_runs():
+        verdicts = " ".join(f"{k}={v}" for k, v in r["verdicts"].items())
+        print(f"{r['id']:52} {r['status'] or '?':11} {verdicts}")
+    return 0
+
+
+def cmd_results_show(args) -> int:
+    from lab.results import find_run, manifest
+
+    run = find_run(args.run)
+    summary = run / "summary.txt"
+    m = manifest(run)
+    print(f"{run.name}: {m.get('kind')} {m.get('status')} started {m.get('started')} finished {m.get('finished', '-')}")
+    if summary.exists():
+        print(summary.read_text().rstrip())
+    else:
+        print(json.dumps({k: m.get(k) for k in ("topology", "kernels", "boot_seconds", "accel") if k in m}, indent=2, default=str))
+    return 0
+
+
+def cmd_results_compare(args) -> int:
+    from lab.results import compare, find_run
+
+    print(compare([find_run(r) for r in args.runs]))
+    return 0
+
+
+def cmd_results_junit(args) -> int:
+    from lab.results import find_run, junit
+
+    text = junit([find_run(r) for r in args.runs], Path(args.output) if args.output else None)
+    if not args.output:
+        print(text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ssh", help="a shell (or one command) on a machine of a running lab")
     p.add_argument("machine", nargs="?")
-    p.add_argument("remote", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    p.add_argument("remote", nargs="*", help="command to run instead of a shell (put it after --)")
     p.add_argument("--lab", help="run id (or part of it) when several labs are up")
     p.add_argument("--timeout", type=float, default=600)
     p.set_defaults(func=cmd_ssh)
@@ -352,6 +418,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", help="stop a running lab")
     p.add_argument("lab", nargs="?", help="run id (or part of it); default: the newest")
     p.set_defaults(func=cmd_down)
+
+    runp = sub.add_parser("run", help="run a scenario").add_subparsers(dest="sub", required=True, metavar="SCENARIO")
+    p = runp.add_parser("stable-pages", help="O_DIRECT on a PI namespace while the buffer changes; kernels side by side")
+    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:6.12 and debian:7.3)")
+    p.add_argument("--topology", default="nvme-pi")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="topology parameter (pi, pif, ms, lba, ns_size, ...)")
+    p.add_argument("--target", action="append", choices=("xfs", "ext4", "raw"), help="repeatable (default: xfs)")
+    p.add_argument("--direction", default="both", choices=("write", "read", "both"))
+    p.add_argument("--bs", action="append", metavar="SIZE", help="block size, repeatable: 4K, 64K, 1M (default: 64K)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of I/O per mutating run (default: 20)")
+    p.add_argument("--control-duration", type=float, default=5.0, help="seconds of I/O per control run (default: 5)")
+    p.add_argument("--no-control", action="store_true", help="skip the control runs without mutation")
+    p.add_argument("--size", type=int, default=32, help="MiB of the file or device area the I/O cycles over (default: 32)")
+    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
+    p.set_defaults(func=cmd_run_stable_pages)
+
+    res = sub.add_parser("results", help="runs kept in results/").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = res.add_parser("list", help="all runs with their verdicts")
+    p.set_defaults(func=cmd_results_list)
+    p = res.add_parser("show", help="one run's summary")
+    p.add_argument("run", nargs="?", default="latest")
+    p.set_defaults(func=cmd_results_show)
+    p = res.add_parser("compare", help="a table of the scenario's figures per kernel across runs")
+    p.add_argument("runs", nargs="+")
+    p.set_defaults(func=cmd_results_compare)
+    p = res.add_parser("junit", help="JUnit XML of one or more runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_results_junit)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = bench.add_parser("boot", help="time to the first guest command, and the lab's overhead over bare QEMU")

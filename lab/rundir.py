@@ -48,6 +48,16 @@ class RunDir:
         })
         return run
 
+    def child(self, name: str, **fields: Any) -> "RunDir":
+        """A sub-run (one kernel of an A/B run) with its own manifest and machine logs."""
+        path = self.path / name
+        path.mkdir(parents=True, exist_ok=True)
+        sub = RunDir(path)
+        parent = self.manifest()
+        sub.write_manifest({"id": f"{self.id}/{name}", "kind": parent.get("kind"), "label": name, "status": "running",
+                            "lab": parent.get("lab"), "host": parent.get("host"), "started": now(), **fields})
+        return sub
+
     @property
     def id(self) -> str:
         return self.path.name
