@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -36,6 +37,7 @@ class RunDir:
 
     @classmethod
     def create(cls, kind: str, label: str) -> "RunDir":
+        label = re.sub(r"[^A-Za-z0-9.+-]+", "-", Path(label).name.removesuffix(".yaml.j2"))[:40]
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{label}-{secrets.token_hex(2)}"
         path = results_dir() / run_id
         path.mkdir(parents=True)

@@ -75,3 +75,15 @@ def test_boot_failure_is_an_error_never_a_pass(tmp_path):
     junit = (run_dir / "junit.xml").read_text()
     assert 'errors="1"' in junit
     assert "ERROR" in out
+
+
+def test_bundle_replays_with_the_same_verdicts(tmp_path):
+    from lab import bundle
+
+    options = Options(kernels=["debian:7.3"], targets=["xfs"], directions=["write"], duration=3, control_duration=2, size=8 << 20)
+    run_dir, results = run(options)
+    assert results["kernels"]["debian-7.3"]["verdict"] == PASS
+    packed = bundle.create(run_dir.path, tmp_path / "repro.tar.gz")
+    matched, notes, again = bundle.replay(packed)
+    assert matched, notes
+    assert again != run_dir.path and (again / "summary.txt").exists()
