@@ -334,6 +334,23 @@ def cmd_run_p2p_block(args) -> int:
     return 0 if p2p.all_ok(results) else 1
 
 
+def cmd_run_nfs_dio(args) -> int:
+    from lab.host import ensure_host
+    from lab.lab import reap_stale_runtimes
+    from lab.scenarios import nfs
+
+    options = nfs.Options(kernels=args.kernel or ["debian:7.3"], transports=args.transport or ["tcp", "rdma"],
+                          version=args.nfs_version, inject_corruption=args.inject_corruption, only=args.only, accel=args.accel)
+    options.validate()
+    ensure_host()
+    reap_stale_runtimes()
+    run_dir, results = nfs.run(options)
+    print(nfs.table(results))
+    print(f"results: {run_dir.path}")
+    ok = all(k["verdict"] == "PASS" for k in results["kernels"].values()) and bool(results["kernels"])
+    return 0 if ok else 1
+
+
 def cmd_results_list(args) -> int:
     from lab.results import list_runs
 
@@ -490,6 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="BOOL", help="nvme.use_cmb_sqes (default: the kernel's)")
     p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
     p.set_defaults(func=cmd_run_p2p_block)
+
+    p = runp.add_parser("nfs-dio", help="NFS O_DIRECT integrity matrix between two VMs, over TCP and soft-RoCE")
+    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
+    p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
+    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
+    p.add_argument("--only", help="only the cases whose name contains this (e.g. 'align=100')")
+    p.add_argument("--inject-corruption", action="store_true",
+                   help="flip a byte of the file on the server between write and verify: the run must FAIL")
+    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
+    p.set_defaults(func=cmd_run_nfs_dio)
 
     res = sub.add_parser("results", help="runs kept in results/").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = res.add_parser("list", help="all runs with their verdicts")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 import shutil
 import signal
 import time
@@ -41,6 +43,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def install_signal_handlers() -> None:
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script):
+    # the lab must still stop its guests on Ctrl-C or a SIGINT from a supervisor.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
 
@@ -80,8 +85,9 @@ class Lab:
         key_file, key_blob = ensure_key()
         if self.run is None:
             self.run = RunDir.create("up", self.rendered.name)
-        self.runtime = runtime_root() / self.run.id[-24:]
-        self.runtime.mkdir(mode=0o700)
+        # Unique per lab, short (unix socket paths), 0700: mkdtemp gives all three.
+        label = re.sub(r"[^A-Za-z0-9]+", "-", self.rendered.name)[:16]
+        self.runtime = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=runtime_root()))
         for name, machine in topo.machines.items():
             ref = self.kernel_ref or machine.kernel or DEFAULT_KERNEL
             if ref not in {k.ref for k in self.kernels.values()}:

@@ -19,9 +19,15 @@ def _lab_cmd(*argv, env=None):
     return [sys.executable, "-m", "lab", *argv]
 
 
+def _ignore_sigint():
+    # As a background job of a shell script the lab starts with SIGINT ignored; it must still stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _spawn(tmp_path, *argv, extra_env=None):
     env = dict(os.environ, LAB_RESULTS=str(tmp_path), **(extra_env or {}))
-    return subprocess.Popen(_lab_cmd(*argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(_lab_cmd(*argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_sigint)
 
 
 def _wait_for_qemu(marker: str, timeout: float = 180) -> list[int]:

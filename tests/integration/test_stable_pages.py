@@ -42,7 +42,8 @@ def test_612_fails_on_xfs_73_passes_raw_fails_on_both():
 
 def _lab(tmp_path, *argv, env=None):
     return subprocess.Popen([sys.executable, "-m", "lab", *argv], env=dict(os.environ, LAB_RESULTS=str(tmp_path), **(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 def test_sigint_during_io_keeps_a_readable_run(tmp_path):

@@ -1,0 +1,230 @@
+"""NFS between the two machines of nfs-rdma-pair: server set-up with an RDMA listener, client mounts
+over the transport asked for (and the proof of which one is in use), and the nfs-dio scenario."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from lab import junit
+from lab.errors import BootError, LabError, UsageError
+from lab.lab import Lab
+from lab.paths import scenarios_dir
+from lab.progress import info
+from lab.rundir import RunDir
+from lab.scenarios.verdict import ERROR, FAIL, PASS
+from lab.topology.render import render
+
+NAME = "nfs-dio"
+EXPORT = "/export"
+MOUNT = "/mnt/nfs"
+RDMA_PORT = 20049
+VERSIONS = ("3", "4.1", "4.2")
+TRANSPORTS = ("tcp", "rdma")
+GUEST_DIR = "/usr/local/lib/lab"
+
+
+class NfsError(LabError):
+    pass
+
+
+def server_address(lab: Lab) -> str:
+    return lab.rendered.topology.machines["server"].nics[0].address.split("/")[0]
+
+
+def setup_server(guest) -> None:
+    """XFS on the namespace, exported; nfsd with TCP 2049 and RDMA 20049 listeners. The lean init
+    starts no services, so the daemons are started here, in the order systemd would."""
+    script = f"""set -e
+modprobe -a nfsd xfs rpcrdma 2>/dev/null || modprobe -a nfsd xfs
+mkfs.xfs -f -q /dev/nvme0n1
+mkdir -p {EXPORT} && mount /dev/nvme0n1 {EXPORT} && chmod 1777 {EXPORT}
+mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
+mkdir -p /var/lib/nfs/rpc_pipefs /run/rpcbind
+mountpoint -q /var/lib/nfs/rpc_pipefs || mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
+rpcbind -w
+echo '{EXPORT} *(rw,no_root_squash,no_subtree_check,insecure)' > /etc/exports
+exportfs -ra
+rpc.mountd
+rpc.statd --no-notify || true
+rpc.nfsd 8
+echo 'rdma {RDMA_PORT}' > /proc/fs/nfsd/portlist
+cat /proc/fs/nfsd/portlist
+"""
+    res = guest.run(script, timeout=300)
+    if not res.ok or f"rdma {RDMA_PORT}" not in res.stdout:
+        raise NfsError(f"server: NFS set-up failed: {(res.stderr or res.stdout).strip().splitlines()[-3:]}")
+
+
+def mount(guest, server: str, version: str, transport: str) -> str:
+    """Mount and prove the transport from /proc/mounts: NFSv4.1+ silently reuses an existing
+    connection, so what mount(8) was asked for is not evidence."""
+    opts = f"vers={version},proto={transport}" + (f",port={RDMA_PORT}" if transport == "rdma" else "")
+    if version == "3":
+        opts += ",nolock"
+    guest.run(f"umount -f {MOUNT} 2>/dev/null; mkdir -p {MOUNT}", timeout=60)
+    if transport == "rdma":
+        guest.run("modprobe rpcrdma", timeout=60)
+    res = guest.run(f"mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=180)
+    if not res.ok:
+        raise NfsError(f"client: mount -o {opts} failed: {(res.stderr or res.stdout).strip()[-200:]}")
+    line = guest.run(f"grep ' {MOUNT} ' /proc/mounts", timeout=30).stdout.strip()
+    proto = next((o.split("=", 1)[1] for o in line.split()[3].split(",") if o.startswith("proto=")), "?") if line else "?"
+    if proto != transport:
+        raise NfsError(f"client: asked for proto={transport} but /proc/mounts says proto={proto} ({line})")
+    return line
+
+
+def vmstat_pins(guest) -> dict[str, int]:
+    text = guest.run("grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat", timeout=30).stdout
+    return {k: int(v) for k, v in (l.split() for l in text.splitlines())}
+
+
+@dataclass
+class Options:
+    kernels: list[str] = field(default_factory=lambda: ["debian:7.3"])
+    transports: list[str] = field(default_factory=lambda: list(TRANSPORTS))
+    version: str = "4.2"
+    inject_corruption: bool = False
+    only: str | None = None
+    accel: str = "auto"
+
+    def validate(self) -> None:
+        for t in self.transports:
+            if t not in TRANSPORTS:
+                raise UsageError(f"--transport {t!r}: choose tcp or rdma")
+        if self.version not in VERSIONS:
+            raise UsageError(f"--nfs-version {self.version!r}: choose from {', '.join(VERSIONS)}")
+
+    def to_dict(self) -> dict:
+        return {"kernels": self.kernels, "transports": self.transports, "version": self.version,
+                "inject_corruption": self.inject_corruption, "only": self.only}
+
+
+def _corrupt_on_server(server, client, pause: str) -> dict:
+    """Fault injection: flip one byte of the file on the server between the client's write and its
+    verification, then let the client go on. The lab must report the case and the offset."""
+    deadline = time.monotonic() + 300
+    while not client.run(f"test -e {pause}", timeout=30).ok:
+        if time.monotonic() > deadline:
+            raise NfsError("client never reached the verification pause")
+        time.sleep(0.5)
+    offset = 17  # inside the first case (file offset 0, 1000 bytes)
+    server.run(f"python3 -c \"f=open('{EXPORT}/nfs-dio.dat','r+b'); f.seek({offset}); b=f.read(1); f.seek({offset}); "
+               f"f.write(bytes([b[0] ^ 0xff])); f.close()\" && sync", timeout=60, check=True)
+    client.run(f"rm -f {pause}", timeout=30, check=True)
+    return {"file_offset": offset}
+
+
+def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
+    section: dict = {"kernel": ref, "transports": {}, "verdict": ERROR, "reason": ""}
+    sub.update(scenario=NAME, options=options.to_dict(), kernel_ref=ref)
+    try:
+        started = time.monotonic()
+        with Lab(render("nfs-rdma-pair"), kernel_ref=ref, accel=options.accel, run=sub) as lab:
+            server, client = lab.guest("server"), lab.guest("client")
+            section["release"] = lab.kernels["client"].release
+            setup_server(server)
+            client.run(f"mkdir -p {GUEST_DIR}", check=True)
+            client.put(scenarios_dir() / "nfs/nfs_dio.py", f"{GUEST_DIR}/nfs_dio.py")
+            section["setup_seconds"] = round(time.monotonic() - started, 1)
+            for transport in options.transports:
+                t0 = time.monotonic()
+                line = mount(client, server_address(lab), options.version, transport)
+                mounted = round(time.monotonic() - started, 1)
+                info(f"{ref}: mounted over {transport} after {mounted} s: {line}")
+                before = vmstat_pins(client)
+                cmd = f"python3 {GUEST_DIR}/nfs_dio.py --dir {MOUNT}" + (f" --only '{options.only}'" if options.only else "")
+                injected = None
+                if options.inject_corruption:
+                    pause = "/tmp/lab-pause"
+                    cmd += f" --stop-before-verify {pause}"
+                    import threading
+
+                    holder: dict = {}
+                    th = threading.Thread(target=lambda: holder.update(res=client.run(cmd, timeout=1800)))
+                    th.start()
+                    # A second SSH session for the pause checks: one fabric connection runs one command at a time.
+                    from lab.ssh import Guest
+
+                    watcher = Guest("client", client.port, client.key_file)
+                    try:
+                        injected = _corrupt_on_server(server, watcher, pause)
+                    finally:
+                        watcher.close()
+                    th.join()
+                    res = holder["res"]
+                else:
+                    res = client.run(cmd, timeout=1800)
+                sub.write(f"{transport}/nfs_dio.out", res.stdout + res.stderr)
+                after = vmstat_pins(client)
+                client.run(f"sync; umount {MOUNT}", timeout=120)
+                at_rest = vmstat_pins(client)
+                try:
+                    out = json.loads(res.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    section["transports"][transport] = {"verdict": ERROR, "reason": f"unreadable output: {res.stderr.strip()[-300:]}"}
+                    continue
+                bad = [c for c in out["cases"] if "error" in c]
+                acquired = at_rest.get("nr_foll_pin_acquired", 0) - before.get("nr_foll_pin_acquired", 0)
+                released = at_rest.get("nr_foll_pin_released", 0) - before.get("nr_foll_pin_released", 0)
+                if acquired == 0 and released == 0:
+                    pins = "not exercised: the NFS direct path took page references, not pins (counters did not move)"
+                elif acquired == released:
+                    pins = f"balanced: {acquired} pins acquired and released"
+                else:
+                    pins = f"UNBALANCED at rest: {acquired} acquired, {released} released"
+                verdict = FAIL if bad or pins.startswith("UNBALANCED") else PASS
+                reason = (f"{len(bad)} of {len(out['cases'])} cases failed; first: {bad[0]['name']}: {bad[0]['error']}" if bad
+                          else f"{len(out['cases'])} cases verified, {out['mib_per_s']} MiB/s")
+                section["transports"][transport] = {
+                    "verdict": verdict, "reason": reason, "mount": line, "pins": pins, "injected": injected,
+                    "cases": len(out["cases"]), "failed": [{"name": c["name"], "error": c["error"]} for c in bad],
+                    "mib_per_s": out["mib_per_s"], "seconds": round(time.monotonic() - t0, 1),
+                    "vmstat": {"before": before, "after_io": after, "at_rest": at_rest},
+                }
+                info(f"{ref}: nfs-dio over {transport}: {verdict}: {reason}; pins {pins}")
+    except (BootError, LabError) as exc:
+        section["reason"] = str(exc).splitlines()[0]
+        sub.write("error.txt", str(exc))
+    verdicts = [t["verdict"] for t in section["transports"].values()]
+    if len(verdicts) == len(options.transports):
+        section["verdict"] = ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS
+        section["reason"] = "; ".join(f"{t}: {v['verdict']}" for t, v in section["transports"].items())
+    sub.write("verdict.json", json.dumps(section, indent=2))
+    sub.finish("done", verdict=section["verdict"])
+    return section
+
+
+def run(options: Options) -> tuple[RunDir, dict]:
+    options.validate()
+    run_dir = RunDir.create(NAME, "nfs-rdma-pair")
+    run_dir.update(scenario=NAME, options=options.to_dict())
+    results: dict = {"scenario": NAME, "options": options.to_dict(), "kernels": {}}
+    status = "interrupted"
+    try:
+        for ref in options.kernels:
+            label = ref.replace(":", "-")
+            results["kernels"][label] = run_kernel(options, ref, run_dir.child(f"kernels/{label}", kernel_ref=ref))
+        status = "done"
+    finally:
+        run_dir.write("results.json", json.dumps(results, indent=2))
+        run_dir.write("summary.txt", table(results) + "\n")
+        cases = [{"name": t, "classname": f"{NAME}.{label}", "outcome": "error" if v["verdict"] == ERROR else "as expected",
+                  "ok": v["verdict"] == PASS, "message": f"{v['verdict']}: {v['reason']}"}
+                 for label, k in results["kernels"].items() for t, v in k["transports"].items()]
+        junit.write(NAME, cases, run_dir.path / "junit.xml")
+        run_dir.finish(status, verdicts={k: v["verdict"] for k, v in results["kernels"].items()})
+    return run_dir, results
+
+
+def table(results: dict) -> str:
+    lines = []
+    for label, k in results["kernels"].items():
+        lines.append(f"{label} ({k.get('release', '?')}): {k['verdict']}" + (f" - {k['reason']}" if k["verdict"] == ERROR else ""))
+        for t, v in k["transports"].items():
+            lines.append(f"  {t:5} {v['verdict']:5} {v['reason']}")
+            if v.get("pins"):
+                lines.append(f"        pins: {v['pins']}")
+    return "\n".join(lines)
