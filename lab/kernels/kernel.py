@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +10,9 @@ from lab.errors import UsageError
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from lab.images import file_sha256
+
+    return file_sha256(path)
 
 
 def write_meta(entry: Path, meta: dict) -> None:

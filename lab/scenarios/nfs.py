@@ -13,6 +13,7 @@ from lab.lab import Lab
 from lab.paths import scenarios_dir
 from lab.progress import info
 from lab.rundir import RunDir
+from lab.scenarios.runner import run_jobs
 from lab.scenarios.verdict import ERROR, FAIL, PASS
 from lab.topology.render import render
 
@@ -66,7 +67,11 @@ def mount(guest, server: str, version: str, transport: str) -> str:
     guest.run(f"umount -f {MOUNT} 2>/dev/null; mkdir -p {MOUNT}", timeout=60)
     if transport == "rdma":
         guest.run("modprobe rpcrdma", timeout=60)
-    res = guest.run(f"mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=180)
+    # rxe retransmits on timeouts when the host is busy: allow a slow first connection, retry once.
+    res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=300)
+    if not res.ok:
+        guest.run(f"umount -f {MOUNT} 2>/dev/null", timeout=60)
+        res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=300)
     if not res.ok:
         raise NfsError(f"client: mount -o {opts} failed: {(res.stderr or res.stdout).strip()[-200:]}")
     line = guest.run(f"grep ' {MOUNT} ' /proc/mounts", timeout=30).stdout.strip()
@@ -197,26 +202,21 @@ def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
     return section
 
 
-def run(options: Options) -> tuple[RunDir, dict]:
-    options.validate()
-    run_dir = RunDir.create(NAME, "nfs-rdma-pair")
-    run_dir.update(scenario=NAME, options=options.to_dict())
-    results: dict = {"scenario": NAME, "options": options.to_dict(), "kernels": {}}
-    status = "interrupted"
-    try:
-        for ref in options.kernels:
-            label = ref.replace(":", "-")
-            results["kernels"][label] = run_kernel(options, ref, run_dir.child(f"kernels/{label}", kernel_ref=ref))
-        status = "done"
-    finally:
+def _write(kind: str):
+    def write(run_dir: RunDir, results: dict) -> None:
         run_dir.write("results.json", json.dumps(results, indent=2))
         run_dir.write("summary.txt", table(results) + "\n")
-        cases = [{"name": t, "classname": f"{NAME}.{label}", "outcome": "error" if v["verdict"] == ERROR else "as expected",
+        cases = [{"name": t, "classname": f"{kind}.{label}", "outcome": "error" if v["verdict"] == ERROR else "as expected",
                   "ok": v["verdict"] == PASS, "message": f"{v['verdict']}: {v['reason']}"}
                  for label, k in results["kernels"].items() for t, v in k["transports"].items()]
-        junit.write(NAME, cases, run_dir.path / "junit.xml")
-        run_dir.finish(status, verdicts={k: v["verdict"] for k, v in results["kernels"].items()})
-    return run_dir, results
+        junit.write(kind, cases, run_dir.path / "junit.xml")
+    return write
+
+
+def run(options: Options) -> tuple[RunDir, dict]:
+    options.validate()
+    jobs = [(ref.replace(":", "-"), ref, lambda sub, ref=ref: run_kernel(options, ref, sub)) for ref in options.kernels]
+    return run_jobs(NAME, "nfs-rdma-pair", options.to_dict(), jobs, _write(NAME))
 
 
 def table(results: dict) -> str:
@@ -228,3 +228,85 @@ def table(results: dict) -> str:
             if v.get("pins"):
                 lines.append(f"        pins: {v['pins']}")
     return "\n".join(lines)
+
+
+# -- nfs-p2p --------------------------------------------------------------------------------------
+P2P_NAME = "nfs-p2p"
+
+
+def nfs_p2p_support(guest) -> bool:
+    """Whether the client kernel carries the NFS P2PDMA series (its transport op is a symbol)."""
+    return guest.run("grep -qwE 'xprt_rdma_supports_p2pdma|nfs_.*p2pdma|rpc_.*supports_p2pdma' /proc/kallsyms", timeout=60).ok
+
+
+def expected_p2p(support: bool, transport: str) -> str:
+    if not support:
+        return "no NFS P2P support in this kernel: the direct path cannot take P2P pages (EREMOTEIO)"
+    if transport == "rdma":
+        return "NFS P2P support present, but rxe/siw use virtual DMA and cannot map P2P pages: refusal"
+    return "NFS P2P support present, but TCP has no P2P capability: refusal"
+
+
+def run_p2p_kernel(options: Options, ref: str, sub: RunDir) -> dict:
+    section: dict = {"kernel": ref, "transports": {}, "verdict": ERROR, "reason": ""}
+    sub.update(scenario=P2P_NAME, options=options.to_dict(), kernel_ref=ref)
+    try:
+        with Lab(render("nfs-rdma-pair"), kernel_ref=ref, accel=options.accel, run=sub) as lab:
+            server, client = lab.guest("server"), lab.guest("client")
+            kernel = lab.kernels["client"]
+            section["release"] = kernel.release
+            bdf = client.run("basename $(readlink -f /sys/class/nvme/nvme0/device)", timeout=30, check=True).stdout.strip()
+            if kernel.config_value("PCI_P2PDMA") != "y" or not client.run(f"test -d /sys/bus/pci/devices/{bdf}/p2pmem").ok:
+                section.update(verdict="N/A", reason="not applicable: no PCI_P2PDMA in this kernel (the client's CMB is not P2P memory)")
+                return section
+            setup_server(server)
+            client.run(f"mkdir -p {GUEST_DIR}", check=True)
+            client.put(scenarios_dir() / "nfs/nfs_p2p.py", f"{GUEST_DIR}/nfs_p2p.py")
+            for transport in options.transports:
+                mount(client, server_address(lab), options.version, transport)
+                support = nfs_p2p_support(client)
+                expectation = expected_p2p(support, transport)
+                client.run("dmesg -C", timeout=30)
+                res = client.run(f"python3 {GUEST_DIR}/nfs_p2p.py --provider {bdf} --file {MOUNT}/p2p.dat", timeout=600)
+                dmesg = client.run("dmesg", timeout=30).stdout
+                sub.write(f"{transport}/nfs_p2p.out", res.stdout + res.stderr)
+                sub.write(f"{transport}/dmesg", dmesg)
+                client.run(f"umount {MOUNT}", timeout=120)
+                try:
+                    out = json.loads(res.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    section["transports"][transport] = {"verdict": ERROR, "reason": f"unreadable output: {res.stderr.strip()[-300:]}"}
+                    continue
+                refused = [op for op in ("write", "read") if not out[op]["ok"]]
+                wrong = [op for op in ("write", "read") if out[op]["ok"] and not out[op].get("data_matches")]
+                if wrong:
+                    verdict, reason = FAIL, f"{', '.join(wrong)} moved wrong data"
+                elif len(refused) == 2:
+                    errnos = {out[op]["errno"] for op in refused}
+                    verdict = PASS if (support or errnos == {"EREMOTEIO"}) else FAIL
+                    reason = f"refused with {', '.join(sorted(errnos))}: {expectation}"
+                else:
+                    verdict = FAIL
+                    reason = f"expected a refusal ({expectation}); {', '.join(op for op in ('write', 'read') if out[op]['ok'])} succeeded"
+                section["transports"][transport] = {"verdict": verdict, "reason": reason, "nfs_p2p_support": support,
+                                                    "result": out, "kernel_messages": [l.split('] ', 1)[-1] for l in dmesg.splitlines()
+                                                                                     if "p2p" in l.lower() or "peer-to-peer" in l][:5]}
+                info(f"{ref}: nfs-p2p over {transport}: {verdict}: {reason}")
+    except (BootError, LabError) as exc:
+        section["reason"] = str(exc).splitlines()[0]
+        sub.write("error.txt", str(exc))
+        return section
+    finally:
+        sub.write("verdict.json", json.dumps(section, indent=2))
+    verdicts = [t["verdict"] for t in section["transports"].values()]
+    if len(verdicts) == len(options.transports):
+        section["verdict"] = ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS
+        section["reason"] = "; ".join(f"{t}: {v['verdict']}" for t, v in section["transports"].items())
+    sub.finish("done", verdict=section["verdict"])
+    return section
+
+
+def run_p2p(options: Options) -> tuple[RunDir, dict]:
+    options.validate()
+    jobs = [(ref.replace(":", "-"), ref, lambda sub, ref=ref: run_p2p_kernel(options, ref, sub)) for ref in options.kernels]
+    return run_jobs(P2P_NAME, "nfs-rdma-pair", options.to_dict(), jobs, _write(P2P_NAME))

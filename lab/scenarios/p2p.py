@@ -13,6 +13,7 @@ from lab.lab import Lab
 from lab.paths import scenarios_dir
 from lab.progress import info
 from lab.rundir import RunDir
+from lab.scenarios.runner import run_jobs
 from lab.scenarios.verdict import ERROR, FAIL, PASS, outcome_ok
 from lab.topology.render import render
 
@@ -182,21 +183,10 @@ def run_kernel(options: Options, ref: str, placement: str, sub: RunDir) -> dict:
 
 def run(options: Options) -> tuple[RunDir, dict]:
     options.validate()
-    run_dir = RunDir.create(NAME, "p2p-switch")
-    run_dir.update(scenario=NAME, options=options.to_dict())
-    results: dict = {"scenario": NAME, "options": options.to_dict(), "runs": {}}
-    status = "interrupted"
-    try:
-        for ref in options.kernels:
-            for placement in options.placements:
-                label = f"{ref.replace(':', '-')}-{placement}"
-                results["runs"][label] = run_kernel(options, ref, placement, run_dir.child(f"kernels/{label}", kernel_ref=ref))
-                _write(run_dir, results)
-        status = "done"
-    finally:
-        _write(run_dir, results)
-        run_dir.finish(status, verdicts={k: v["verdict"] for k, v in results["runs"].items()})
-    return run_dir, results
+    jobs = [(f"{ref.replace(':', '-')}-{placement}", ref,
+             lambda sub, ref=ref, placement=placement: run_kernel(options, ref, placement, sub))
+            for ref in options.kernels for placement in options.placements]
+    return run_jobs(NAME, "p2p-switch", options.to_dict(), jobs, _write, key="runs")
 
 
 def all_ok(results: dict) -> bool:

@@ -26,3 +26,14 @@ def test_injected_corruption_is_reported_with_case_and_offset():
     assert t["injected"] == {"file_offset": 17}
     assert t["failed"][0]["name"] == "align=page size=sub-page off=aligned"
     assert "file offset 17" in t["failed"][0]["error"]
+
+
+def test_nfs_p2p_is_refused_on_73_and_not_applicable_on_612():
+    _, results = nfs.run_p2p(nfs.Options(kernels=["debian:6.12", "debian:7.3"], transports=["tcp", "rdma"]))
+    assert results["kernels"]["debian-6.12"]["verdict"] == "N/A"
+    new = results["kernels"]["debian-7.3"]
+    assert new["verdict"] == "PASS", new
+    for transport in ("tcp", "rdma"):
+        t = new["transports"][transport]
+        assert t["result"]["write"]["errno"] == "EREMOTEIO" and t["result"]["read"]["errno"] == "EREMOTEIO"
+        assert not t["nfs_p2p_support"] and "no NFS P2P support" in t["reason"]

@@ -55,3 +55,11 @@ def test_case_judgement():
     assert _judge_case("write-from-p2p", moved, False)[0] == "FAIL"
     assert _judge_case("mixed-memory", refused, True)[0] == "RECORDED"
     assert _judge_case("mixed-memory", corrupt, True)[0] == "FAIL"
+
+
+def test_nfs_p2p_expectations_name_the_case():
+    from lab.scenarios.nfs import expected_p2p
+
+    assert "EREMOTEIO" in expected_p2p(False, "tcp")
+    assert "virtual DMA" in expected_p2p(True, "rdma")
+    assert "TCP" in expected_p2p(True, "tcp")
