@@ -3,9 +3,11 @@ started with the same argv, so the lab's own overhead is a measured figure."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import paramiko
 from lab.images import create_overlay
 from lab.lab import Lab
 from lab.machine import READY_MARKER
+from lab.paths import runtime_root
 from lab.rundir import RunDir
 from lab.sshkeys import ensure_key
 
@@ -61,14 +64,13 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
         with lab:
             name = next(iter(lab.machines))
             lab.guest(name).run("true", check=True)
-            lab_times.append(time.monotonic() - started - 0.0)
+            lab_times.append(time.monotonic() - started)
             launch_to_cmd = time.monotonic() - lab.machines[name].launched_at
             argv = lab.machines[name].argv
             overlay = Path(next(a for a in argv if "root.qcow2" in a).split("file=")[1].split(",")[0])
             base = lab.images[lab.rendered.topology.machines[name].image].path
         # Runtime dir is gone after the lab stopped: give the bare run its own copy of the paths.
-        bare_dir = run.path / "bare"
-        bare_dir.mkdir(exist_ok=True)
+        bare_dir = Path(tempfile.mkdtemp(prefix="bench-bare-", dir=runtime_root()))
         bare_argv = [a.replace(str(overlay.parent), str(bare_dir)) for a in argv]
         for a in bare_argv:
             if ".img," in a and "nvme" in a:
@@ -78,7 +80,10 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
         console = bare_dir / "console.log"
         bare_argv = [f"file,id=console,path={console}" if a.startswith("file,id=console") else a for a in bare_argv]
         bare_argv = [a.replace(str(lab.machines[name].qmp_socket), str(bare_dir / "qmp.sock")) for a in bare_argv]
-        bare_times.append(_bare_boot(bare_argv, bare_dir / "root.qcow2", base, console, key))
+        try:
+            bare_times.append(_bare_boot(bare_argv, bare_dir / "root.qcow2", base, console, key))
+        finally:
+            shutil.rmtree(bare_dir, ignore_errors=True)  # sparse namespace images and the overlay
         print(f"run {i + 1}: lab {lab_times[-1]:.1f} s (launch to first command {launch_to_cmd:.1f} s), bare QEMU {bare_times[-1]:.1f} s", flush=True)
     lab_med, bare_med = statistics.median(lab_times), statistics.median(bare_times)
     overhead = 100.0 * (lab_med - bare_med) / bare_med

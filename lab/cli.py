@@ -170,7 +170,13 @@ def cmd_up(args) -> int:
     from lab.lab import boot_summary, wait_forever
 
     lab = _boot(args, die_with_parent=not args.detach)
-    lab.start() if args.detach else lab.__enter__()
+    try:
+        lab.start() if args.detach else lab.__enter__()
+    except BaseException:
+        lab.stop()
+        if lab.run:
+            lab.run.finish("error")
+        raise
     print(boot_summary(lab))
     if args.detach:
         lab.run.update(status="up")
