@@ -54,6 +54,14 @@ class QemuMachine:
         self.launched_at = 0.0
         self.ready_at = 0.0
 
+    def reset(self) -> None:
+        """Forget a stopped process so that launch() can start the machine again."""
+        self.proc = None
+        self.qmp = None
+        self.ssh_port = None
+        self.guest = None
+        self.qmp_socket.unlink(missing_ok=True)
+
     # -- launch -----------------------------------------------------------------------------
     def launch(self, die_with_parent: bool = True) -> None:
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
