@@ -119,9 +119,32 @@ def cmd_kernel_fetch(args) -> int:
 
 def cmd_kernel_list(args) -> int:
     from lab.kernels.debian import list_cached
+    from lab.kernels.named import all_named
 
     for k in list_cached():
-        print(f"{k['ref']:14} {k['release']:28} {k['sha256'][:16]}  {k['path']}")
+        what = k.get("request") or k.get("abi") or ""
+        if k.get("name"):
+            what = f"{k['name']}: {what}"
+        print(f"{k['ref']:22} {k['release']:28} {k['sha256'][:16]}  {what}")
+    named = all_named()
+    if named:
+        print("named kernels (built on first use):")
+        for name, (path, req) in named.items():
+            print(f"  {name:20} {req.describe()}  ({path})")
+    return 0
+
+
+def cmd_kernel_build(args) -> int:
+    from lab.kernels import build
+
+    request = build.BuildRequest(source=args.source, series=args.series, configs=tuple(args.config or ()),
+                                 patches=args.patches, fragments=tuple(args.fragments.split(",")) if args.fragments else None)
+    k = build.build(request, jobs=args.jobs)
+    seconds = k.meta.get("build_seconds")
+    print(f"{k.ref}  {k.release}  {k.vmlinuz.parent}" + (f"  (built in {seconds:.0f} s)" if seconds else ""))
+    if k.meta.get("series"):
+        for title in k.meta["series"]["patches"]:
+            print(f"  {title}")
     return 0
 
 
@@ -283,10 +306,10 @@ def cmd_down(args) -> int:
 
 
 def cmd_setup(args) -> int:
-    from lab.host import HOST_PACKAGES, install, missing_packages
+    from lab.host import BUILD_PACKAGES, HOST_PACKAGES, install, missing_packages
 
-    missing = missing_packages()
-    for pkg, why in HOST_PACKAGES.items():
+    missing = missing_packages(build=True)
+    for pkg, why in {**HOST_PACKAGES, **BUILD_PACKAGES}.items():
         print(f"{'missing  ' if pkg in missing else 'installed'} {pkg:24} {why}")
     if args.check:
         return 1 if missing else 0
@@ -302,59 +325,56 @@ def cmd_bench_boot(args) -> int:
 
 
 # -- scenarios and results --------------------------------------------------------------------------
-def cmd_run_stable_pages(args) -> int:
+def cmd_run(args) -> int:
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
-    from lab.scenarios import stable_pages as sp
+    from lab.scenarios import registry
 
-    directions = ["write", "read"] if args.direction == "both" else [args.direction]
-    options = sp.Options(
-        kernels=args.kernel or list(sp.DEFAULT_KERNELS), topology=args.topology, params=_params(args),
-        targets=args.target or ["xfs"], directions=directions,
-        block_sizes=[sp.parse_block_size(b) for b in (args.bs or ["64K"])],
-        duration=args.duration, control_duration=args.control_duration, control=not args.no_control,
-        size=args.size << 20, accel=args.accel,
-    )
+    if args.scenario == "nfs-fstests" and not args.fstests:
+        print("nfs-fstests: skipped: no fstests tree given (--fstests PATH or a git URL, or LAB_FSTESTS=PATH)")
+        return 0
+    options = registry.options_from_args(args.scenario, args, _params(args) if hasattr(args, "param") else {})
     options.validate()
     ensure_host()
     reap_stale_runtimes()
-    run_dir, results = sp.run(options)
-    print(sp.table(results))
-    print(f"results: {run_dir.path}")
-    return 0 if sp.all_ok(results) else 1
+    outcome = registry.run(args.scenario, options)
+    print(outcome.table)
+    print(f"results: {outcome.run_dir.path}")
+    return 0 if outcome.ok else 1
 
 
-def cmd_run_p2p_block(args) -> int:
+def cmd_bisect(args) -> int:
+    from lab.bisect import commit_candidates, report, run_bisect, series_candidates
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
-    from lab.scenarios import p2p
+    from lab.scenarios import registry
 
-    options = p2p.Options(kernels=args.kernel or ["debian:7.3"], placements=args.placement or ["switch", "root-port"],
-                          cpu=args.cpu, size=args.size << 10, use_cmb_sqes=args.use_cmb_sqes, accel=args.accel)
+    if bool(args.series) == bool(args.good or args.bad):
+        raise UsageError("bisect needs either --series S (patch by patch) or --good REF --bad REF (commits of a git --base)")
+    if not args.series and not (args.good and args.bad):
+        raise UsageError("--good and --bad go together")
+    extra = list(args.scenario_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if any(a == "--kernel" or a.startswith("--kernel=") for a in extra):
+        raise UsageError("bisect chooses the kernels itself; drop --kernel from the scenario options")
+    run_args = build_parser().parse_args(["run", args.scenario, *extra])
+    options = registry.options_from_args(args.scenario, run_args, _params(run_args) if hasattr(run_args, "param") else {})
+    configs = tuple(args.config or ())
+    if args.series:
+        requests, labels = series_candidates(args.base, args.series, configs)
+        describe = {"base": args.base, "series": args.series, "config": list(configs)}
+    else:
+        requests, labels = commit_candidates(args.base, args.good, args.bad, configs)
+        describe = {"tree": args.base, "good": args.good, "bad": args.bad, "config": list(configs)}
+    options = registry.with_kernels(options, ["placeholder"])
     options.validate()
     ensure_host()
     reap_stale_runtimes()
-    run_dir, results = p2p.run(options)
-    print(p2p.table(results))
+    run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe)
+    print(report(summary))
     print(f"results: {run_dir.path}")
-    return 0 if p2p.all_ok(results) else 1
-
-
-def cmd_run_nfs_dio(args) -> int:
-    from lab.host import ensure_host
-    from lab.lab import reap_stale_runtimes
-    from lab.scenarios import nfs
-
-    options = nfs.Options(kernels=args.kernel or ["debian:7.3"], transports=args.transport or ["tcp", "rdma"],
-                          version=args.nfs_version, inject_corruption=args.inject_corruption, only=args.only, accel=args.accel)
-    options.validate()
-    ensure_host()
-    reap_stale_runtimes()
-    run_dir, results = (nfs.run_p2p if args.scenario == "nfs-p2p" else nfs.run)(options)
-    print(nfs.table(results))
-    print(f"results: {run_dir.path}")
-    ok = all(k["verdict"] in ("PASS", "N/A") for k in results["kernels"].values()) and bool(results["kernels"])
-    return 0 if ok else 1
+    return 0 if summary["result"] and summary["result"]["changed"] else 1
 
 
 def cmd_results_list(args) -> int:
@@ -420,9 +440,33 @@ def cmd_replay(args) -> int:
 def cmd_bench_stable_pages(args) -> int:
     """The A/B demo timed from the command to the table (target: under 3 minutes here)."""
     started = time.monotonic()
-    rc = cmd_run_stable_pages(args)
+    rc = cmd_run(args)
     print(f"A/B run: {time.monotonic() - started:.1f} s from the command to the table")
     return rc
+
+
+def cmd_bench_nfs(args) -> int:
+    """Set-up time of the NFS pair (command to an RDMA mount on the client) and MiB/s of the
+    O_DIRECT matrix per transport. RDMA is mounted first so its time is the ready time."""
+    from lab.host import ensure_host
+    from lab.lab import reap_stale_runtimes
+    from lab.scenarios import nfs
+
+    started = time.monotonic()
+    ensure_host()
+    reap_stale_runtimes()
+    kernel = args.kernel or "debian:7.3"
+    _, results = nfs.run(nfs.Options(kernels=[kernel], transports=["rdma", "tcp"], version=args.nfs_version, accel=args.accel))
+    section = next(iter(results["kernels"].values()))
+    mounted = section.get("mounted_seconds", {})
+    print(f"kernel {kernel} ({section.get('release', '?')}), NFS {args.nfs_version}: {section['verdict']}")
+    print(f"  boot + server set-up: {section.get('setup_seconds', '?')} s after the guests started booting")
+    if "rdma" in mounted:
+        print(f"  ready with the RDMA mount: {mounted['rdma']} s after the guests started booting")
+    for t, v in section["transports"].items():
+        print(f"  {t:5} O_DIRECT matrix: {v.get('mib_per_s', '?')} MiB/s ({v.get('cases', '?')} cases, {v.get('seconds', '?')} s)")
+    print(f"  whole command: {time.monotonic() - started:.1f} s")
+    return 0 if section["verdict"] == "PASS" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = ker.add_parser("fetch", help="fetch packaged kernels into the cache (debian:6.12, debian:7.3, ...)")
     p.add_argument("ref", nargs="+")
     p.set_defaults(func=cmd_kernel_fetch)
+    p = ker.add_parser("build", help="build a kernel from a source, a series and config fragments (or find it in the cache); prints its --kernel reference")
+    p.add_argument("--source", required=True, metavar="SOURCE",
+                   help="linux-source-X.Y (Debian's package), a source tarball, an unpacked tree, or a git tree PATH[@REF]")
+    p.add_argument("--series", metavar="FILE|DIR|MSGID", help="an mbox, a directory of git format-patch files, or a lore message-id (b4)")
+    p.add_argument("--config", action="append", metavar="FRAGMENT",
+                   help="extra config fragment (a path, or a name in kernel/fragments), repeatable; merged after the lab's own")
+    p.add_argument("--patches", type=int, metavar="N", help="apply only the first N patches of the series")
+    p.add_argument("--fragments", metavar="A,B", help="which of the lab's fragments to start from (default: all: base,nvme-pi,p2pdma,xfs,nfs-rdma,9p)")
+    p.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all CPUs)")
+    p.set_defaults(func=cmd_kernel_build)
     p = ker.add_parser("list", help="cached kernels")
     p.set_defaults(func=cmd_kernel_list)
 
@@ -500,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="skip the control runs without mutation")
     p.add_argument("--size", type=int, default=32, help="MiB of the file or device area the I/O cycles over (default: 32)")
     p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run_stable_pages)
+    p.set_defaults(func=cmd_run, scenario="stable-pages")
     stable_pages_parser = p
 
     p = runp.add_parser("p2p-block", help="P2P pre-flight, then O_DIRECT through a CMB-backed buffer, per PCIe placement")
@@ -512,23 +566,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-cmb-sqes", type=lambda v: v.lower() in ("1", "y", "yes", "on", "true"), default=None,
                    metavar="BOOL", help="nvme.use_cmb_sqes (default: the kernel's)")
     p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run_p2p_block)
+    p.set_defaults(func=cmd_run, scenario="p2p-block")
 
     p = runp.add_parser("nfs-dio", help="NFS O_DIRECT integrity matrix between two VMs, over TCP and soft-RoCE")
     p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
     p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
     p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="nfs-rdma-pair parameter (rdma=siw, pi=0, ...)")
     p.add_argument("--only", help="only the cases whose name contains this (e.g. 'align=100')")
     p.add_argument("--inject-corruption", action="store_true",
                    help="flip a byte of the file on the server between write and verify: the run must FAIL")
     p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run_nfs_dio, scenario="nfs-dio")
+    p.set_defaults(func=cmd_run, scenario="nfs-dio")
     p = runp.add_parser("nfs-p2p", help="NFS O_DIRECT from a buffer in the client's CMB: the refusal each kernel and transport must give")
     p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
     p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
     p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
     p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run_nfs_dio, scenario="nfs-p2p", only=None, inject_corruption=False)
+    p.set_defaults(func=cmd_run, scenario="nfs-p2p", only=None, inject_corruption=False)
+
+    p = sub.add_parser("bisect", help="the first patch of a series (or commit between two refs) where a scenario's verdict changes",
+                       description="Builds the base and base + each prefix of the series (incrementally, cached) and runs the "
+                                   "scenario on each, binary search. Scenario options go after --, e.g. "
+                                   "lab bisect --base linux-source-7.3 --series fix.mbox --scenario stable-pages -- --direction write")
+    p.add_argument("--base", required=True, metavar="SOURCE", help="linux-source-X.Y, a tarball, a tree, or a git tree (with --good/--bad)")
+    p.add_argument("--series", metavar="FILE|DIR|MSGID")
+    p.add_argument("--good", metavar="REF", help="with a git --base: a commit where the verdict is the old one")
+    p.add_argument("--bad", metavar="REF", help="with a git --base: a later commit where it changed")
+    p.add_argument("--config", action="append", metavar="FRAGMENT", help="extra config fragment, repeatable")
+    p.add_argument("--scenario", required=True, choices=("stable-pages", "p2p-block", "nfs-dio", "nfs-p2p", "nfs-fstests"))
+    p.add_argument("scenario_args", nargs=argparse.REMAINDER, help="options of 'lab run SCENARIO' (after --)")
+    p.set_defaults(func=cmd_bisect)
+
+    p = runp.add_parser("nfs-fstests", help="an fstests tree against the NFS mount, per transport: pass/fail/notrun per test")
+    p.add_argument("--fstests", default=os.environ.get("LAB_FSTESTS"), metavar="PATH|URL",
+                   help="a built fstests tree (or a git URL to clone and build); default $LAB_FSTESTS; without one the scenario is skipped")
+    p.add_argument("--test", action="append", metavar="NAME", help="tests to run (generic/091, comma-separated or repeated)")
+    p.add_argument("--preset", help="a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested with; the default)")
+    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
+    p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
+    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
+    p.add_argument("--timeout", type=int, default=3600, help="seconds for the whole check run per transport (default: 3600)")
+    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
+    p.set_defaults(func=cmd_run, scenario="nfs-fstests")
 
     res = sub.add_parser("results", help="runs kept in results/").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = res.add_parser("list", help="all runs with their verdicts")
@@ -559,6 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_boot_args(p)
     p.add_argument("--runs", type=int, default=3)
     p.set_defaults(func=cmd_bench_boot)
+    p = bench.add_parser("nfs", help="NFS pair: time to the RDMA mount, and O_DIRECT MiB/s per transport")
+    p.add_argument("--kernel", metavar="REF", help="default: debian:7.3")
+    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
+    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
+    p.set_defaults(func=cmd_bench_nfs)
     p = bench.add_parser("stable-pages", parents=[stable_pages_parser], add_help=False,
                          help="time the default A/B stable-pages run from the command to the table")
     p.set_defaults(func=cmd_bench_stable_pages)

@@ -22,11 +22,24 @@ HOST_PACKAGES = {
     "dpkg": "dpkg-deb unpacks kernel packages",
     "apt": "fetches kernels through the lab's private apt configuration",
 }
+# Only for kernels built from source (`lab kernel build`, build: references, bisect).
+BUILD_PACKAGES = {
+    "gcc": "compiles kernels",
+    "make": "kbuild",
+    "flex": "kconfig and dtc lexers",
+    "bison": "kconfig parser",
+    "bc": "kernel build scripts",
+    "libelf-dev": "objtool",
+    "libssl-dev": "certificate tools built during the kernel build",
+    "ccache": "reuses compiled objects across builds and worktrees",
+    "git": "applies series with git am on a scratch worktree",
+    "xz-utils": "unpacks linux-source tarballs",
+}
 
 
-def missing_packages() -> list[str]:
+def missing_packages(build: bool = False) -> list[str]:
     missing = []
-    for pkg in HOST_PACKAGES:
+    for pkg in [*HOST_PACKAGES, *(BUILD_PACKAGES if build else ())]:
         res = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
         if res.returncode != 0 or "install ok installed" not in res.stdout:
             missing.append(pkg)
@@ -47,6 +60,6 @@ def install(packages: list[str]) -> None:
             raise LabError(f"{' '.join(argv[:2])} failed: {tail}")
 
 
-def ensure_host() -> None:
-    """Called before anything that boots: installs what is missing (as root) or says what to run."""
-    install(missing_packages())
+def ensure_host(build: bool = False) -> None:
+    """Called before anything that boots (or builds): installs what is missing (as root) or says what to run."""
+    install(missing_packages(build))

@@ -43,3 +43,7 @@ def images_dir() -> Path:
 
 def scenarios_dir() -> Path:
     return PROJECT_ROOT / "scenarios"
+
+
+def repo_dir() -> Path:
+    return PROJECT_ROOT

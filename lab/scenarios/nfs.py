@@ -34,18 +34,21 @@ def server_address(lab: Lab) -> str:
     return lab.rendered.topology.machines["server"].nics[0].address.split("/")[0]
 
 
-def setup_server(guest) -> None:
-    """XFS on the namespace, exported; nfsd with TCP 2049 and RDMA 20049 listeners. The lean init
-    starts no services, so the daemons are started here, in the order systemd would."""
+def setup_server(guest, subdirs: tuple[str, ...] = ()) -> None:
+    """XFS on the namespace, exported (and each of `subdirs` below it as its own export); nfsd with
+    TCP 2049 and RDMA 20049 listeners. The lean init starts no services, so the daemons are started
+    here, in the order systemd would."""
+    exports = "".join(f"{EXPORT}/{d} *(rw,no_root_squash,no_subtree_check,insecure)\n" for d in subdirs)
     script = f"""set -e
 modprobe -a nfsd xfs rpcrdma 2>/dev/null || modprobe -a nfsd xfs
 mkfs.xfs -f -q /dev/nvme0n1
 mkdir -p {EXPORT} && mount /dev/nvme0n1 {EXPORT} && chmod 1777 {EXPORT}
+for d in {' '.join(subdirs)}; do mkdir -p {EXPORT}/$d && chmod 1777 {EXPORT}/$d; done
 mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
 mkdir -p /var/lib/nfs/rpc_pipefs /run/rpcbind
 mountpoint -q /var/lib/nfs/rpc_pipefs || mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
 rpcbind -w
-echo '{EXPORT} *(rw,no_root_squash,no_subtree_check,insecure)' > /etc/exports
+printf '{EXPORT} *(rw,no_root_squash,no_subtree_check,insecure)\n{exports}' > /etc/exports
 exportfs -ra
 rpc.mountd
 rpc.statd --no-notify || true
@@ -62,23 +65,26 @@ cat /proc/fs/nfsd/portlist
         raise NfsError(f"server: NFS set-up failed: {(res.stderr or res.stdout).strip().splitlines()[-3:]}")
 
 
-def mount(guest, server: str, version: str, transport: str) -> str:
+def mount_options(version: str, transport: str) -> str:
+    opts = f"vers={version},proto={transport}" + (f",port={RDMA_PORT}" if transport == "rdma" else "")
+    return opts + (",nolock" if version == "3" else "")
+
+
+def mount(guest, server: str, version: str, transport: str, export: str = EXPORT, mountpoint: str = MOUNT) -> str:
     """Mount and prove the transport from /proc/mounts: NFSv4.1+ silently reuses an existing
     connection, so what mount(8) was asked for is not evidence."""
-    opts = f"vers={version},proto={transport}" + (f",port={RDMA_PORT}" if transport == "rdma" else "")
-    if version == "3":
-        opts += ",nolock"
-    guest.run(f"umount -f {MOUNT} 2>/dev/null; mkdir -p {MOUNT}", timeout=60)
+    opts = mount_options(version, transport)
+    guest.run(f"umount -f {mountpoint} 2>/dev/null; mkdir -p {mountpoint}", timeout=60)
     if transport == "rdma":
         guest.run("modprobe rpcrdma", timeout=60)
     # rxe retransmits on timeouts when the host is busy: allow a slow first connection, retry once.
-    res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=300)
+    res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{export} {mountpoint}", timeout=300)
     if not res.ok:
-        guest.run(f"umount -f {MOUNT} 2>/dev/null", timeout=60)
-        res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{EXPORT} {MOUNT}", timeout=300)
+        guest.run(f"umount -f {mountpoint} 2>/dev/null", timeout=60)
+        res = guest.run(f"timeout 240 mount -t nfs -o {opts} {server}:{export} {mountpoint}", timeout=300)
     if not res.ok:
         raise NfsError(f"client: mount -o {opts} failed: {(res.stderr or res.stdout).strip()[-200:]}")
-    line = guest.run(f"grep ' {MOUNT} ' /proc/mounts", timeout=30).stdout.strip()
+    line = guest.run(f"grep ' {mountpoint} ' /proc/mounts", timeout=30).stdout.strip()
     proto = next((o.split("=", 1)[1] for o in line.split()[3].split(",") if o.startswith("proto=")), "?") if line else "?"
     if proto != transport:
         raise NfsError(f"client: asked for proto={transport} but /proc/mounts says proto={proto} ({line})")
@@ -98,8 +104,10 @@ class Options:
     inject_corruption: bool = False
     only: str | None = None
     accel: str = "auto"
+    params: dict = field(default_factory=dict)  # nfs-rdma-pair parameters (rdma=siw, pi=0, ...)
 
     def validate(self) -> None:
+        render("nfs-rdma-pair", self.params)  # bad parameters fail before anything boots
         for t in self.transports:
             if t not in TRANSPORTS:
                 raise UsageError(f"--transport {t!r}: choose tcp or rdma")
@@ -108,7 +116,7 @@ class Options:
 
     def to_dict(self) -> dict:
         return {"kernels": self.kernels, "transports": self.transports, "version": self.version,
-                "inject_corruption": self.inject_corruption, "only": self.only}
+                "inject_corruption": self.inject_corruption, "only": self.only, "params": self.params}
 
 
 def _corrupt_on_server(server, client, pause: str) -> dict:
@@ -131,7 +139,7 @@ def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
     sub.update(scenario=NAME, options=options.to_dict(), kernel_ref=ref)
     try:
         started = time.monotonic()
-        with Lab(render("nfs-rdma-pair"), kernel_ref=ref, accel=options.accel, run=sub) as lab:
+        with Lab(render("nfs-rdma-pair", options.params), kernel_ref=ref, accel=options.accel, run=sub) as lab:
             server, client = lab.guest("server"), lab.guest("client")
             section["release"] = lab.kernels["client"].release
             setup_server(server)
@@ -142,6 +150,7 @@ def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
                 t0 = time.monotonic()
                 line = mount(client, server_address(lab), options.version, transport)
                 mounted = round(time.monotonic() - started, 1)
+                section.setdefault("mounted_seconds", {})[transport] = mounted
                 info(f"{ref}: mounted over {transport} after {mounted} s: {line}")
                 before = vmstat_pins(client)
                 cmd = f"python3 {GUEST_DIR}/nfs_dio.py --dir {MOUNT}" + (f" --only '{options.only}'" if options.only else "")
@@ -255,7 +264,7 @@ def run_p2p_kernel(options: Options, ref: str, sub: RunDir) -> dict:
     section: dict = {"kernel": ref, "transports": {}, "verdict": ERROR, "reason": ""}
     sub.update(scenario=P2P_NAME, options=options.to_dict(), kernel_ref=ref)
     try:
-        with Lab(render("nfs-rdma-pair"), kernel_ref=ref, accel=options.accel, run=sub) as lab:
+        with Lab(render("nfs-rdma-pair", options.params), kernel_ref=ref, accel=options.accel, run=sub) as lab:
             server, client = lab.guest("server"), lab.guest("client")
             kernel = lab.kernels["client"]
             section["release"] = kernel.release

@@ -37,3 +37,36 @@ def test_nfs_p2p_is_refused_on_73_and_not_applicable_on_612():
         t = new["transports"][transport]
         assert t["result"]["write"]["errno"] == "EREMOTEIO" and t["result"]["read"]["errno"] == "EREMOTEIO"
         assert not t["nfs_p2p_support"] and "no NFS P2P support" in t["reason"]
+
+
+@pytest.mark.parametrize("version", ["3", "4.1"])
+def test_other_nfs_versions_mount_and_verify(version):
+    _, results = nfs.run(nfs.Options(kernels=["debian:7.3"], transports=["tcp", "rdma"], version=version, only="size=sub-page"))
+    section = results["kernels"]["debian-7.3"]
+    assert section["verdict"] == "PASS", section
+    for transport in ("tcp", "rdma"):
+        mount = section["transports"][transport]["mount"]
+        assert f"vers={version}" in mount and f"proto={transport}" in mount, mount
+
+
+def test_fstests_runner_in_the_pair_with_the_fake_tree():
+    """The runner end to end: the tree is copied in, check runs against TEST_DEV mounted over each
+    transport; the fake 001 does O_DIRECT on the NFS mount and passes, 002 fails, 003 does not run."""
+    from pathlib import Path
+
+    from lab.scenarios import fstests
+
+    fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
+    tests = ["generic/001", "generic/002", "generic/003"]
+    run_dir, results = fstests.run(fstests.Options(fstests=str(fake), tests=tests, kernels=["debian:7.3"],
+                                                   transports=["tcp", "rdma"], timeout=600))
+    section = results["kernels"]["debian-7.3"]
+    for transport in ("tcp", "rdma"):
+        t = section["transports"][transport]
+        assert f"proto={transport}" in t["mount"]
+        assert t["statuses"] == {"generic/001": "pass", "generic/002": "fail", "generic/003": "notrun"}, t
+        assert t["source"] == "xunit"
+        assert (run_dir.path / f"kernels/debian-7.3/{transport}/check.out").exists()
+    assert section["verdict"] == "FAIL"  # 002 fails on purpose
+    table = (run_dir.path / "summary.txt").read_text()
+    assert "tcp: 1 pass, 1 fail, 1 notrun" in table and "rdma: 1 pass, 1 fail, 1 notrun" in table

@@ -12,7 +12,12 @@ CASES = [
     (["topology", "show", "nvme-pi", "-p", "broken"], "not key=value"),
     (["inspect", "nvme-pi", "--kernel", "debian:banana"], "debian:banana"),
     (["inspect", "nvme-pi", "--kernel", "/nonexistent/bzImage"], "does not exist"),
-    (["inspect", "nvme-pi", "--kernel", "build:base=x"], "not available yet"),
+    (["inspect", "nvme-pi", "--kernel", "build:base=/nonexistent/linux"], "kernel source '/nonexistent/linux': no such file"),
+    (["inspect", "nvme-pi", "--kernel", "build:0123456789abcdef"], "no such built kernel"),
+    (["inspect", "nvme-pi", "--kernel", "no-such-kernel-name"], "unknown kernel reference"),
+    (["kernel", "build", "--source", "/tmp", "--series", "/nonexistent/fix.mbox"], "no such file or directory"),
+    (["kernel", "build", "--source", "/tmp", "--config", "no-such-fragment"], "config fragment 'no-such-fragment'"),
+    (["kernel", "build", "--source", "/tmp"], "is not a kernel tree"),
     (["ssh", "vm", "--lab", "no-such-lab-id"], "no running lab"),
 ]
 

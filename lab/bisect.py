@@ -1,0 +1,143 @@
+"""Which patch changed the verdict: build and run a scenario on the base, on the whole series, then
+binary-search the prefixes of the series (or the commits between two refs of a git tree). Every
+step is a normal run directory; the summary names the last good and the first bad."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lab.errors import LabError, UsageError
+from lab.kernels import build
+from lab.kernels.series import load_series
+from lab.kernels.source import git, resolve_source
+from lab.progress import info
+from lab.rundir import RunDir
+from lab.scenarios import registry
+
+
+@dataclass
+class Step:
+    index: int  # 0 = base; i = base + patches 1..i (or the i-th commit after the good ref)
+    label: str
+    kernel: str = ""
+    signature: str = ""
+    run_dir: str = ""
+    error: str = ""
+
+
+@dataclass
+class Search:
+    """Binary search for the first candidate whose signature differs from candidate 0's."""
+    count: int  # candidates 0..count
+    evaluate: Callable[[int], str]
+    seen: dict[int, str] = field(default_factory=dict)
+
+    def verdict(self, i: int) -> str:
+        if i not in self.seen:
+            self.seen[i] = self.evaluate(i)
+        return self.seen[i]
+
+    def run(self) -> tuple[int, int] | None:
+        """(last index with the base's verdict, first index without), or None if the end agrees."""
+        good = self.verdict(0)
+        if self.verdict(self.count) == good:
+            return None
+        lo, hi = 0, self.count
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.verdict(mid) == good:
+                lo = mid
+            else:
+                hi = mid
+        return lo, hi
+
+
+def series_candidates(base: str, series_spec: str, configs: tuple[str, ...]) -> tuple[list[build.BuildRequest], list[str]]:
+    series = load_series(series_spec)
+    requests = [build.BuildRequest(source=base, series=series_spec if i else None, configs=configs,
+                                   patches=i if i else None) for i in range(len(series.patches) + 1)]
+    labels = ["base"] + [f"patch {p.title}" for p in series.patches]
+    return requests, labels
+
+
+def commit_candidates(tree: str, good: str, bad: str, configs: tuple[str, ...]) -> tuple[list[build.BuildRequest], list[str]]:
+    source = resolve_source(f"{tree}@{good}")
+    if source.kind != "git" or source.path is None:
+        raise UsageError(f"--good/--bad need a git tree as --base, not {tree}")
+    bad_commit = git(source.path, "rev-parse", "--verify", "--quiet", f"{bad}^{{commit}}", check=False).stdout.strip()
+    if not bad_commit:
+        raise UsageError(f"no commit {bad!r} in {source.path}")
+    commits = git(source.path, "rev-list", "--reverse", "--first-parent", f"{source.commit}..{bad_commit}").stdout.split()
+    if not commits:
+        raise UsageError(f"{bad} is not a descendant of {good} in {source.path}")
+    chain = [source.commit or good, *commits]
+    subjects = [git(source.path, "log", "-1", "--format=%h %s", c).stdout.strip() for c in chain]
+    return [build.BuildRequest(source=f"{source.path}@{c}", configs=configs) for c in chain], subjects
+
+
+def run_bisect(scenario: str, options: Any, requests: list[build.BuildRequest], labels: list[str],
+               describe: dict) -> tuple[RunDir, dict]:
+    run_dir = RunDir.create("bisect", scenario)
+    run_dir.update(scenario=scenario, options=describe)
+    steps: dict[int, Step] = {}
+    summary: dict = {"scenario": scenario, **describe, "candidates": labels, "steps": [], "result": None}
+
+    def save() -> None:
+        summary["steps"] = [vars(steps[i]) for i in sorted(steps)]
+        run_dir.write("bisect.json", json.dumps(summary, indent=2))
+        run_dir.write("summary.txt", report(summary) + "\n")
+
+    def evaluate(i: int) -> str:
+        step = steps.setdefault(i, Step(i, labels[i]))
+        info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
+        try:
+            kernel = build.build(requests[i])
+            step.kernel = kernel.ref
+            outcome = registry.run(scenario, registry.with_kernels(options, [kernel.ref]))
+            step.signature = outcome.signature()
+            step.run_dir = str(outcome.run_dir.path)
+        except LabError as exc:
+            # A series step that does not build (or apply) is a verdict of its own, like git bisect's 'bad'.
+            step.signature = "BUILD-ERROR"
+            step.error = str(exc).splitlines()[0]
+        info(f"bisect: {labels[i]}: {step.signature}")
+        save()
+        return step.signature
+
+    status = "interrupted"
+    try:
+        found = Search(len(labels) - 1, evaluate).run()
+        if found is None:
+            summary["result"] = {"changed": False, "verdict": steps[0].signature}
+        else:
+            good, bad = found
+            summary["result"] = {"changed": True, "last_good": vars(steps[good]), "first_bad": vars(steps[bad])}
+        status = "done"
+    finally:
+        save()
+        run_dir.finish(status, verdict="changed" if summary["result"] and summary["result"]["changed"] else "unchanged")
+    return run_dir, summary
+
+
+def _max_steps(count: int) -> int:
+    return 2 + max(0, (count - 1).bit_length())
+
+
+def report(summary: dict) -> str:
+    lines = [f"bisect of {summary['scenario']} over {len(summary['candidates']) - 1} step(s):"]
+    for s in summary["steps"]:
+        extra = f"  ({s['error']})" if s.get("error") else ""
+        lines.append(f"  {s['label'][:60]:60} {s['signature']}{extra}")
+    result = summary.get("result")
+    if result is None:
+        lines.append("unfinished")
+    elif not result["changed"]:
+        lines.append(f"the verdict does not change: {result['verdict']} on the base and with every patch")
+    else:
+        good, bad = result["last_good"], result["first_bad"]
+        lines.append(f"first change: {bad['label']}  ({good['signature']} -> {bad['signature']})")
+        lines.append(f"  last good: {good['label']}  {good['kernel']}  {good['run_dir']}")
+        lines.append(f"  first bad: {bad['label']}  {bad['kernel']}  {bad['run_dir'] or bad.get('error', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""The nfs-fstests runner without guests: the check script run for real against a tiny fake fstests
+tree, the parsers of check's console output and xunit report, test lists and the table."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lab.errors import UsageError
+from lab.scenarios import fstests
+
+FAKE = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
+
+CONSOLE = """\
+FSTYP         -- nfs
+PLATFORM      -- Linux/x86_64 client 7.3.4+deb13-amd64
+MOUNT_OPTIONS -- -o vers=4.2,proto=rdma,port=20049 10.0.0.1:/export/scratch /mnt/fstests-scratch
+
+generic/091 5s ...  4s
+generic/130        12s
+generic/139       - output mismatch (see /root/fstests/results//generic/139.out.bad)
+    --- tests/generic/139.out	2026-11-22 07:00:00
+    +++ /root/fstests/results//generic/139.out.bad
+generic/143       [not run] this test requires a valid $SCRATCH_DEV
+generic/154       [failed, exit status 1]- output mismatch (see /root/fstests/results//generic/154.out.bad)
+generic/155       _check_generic_filesystem: filesystem on 10.0.0.1:/export/test is inconsistent
+generic/183       [expunged]
+Ran: generic/091 generic/130 generic/139 generic/143 generic/154 generic/155
+Not run: generic/143
+Failures: generic/139 generic/154 generic/155
+Failed 3 of 6 tests
+"""
+
+XUNIT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="xfstests" failures="1" skipped="1" tests="3" time="9">
+  <properties><property name="FSTYP" value="nfs"/></properties>
+  <testcase classname="xfstests.global" name="generic/091" time="4"></testcase>
+  <testcase classname="xfstests.global" name="generic/139" time="1">
+    <failure message="- output mismatch" type="TestFail"/><system-out>diff</system-out>
+  </testcase>
+  <testcase classname="xfstests.global" name="generic/143" time="0"><skipped message="requires SCRATCH_DEV"/></testcase>
+</testsuite>
+"""
+
+
+def test_console_parser() -> None:
+    assert fstests.parse_check_output(CONSOLE) == {
+        "generic/091": "pass", "generic/130": "pass", "generic/139": "fail", "generic/143": "notrun",
+        "generic/154": "fail", "generic/155": "fail", "generic/183": "notrun",
+    }
+
+
+def test_xunit_parser() -> None:
+    assert fstests.parse_xunit(XUNIT) == {"generic/091": "pass", "generic/139": "fail", "generic/143": "notrun"}
+    assert fstests.parse_xunit("<not xml") == {}
+
+
+def test_test_lists() -> None:
+    assert fstests.resolve_tests(None, None) == fstests.PRESETS["nfs-dio"]
+    assert len(fstests.PRESETS["nfs-dio"]) == 27 and "generic/760" in fstests.PRESETS["nfs-dio"]
+    assert fstests.resolve_tests(["generic/001,generic/002", "generic/001"], None) == ["generic/001", "generic/002"]
+    with pytest.raises(UsageError, match="expected names like generic/091"):
+        fstests.resolve_tests(["generic/1; rm -rf /"], None)
+    with pytest.raises(UsageError, match="known presets"):
+        fstests.resolve_tests(None, "nope")
+
+
+def test_tree_checks(tmp_path: Path) -> None:
+    fstests.check_tree(FAKE)
+    with pytest.raises(UsageError, match="no such directory"):
+        fstests.check_tree(tmp_path / "missing")
+    with pytest.raises(UsageError, match="not an fstests tree"):
+        fstests.check_tree(tmp_path)
+    unbuilt = tmp_path / "unbuilt"
+    shutil.copytree(FAKE, unbuilt)
+    (unbuilt / "ltp/fsstress").unlink()
+    with pytest.raises(UsageError, match="not built"):
+        fstests.check_tree(unbuilt)
+
+
+def test_runner_against_the_fake_tree(tmp_path: Path) -> None:
+    """The same script the client runs, run here: the fake tree's generic/001 needs an NFS mount and
+    fails without one, 002 always fails, 003 never runs, 999 does not exist."""
+    tree = tmp_path / "fstests"
+    shutil.copytree(FAKE, tree)
+    config = fstests.local_config("10.0.0.1", "vers=4.2,proto=tcp")
+    config = config.replace(fstests.TEST_DIR, str(tmp_path / "test")).replace(fstests.SCRATCH_MNT, str(tmp_path / "scratch"))
+    tests = ["generic/001", "generic/002", "generic/003", "generic/999"]
+    script = fstests.check_script(str(tree), config, tests, 60).replace(fstests.TEST_DIR, str(tmp_path / "test"))
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "NFS_MOUNT_OPTIONS='-o vers=4.2,proto=tcp'" in (tree / "local.config").read_text()
+    parsed = fstests.results_from(res.stdout, tests)
+    assert parsed["source"] == "xunit" and parsed["check_exit"] == 1
+    assert parsed["statuses"] == {"generic/001": "fail", "generic/002": "fail", "generic/003": "notrun",
+                                  "generic/999": "not reported"}
+    assert "is not an NFS mount" in (tree / "results/generic/001.out.bad").read_text()
+    assert fstests.verdict_of(parsed) == "FAIL"
+    # Console output alone gives the same statuses (a tree whose check has no xunit reporter).
+    assert fstests.parse_check_output(res.stdout.split("LAB-CHECK-EXIT")[0]) == {
+        "generic/001": "fail", "generic/002": "fail", "generic/003": "notrun"}
+
+
+def test_verdicts_and_table() -> None:
+    ok = {"statuses": {"generic/001": "pass", "generic/003": "notrun"}, "check_exit": 0}
+    assert fstests.verdict_of(ok) == "PASS"
+    assert fstests.verdict_of({"statuses": {"generic/001": "not reported"}, "check_exit": None}) == "ERROR"
+    results = {"kernels": {"debian-7.3": {"verdict": "FAIL", "release": "7.3.4", "reason": "", "transports": {
+        "tcp": {"statuses": {"generic/001": "pass", "generic/002": "fail"}},
+        "rdma": {"statuses": {"generic/001": "pass", "generic/002": "notrun"}}}}}}
+    text = fstests.table(results)
+    assert "generic/002" in text and "tcp: 1 pass, 1 fail, 0 notrun" in text and "rdma: 1 pass, 0 fail, 1 notrun" in text
+    row = next(l for l in text.splitlines() if l.strip().startswith("generic/002"))
+    assert row.split()[1:] == ["fail", "notrun"]
+
+
+def test_tarball_leaves_out_git_and_results(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    shutil.copytree(FAKE, tree)
+    (tree / ".git").mkdir()
+    (tree / ".git/HEAD").write_text("x")
+    (tree / "results").mkdir()
+    (tree / "results/old").write_text("x")
+    names = tarfile.open(fileobj=io.BytesIO(fstests.tree_tarball(tree))).getnames()
+    assert "fstests/check" in names and "fstests/tests/generic/001" in names
+    assert not any(n.startswith(("fstests/.git", "fstests/results")) for n in names)
+
+
+def test_git_url_is_cloned_into_the_cache(tmp_path: Path, monkeypatch) -> None:
+    repo = tmp_path / "fstests.git"
+    shutil.copytree(FAKE, repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "fake fstests"]):
+        subprocess.run(git + argv, cwd=repo, check=True)
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
+    tree = fstests.fetch_tree(f"file://{repo}")
+    assert tree.is_relative_to(tmp_path / "cache") and (tree / "check").is_file()
+    assert fstests.fetch_tree(f"file://{repo}") == tree  # the second time from the cache
+    assert fstests.is_url("git://git.kernel.org/pub/scm/fs/xfs/xfstests-dev.git") and not fstests.is_url("/srv/fstests")
