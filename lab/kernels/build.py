@@ -200,12 +200,22 @@ def _tail(log: Path, lines: int) -> str:
     return " | ".join((errors or text)[-lines:])
 
 
+def obj_dir(p: Plan, root: Path) -> Path:
+    """One build tree per source and requested configuration: another series only recompiles what
+    it touched, and switching between fragment sets does not throw the other set's objects away."""
+    digest = hashlib.sha256(kconfig.render_allconfig(p.requested).encode()).hexdigest()[:12]
+    return root / f"obj-{digest}"
+
+
 def _build_locked(p: Plan, root: Path, jobs: int) -> Kernel:
     started = time.monotonic()
     src, base = sources.prepare_worktree(p.source)
-    obj = root / "obj"
+    obj = obj_dir(p, root)
     obj.mkdir(exist_ok=True)
-    log = Path(tempfile.mkstemp(prefix="build.", suffix=".log", dir=root)[1])
+    # Kept when anything fails (named in the error), removed after a success (a copy is in the entry).
+    log = root / "logs" / f"{p.request_key[:16]}.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(f"lab kernel build {p.request.describe()}\n")
     patches = p.series.patches if p.series else ()
     if p.series:
         with step(f"applying {len(patches)} patch(es) from {p.series.origin} with git am") as st:
@@ -251,11 +261,7 @@ def _compile(p: Plan, src: Path, obj: Path, log: Path, jobs: int) -> None:
             rc = proc.wait()
         st.suffix = f" ({done} objects compiled)"
     if rc != 0:
-        failed = kernels_root() / "failed"
-        failed.mkdir(exist_ok=True)
-        kept = failed / f"{p.request_key[:16]}.log"
-        shutil.copy2(log, kept)
-        raise LabError(f"kernel build failed (exit {rc}); log: {kept}; last errors: {_tail(log, 4)}")
+        raise LabError(f"kernel build failed (exit {rc}); log: {log}; last errors: {_tail(log, 4)}")
     if not p.series and (not expected or done > expected):
         counted.write_text(str(done))
 
