@@ -134,6 +134,15 @@ def cmd_kernel_list(args) -> int:
     return 0
 
 
+def cmd_kernel_remove(args) -> int:
+    from lab.kernels import build
+
+    for ref in args.ref:
+        entry, aliases = build.remove(ref)
+        print(f"removed {entry.name} ({aliases} request alias(es))")
+    return 0
+
+
 def cmd_kernel_build(args) -> int:
     from lab.kernels import build
 
@@ -509,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fragments", metavar="A,B", help="which of the lab's fragments to start from (default: all: base,nvme-pi,p2pdma,xfs,nfs-rdma,9p)")
     p.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all CPUs)")
     p.set_defaults(func=cmd_kernel_build)
+    p = ker.add_parser("remove", help="remove built kernels from the cache (build:KEY ...)")
+    p.add_argument("ref", nargs="+")
+    p.set_defaults(func=cmd_kernel_remove)
     p = ker.add_parser("list", help="cached kernels")
     p.set_defaults(func=cmd_kernel_list)
 

@@ -357,3 +357,17 @@ def parse_build_ref(ref: str) -> BuildRequest:
 
 def is_build_key(ref: str) -> bool:
     return bool(re.fullmatch(r"build:[0-9a-f]{8,64}", ref))
+
+
+def remove(ref: str) -> tuple[Path, int]:
+    """Delete a built kernel and the request aliases that point at it; build trees stay (they are
+    what makes the next build incremental)."""
+    kernel = find(ref if ref.startswith("build:") else f"build:{ref}")
+    entry = kernel.vmlinuz.parent
+    aliases = 0
+    for alias in (kernels_root() / "requests").iterdir():
+        if alias.read_text().strip() == entry.name:
+            alias.unlink()
+            aliases += 1
+    shutil.rmtree(entry)
+    return entry, aliases

@@ -297,13 +297,7 @@ def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
     except (BootError, LabError) as exc:
         section["reason"] = str(exc).splitlines()[0]
         sub.write("error.txt", str(exc))
-    verdicts = [t["verdict"] for t in section["transports"].values()]
-    if len(verdicts) == len(options.transports):
-        section["verdict"] = ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS
-        section["reason"] = "; ".join(f"{t}: {v['verdict']}" for t, v in section["transports"].items())
-    sub.write("verdict.json", json.dumps(section, indent=2))
-    sub.finish("done", verdict=section["verdict"])
-    return section
+    return nfs.close_section(section, options.transports, sub)
 
 
 def _write(run_dir: RunDir, results: dict) -> None:

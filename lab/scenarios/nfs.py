@@ -206,8 +206,13 @@ def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
     except (BootError, LabError) as exc:
         section["reason"] = str(exc).splitlines()[0]
         sub.write("error.txt", str(exc))
+    return close_section(section, options.transports, sub)
+
+
+def close_section(section: dict, transports: list[str], sub: RunDir) -> dict:
+    """A kernel's verdict from its transports' (ERROR unless every transport ran), written to its sub-run."""
     verdicts = [t["verdict"] for t in section["transports"].values()]
-    if len(verdicts) == len(options.transports):
+    if len(verdicts) == len(transports):
         section["verdict"] = ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS
         section["reason"] = "; ".join(f"{t}: {v['verdict']}" for t, v in section["transports"].items())
     sub.write("verdict.json", json.dumps(section, indent=2))

@@ -58,9 +58,15 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree():
 
     fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
     tests = ["generic/001", "generic/002", "generic/003"]
-    run_dir, results = fstests.run(fstests.Options(fstests=str(fake), tests=tests, kernels=["debian:7.3"],
-                                                   transports=["tcp", "rdma"], timeout=600))
+    options = fstests.Options(fstests=str(fake), tests=tests, kernels=["debian:7.3"], transports=["tcp", "rdma"], timeout=600)
+    run_dir, results = fstests.run(options)
     section = results["kernels"]["debian-7.3"]
+    if section["verdict"] == "ERROR":
+        # Once seen in CI: the pair's set-up hit an SSH banner timeout under load (no transport ran).
+        # One more attempt; a second ERROR fails with its reason.
+        run_dir, results = fstests.run(options)
+        section = results["kernels"]["debian-7.3"]
+    assert section["verdict"] != "ERROR", section["reason"]
     for transport in ("tcp", "rdma"):
         t = section["transports"][transport]
         assert f"proto={transport}" in t["mount"]

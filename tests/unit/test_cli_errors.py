@@ -19,6 +19,12 @@ CASES = [
     (["kernel", "build", "--source", "/tmp", "--config", "no-such-fragment"], "config fragment 'no-such-fragment'"),
     (["kernel", "build", "--source", "/tmp"], "is not a kernel tree"),
     (["ssh", "vm", "--lab", "no-such-lab-id"], "no running lab"),
+    (["bisect", "--base", "/tmp", "--scenario", "stable-pages"], "needs either --series"),
+    (["bisect", "--base", "/tmp", "--series", "x", "--scenario", "stable-pages", "--", "--kernel", "debian:7.3"],
+     "bisect chooses the kernels itself"),
+    (["bisect", "--base", "/tmp", "--series", "x", "--scenario", "stable-pages", "--", "--bs", "3"], "block size '3'"),
+    (["run", "nfs-fstests", "--fstests", "/nonexistent/fstests"], "no such directory"),
+    (["kernel", "remove", "build:0123456789abcdef"], "no such built kernel"),
 ]
 
 

@@ -113,3 +113,21 @@ def test_build_refs() -> None:
                      ("build:source=a,patches=two", "takes a number"), ("build:source", "not key=value")):
         with pytest.raises(UsageError, match=msg):
             build.parse_build_ref(bad)
+
+
+def test_remove_built_kernel_and_its_aliases(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path))
+    entry = build.kernels_root() / "build-0123456789abcdef"
+    entry.mkdir(parents=True)
+    (entry / "vmlinuz").write_bytes(b"x")
+    (entry / "kernel.json").write_text(json.dumps({"ref": "build:0123456789abcdef", "release": "7.3.4-lab", "sha256": "0"}))
+    (build.kernels_root() / "requests" / "a").write_text(entry.name)
+    (build.kernels_root() / "requests" / "b").write_text("build-other")
+    assert build.find("build:01234567").release == "7.3.4-lab"
+    removed, aliases = build.remove("build:01234567")
+    assert removed == entry and aliases == 1 and not entry.exists()
+    assert [p.name for p in (build.kernels_root() / "requests").iterdir()] == ["b"]
+    with pytest.raises(UsageError, match="no such built kernel"):
+        build.find("build:01234567")
