@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from lab.kernels import kconfig, source as sources
 from lab.kernels.kernel import Kernel, write_meta
 from lab.kernels.series import Series, load_series
 from lab.paths import cache_dir
-from lab.progress import Step, info, step
+from lab.progress import info, step
 
 # Bump when the way kernels are built changes (targets, flags, entry layout): old entries stop matching.
 BUILD_RECIPE = "lab-build-1"
@@ -146,7 +145,7 @@ def build(request: BuildRequest, jobs: int | None = None) -> Kernel:
         return _build_locked(p, root, jobs or os.cpu_count() or 1)
 
 
-def _make(obj: Path, src: Path, *targets: str, jobs: int = 1, extra: dict | None = None) -> list[str]:
+def _make(obj: Path, src: Path, *targets: str, jobs: int = 1) -> list[str]:
     ccache = shutil.which("ccache")
     cc = os.environ.get("LAB_CC", "gcc")
     argv = ["make", "-s" if not targets or targets[0].endswith("config") else "", f"-j{jobs}", "-C", str(src), f"O={obj}",
