@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from lab.errors import UsageError
+from lab.machine import die_with_parent
 from lab.paths import cache_dir
 from lab.progress import info
 from lab.topology.argv import Accel
@@ -44,7 +45,9 @@ def probe_kvm(qemu: str, kernel: Path, initrd: Path, cpu: str) -> tuple[bool, st
         errlog = Path(tmp) / "stderr.log"
         started = time.monotonic()
         with open(errlog, "wb") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+            # Like every guest, the probe dies with the lab (even a SIGKILLed one).
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                                    preexec_fn=die_with_parent)
         why = f"no answer within {PROBE_TIMEOUT:.0f} s"
         try:
             # A broken KVM does not always exit: on an internal error QEMU pauses the guest and waits.

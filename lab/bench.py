@@ -15,7 +15,7 @@ import paramiko
 
 from lab.images import create_overlay
 from lab.lab import Lab
-from lab.machine import READY_MARKER
+from lab.machine import READY_MARKER, die_with_parent
 from lab.paths import runtime_root
 from lab.rundir import RunDir
 from lab.sshkeys import ensure_key
@@ -35,7 +35,8 @@ def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: P
     argv = [a.replace("hostfwd=tcp:127.0.0.1:0-:22", f"hostfwd=tcp:127.0.0.1:{port}-:22") for a in argv]
     console.write_text("")
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
     try:
         while READY_MARKER not in console.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() - started > 240:

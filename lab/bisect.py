@@ -1,6 +1,10 @@
 """Which patch changed the verdict: build and run a scenario on the base, on the whole series, then
 binary-search the prefixes of the series (or the commits between two refs of a git tree). Every
-step is a normal run directory; the summary names the last good and the first bad."""
+step is a normal run directory; the summary names the last good and the first bad.
+
+Only PASS, FAIL and BUILD-ERROR decide. A step whose run ends in ERROR is run once more; if it is
+still ERROR (or N/A: the scenario could not test that kernel) the bisect stops, inconclusive at that
+step, rather than let a broken boot or an untested kernel steer the search."""
 
 from __future__ import annotations
 
@@ -14,7 +18,25 @@ from lab.kernels.series import load_series
 from lab.kernels.source import git, resolve_source
 from lab.progress import info
 from lab.rundir import RunDir
-from lab.scenarios import registry
+from lab.scenarios import framework
+from lab.scenarios.options import ScenarioOptions
+
+DECIDING = ("PASS", "FAIL")
+
+
+class Inconclusive(Exception):
+    """A step that cannot decide: its verdict is ERROR twice, or N/A."""
+
+    def __init__(self, index: int, label: str, signature: str) -> None:
+        super().__init__(f"inconclusive at {label}: {signature}")
+        self.index, self.label, self.signature = index, label, signature
+
+
+def decides(signature: str) -> bool:
+    """A signature bisect may compare: every part PASS or FAIL, or the step did not build."""
+    if signature == "BUILD-ERROR":
+        return True
+    return all(part.rsplit("=", 1)[-1] in DECIDING for part in signature.split(", "))
 
 
 @dataclass
@@ -25,6 +47,7 @@ class Step:
     signature: str = ""
     run_dir: str = ""
     error: str = ""
+    runs: list[str] = field(default_factory=list)  # every run of this step (an ERROR is run twice)
 
 
 @dataclass
@@ -55,6 +78,7 @@ class Search:
 
 
 def series_candidates(base: str, series_spec: str, configs: tuple[str, ...]) -> tuple[list[build.BuildRequest], list[str]]:
+    resolve_source(base)  # a base that does not exist is a usage error before anything is built
     series = load_series(series_spec)
     requests = [build.BuildRequest(source=base, series=series_spec if i else None, configs=configs,
                                    patches=i if i else None) for i in range(len(series.patches) + 1)]
@@ -77,8 +101,10 @@ def commit_candidates(tree: str, good: str, bad: str, configs: tuple[str, ...]) 
     return [build.BuildRequest(source=f"{source.path}@{c}", configs=configs) for c in chain], subjects
 
 
-def run_bisect(scenario: str, options: Any, requests: list[build.BuildRequest], labels: list[str],
-               describe: dict) -> tuple[RunDir, dict]:
+def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
+               describe: dict, build_kernel: Callable[[build.BuildRequest], Any] = build.build,
+               run_scenario: Callable[..., framework.Outcome] = framework.run) -> tuple[RunDir, dict]:
+    """build_kernel and run_scenario are the lab's own; tests of the search logic pass others."""
     run_dir = RunDir.create("bisect", scenario)
     run_dir.update(scenario=scenario, options=describe)
     steps: dict[int, Step] = {}
@@ -89,35 +115,57 @@ def run_bisect(scenario: str, options: Any, requests: list[build.BuildRequest], 
         run_dir.write("bisect.json", json.dumps(summary, indent=2))
         run_dir.write("summary.txt", report(summary) + "\n")
 
+    def run_once(i: int, kernel_ref: str) -> str:
+        step = steps[i]
+        outcome = run_scenario(scenario, options.model_copy(update={"kernels": [kernel_ref]}))
+        step.signature = outcome.signature()
+        step.runs.append(str(outcome.run_dir.path))
+        step.run_dir = str(outcome.run_dir.path)
+        return step.signature
+
     def evaluate(i: int) -> str:
         step = steps.setdefault(i, Step(i, labels[i]))
         info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
         try:
-            kernel = build.build(requests[i])
-            step.kernel = kernel.ref
-            outcome = registry.run(scenario, registry.with_kernels(options, [kernel.ref]))
-            step.signature = outcome.signature()
-            step.run_dir = str(outcome.run_dir.path)
+            kernel = build_kernel(requests[i])
         except LabError as exc:
             # A series step that does not build (or apply) is a verdict of its own, like git bisect's 'bad'.
             step.signature = "BUILD-ERROR"
             step.error = str(exc).splitlines()[0]
-        info(f"bisect: {labels[i]}: {step.signature}")
+            info(f"bisect: {labels[i]}: {step.signature}")
+            save()
+            return step.signature
+        step.kernel = kernel.ref
+        signature = run_once(i, kernel.ref)
+        if "ERROR" in signature:
+            info(f"bisect: {labels[i]}: {signature}; running it once more")
+            signature = run_once(i, kernel.ref)
+        info(f"bisect: {labels[i]}: {signature}")
         save()
-        return step.signature
+        if not decides(signature):
+            raise Inconclusive(i, labels[i], signature)
+        return signature
 
     status = "interrupted"
     try:
-        found = Search(len(labels) - 1, evaluate).run()
-        if found is None:
-            summary["result"] = {"changed": False, "verdict": steps[0].signature}
+        try:
+            found = Search(len(labels) - 1, evaluate).run()
+        except Inconclusive as exc:
+            summary["result"] = {"changed": None, "inconclusive": {"index": exc.index, "label": exc.label,
+                                                                   "signature": exc.signature}}
+            status = "done"
         else:
-            good, bad = found
-            summary["result"] = {"changed": True, "last_good": vars(steps[good]), "first_bad": vars(steps[bad])}
-        status = "done"
+            if found is None:
+                summary["result"] = {"changed": False, "verdict": steps[0].signature}
+            else:
+                good, bad = found
+                summary["result"] = {"changed": True, "last_good": vars(steps[good]), "first_bad": vars(steps[bad])}
+            status = "done"
     finally:
         save()
-        run_dir.finish(status, verdict="changed" if summary["result"] and summary["result"]["changed"] else "unchanged")
+        result = summary["result"]
+        verdict = "unfinished" if result is None else {True: "changed", False: "unchanged"}.get(result["changed"], "inconclusive")
+        run_dir.finish(status, verdict=verdict)
     return run_dir, summary
 
 
@@ -133,6 +181,10 @@ def report(summary: dict) -> str:
     result = summary.get("result")
     if result is None:
         lines.append("unfinished")
+    elif result.get("inconclusive"):
+        inc = result["inconclusive"]
+        lines.append(f"inconclusive at {inc['label']}: {inc['signature']} (only PASS, FAIL and BUILD-ERROR decide; "
+                     f"an ERROR was run twice)")
     elif not result["changed"]:
         lines.append(f"the verdict does not change: {result['verdict']} on the base and with every patch")
     else:

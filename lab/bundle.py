@@ -1,123 +1,245 @@
-"""Repro bundles: one file holding what is needed to replay a scenario run elsewhere (topology
-source and parameters, kernel references and hashes, image recipe hash, scenario options and the
-guest program's source), and the replay that says whether the verdicts matched."""
+"""Repro bundles: one file holding what is needed to replay a scenario run elsewhere (scenario and
+options, the topology template and parameters, each kernel's identity, the image key, the host, the
+verdicts), and the replay that says whether the verdicts matched.
+
+A bundle is data, safe to share: replaying one runs nothing on the host but the lab itself. The
+template renders in the sandbox, the options go through the scenario's validation, and a kernel
+reference that would build from source (or a tree that would be cloned and built) needs
+--allow-build. `lab replay` prints the plan before it runs anything."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import scenarios_dir
+from lab.results import manifest, results_of
 
-FORMAT = 1
+FORMAT = 2
+MAX_BUNDLE_BYTES = 32 << 20
+MAX_MEMBER_BYTES = 8 << 20
+
+
+def _scenario_sources(scenario: str) -> dict[str, bytes]:
+    """The guest programs of a shipped scenario, kept so a replay can say when they differ."""
+    out = {}
+    for folder in {"stable-pages": ["stable-pages"], "p2p-block": ["p2p"], "nfs-dio": ["nfs"], "nfs-p2p": ["nfs"],
+                   "nfs-fstests": []}.get(scenario, []):
+        for f in sorted((scenarios_dir() / folder).glob("*")):
+            if f.is_file() and f.stat().st_size < MAX_MEMBER_BYTES:
+                out[f"scenario/{folder}/{f.name}"] = f.read_bytes()
+    return out
 
 
 def create(run: Path, output: Path | None = None) -> Path:
-    manifest = json.loads((run / "manifest.json").read_text())
-    results_file = run / "results.json"
-    if not results_file.exists() or manifest.get("kind") != "stable-pages":
-        raise UsageError(f"{run.name}: only scenario runs can be bundled (this one is {manifest.get('kind')!r})")
-    results = json.loads(results_file.read_text())
-    kernels = []
-    template_text = None
-    image = None
-    for label, section in results["kernels"].items():
-        sub = json.loads((run / "kernels" / label / "manifest.json").read_text())
-        identity = next(iter(sub.get("kernels", {}).values()), {})
-        kernels.append({"ref": section["kernel"], "label": label, "release": identity.get("release"), "sha256": identity.get("sha256")})
-        topo = sub.get("topology", {})
-        if topo.get("template") and template_text is None and Path(topo["template"]).exists():
+    m = manifest(run, strict=True)
+    results = results_of(run)
+    kernels: list[dict[str, Any]] = []
+    template_text: str | None = None
+    template_name: str | None = None
+    image: Any = None
+    params: dict[str, Any] = {}
+    for label, section in results["subruns"].items():
+        sub_dir = Path(section.get("run_dir") or run / "subruns" / label)
+        sub = manifest(sub_dir) if sub_dir.is_dir() else {}
+        identity: dict[str, Any] = next(iter((sub.get("kernels") or {}).values()), {})
+        kernels.append({"ref": section["kernel"], "label": label, "release": identity.get("release"),
+                        "sha256": identity.get("sha256"), "kind": identity.get("kind")})
+        topo = sub.get("topology") or {}
+        if topo.get("template") and template_text is None and Path(topo["template"]).is_file():
             template_text = Path(topo["template"]).read_text()
-        image = image or next(iter(sub.get("images", {}).values()), None)
-    verdicts = {label: {name: c["verdict"] for name, c in s["cases"].items()} | {"_kernel": s["verdict"]}
-                for label, s in results["kernels"].items()}
+            template_name = Path(topo["template"]).name
+            params = topo.get("params") or {}
+        image = image or next(iter((sub.get("images") or {}).values()), None)
+    verdicts = {label: {"_run": s["verdict"], **{name: c["verdict"] for name, c in s["cases"].items()}}
+                for label, s in results["subruns"].items()}
     meta = {
-        "format": FORMAT,
-        "run": run.name,
-        "scenario": manifest["kind"],
-        "lab": manifest.get("lab"),
-        "host": manifest.get("host"),
-        "options": results["options"],
-        "kernels": kernels,
-        "image": image,
-        "verdicts": verdicts,
-        "seeds": None,  # the program is deterministic apart from timing; nothing random to seed
+        "format": FORMAT, "run": run.name, "scenario": results["scenario"], "lab": m.get("lab"), "host": m.get("host"),
+        "options": results["options"], "kernels": kernels, "image": image, "verdicts": verdicts,
+        "topology": {"template": template_name, "params": params},
     }
     output = output or run / f"{run.name}.bundle.tar.gz"
-    files = {
-        "bundle.json": json.dumps(meta, indent=2).encode(),
-        "summary.txt": (run / "summary.txt").read_bytes() if (run / "summary.txt").exists() else b"",
-        "scenario/dio_mutate.c": (scenarios_dir() / "stable-pages/dio_mutate.c").read_bytes(),
-        "scenario/expect.toml": (scenarios_dir() / "stable-pages/expect.toml").read_bytes(),
-    }
-    if template_text is not None:
-        files[f"topology/{meta['options']['topology']}.yaml.j2"] = template_text.encode()
-    with tarfile.open(output, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
+    files = {"bundle.json": json.dumps(meta, indent=2).encode(),
+             "summary.txt": (run / "summary.txt").read_bytes() if (run / "summary.txt").exists() else b"",
+             **_scenario_sources(results["scenario"])}
+    if template_text is not None and template_name:
+        files[f"topology/{template_name}"] = template_text.encode()
+    try:
+        with tarfile.open(output, "w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+    except OSError as exc:
+        raise UsageError(f"cannot write the bundle {output}: {exc.strerror}") from None
     return output
 
 
-def load(bundle: Path) -> tuple[dict, dict[str, bytes]]:
+def load(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The bundle's metadata and files, read into memory (nothing is extracted to disk)."""
     if not bundle.is_file():
         raise UsageError(f"{bundle}: no such bundle")
+    if bundle.stat().st_size > MAX_BUNDLE_BYTES:
+        raise UsageError(f"{bundle}: {bundle.stat().st_size} bytes is too large for a lab bundle")
+    files: dict[str, bytes] = {}
     try:
         with tarfile.open(bundle, "r:gz") as tar:
-            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"{bundle}: not a lab bundle ({exc})") from None
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                if member.size > MAX_MEMBER_BYTES or ".." in Path(member.name).parts or member.name.startswith("/"):
+                    raise UsageError(f"{bundle}: member {member.name[:60]!r} is not something a lab bundle holds")
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    files[member.name] = handle.read()
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # gzip's BadGzipFile is an OSError
+        raise UsageError(f"{bundle}: not a lab bundle ({exc.__class__.__name__}: {exc})") from None
     if "bundle.json" not in files:
         raise UsageError(f"{bundle}: not a lab bundle (no bundle.json)")
-    meta = json.loads(files["bundle.json"])
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{bundle}: bundle format {meta.get('format')} is not supported (this lab reads {FORMAT})")
+    try:
+        meta = json.loads(files["bundle.json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{bundle}: bundle.json is damaged ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise UsageError(f"{bundle}: bundle format {got!r} is not supported (this lab reads {FORMAT})")
+    for key, kind in (("scenario", str), ("options", dict), ("kernels", list), ("verdicts", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise UsageError(f"{bundle}: bundle.json has no valid {key!r}")
     return meta, files
 
 
-def replay(bundle: Path) -> tuple[bool, list[str], Path]:
-    """Run the bundled scenario again; (verdicts matched, differences and warnings, new run dir)."""
-    from lab.kernels.resolve import resolve
-    from lab.scenarios import stable_pages as sp
+@dataclass
+class ReplayPlan:
+    bundle: Path
+    meta: dict[str, Any]
+    files: dict[str, bytes]
+    scenario: Any  # the Scenario class
+    options: Any  # its validated options
+    kernel_actions: dict[str, str] = field(default_factory=dict)  # ref -> what resolving it does on this host
+    notes: list[str] = field(default_factory=list)
+
+
+def kernel_action(ref: str) -> tuple[str, bool]:
+    """(what resolving `ref` does here, whether that builds or runs code from elsewhere)."""
+    from lab.kernels import build, named
+
+    if ref.startswith("debian:"):
+        return "fetched from Debian's archive (signed packages) or the cache", False
+    if build.is_build_key(ref):
+        return "taken from this host's cache of built kernels (never built)", False
+    if ref.startswith("build:"):
+        return f"BUILT FROM SOURCE on this host ({ref})", True
+    if "/" not in ref and named.lookup(ref) is not None:
+        return f"BUILT FROM SOURCE on this host (named kernel {ref} of {', '.join(map(str, named.kernel_files()))})", True
+    return "a kernel image file on this host, booted as it is", False
+
+
+def plan_replay(bundle: Path, allow_build: bool = False, kernels: list[str] | None = None) -> ReplayPlan:
+    """Everything checked, nothing run: the scenario, its options, the template, what each kernel
+    reference would do on this host."""
+    from lab.scenarios import framework
+    from lab.scenarios.options import validate
+    from lab.topology.render import check_params
 
     meta, files = load(bundle)
+    cls = framework.get(meta["scenario"])
+    data = dict(meta["options"])
+    if kernels:
+        data["kernels"] = kernels
+    template = meta.get("topology", {}).get("template")
     notes: list[str] = []
-    opts = dict(meta["options"])
-    tmp = Path(tempfile.mkdtemp(prefix="lab-replay-"))
-    template = next((n for n in files if n.startswith("topology/")), None)
     if template:
-        path = tmp / Path(template).name
-        path.write_bytes(files[template])
-        opts["topology"] = str(path)
-    current_source = (scenarios_dir() / "stable-pages/dio_mutate.c").read_bytes()
-    if files.get("scenario/dio_mutate.c") not in (None, current_source):
-        notes.append("warning: the guest program differs from the bundled one")
-    for k in meta["kernels"]:
-        kernel = resolve(k["ref"])
-        if k.get("sha256") and kernel.sha256 != k["sha256"]:
-            notes.append(f"warning: {k['ref']} is now {kernel.release} ({kernel.sha256[:12]}), the bundle had {k['release']} ({k['sha256'][:12]})")
-    options = sp.Options(
-        kernels=opts["kernels"], topology=opts["topology"], params=opts["params"], targets=opts["targets"],
-        directions=opts["directions"], block_sizes=opts["block_sizes"], duration=opts["duration"],
-        control_duration=opts["control_duration"], control=opts["control"], size=opts["size"],
-    )
-    run_dir, results = sp.run(options)
+        name = Path(str(template)).name
+        if f"topology/{name}" not in files or not name.endswith(".yaml.j2"):
+            raise UsageError(f"{bundle}: bundle.json names template {name!r} but holds no such file")
+        directory = Path(tempfile.mkdtemp(prefix="lab-replay-"))
+        (directory / name).write_bytes(files[f"topology/{name}"])
+        data["topology"] = str(directory / name)
+    if isinstance(data.get("params"), dict):
+        check_params(data["params"])
+    options = validate(cls.Options, data)
+    cls(options).plan()  # renders the bundle's template in the sandbox and checks every option against it
+    plan = ReplayPlan(bundle, meta, files, cls, options, notes=notes)
+    refused = []
+    for ref in cls(options).kernels:
+        action, builds = kernel_action(ref)
+        plan.kernel_actions[ref] = action
+        if builds and not allow_build:
+            refused.append(ref)
+    for what in host_actions(cls, options):
+        if not allow_build:
+            refused.append(what)
+    if refused:
+        raise UsageError(f"{bundle}: replaying would build or fetch code on this host ({'; '.join(refused)}); "
+                         f"check the bundle and pass --allow-build")
+    for path, data_bytes in files.items():
+        if path.startswith("scenario/"):
+            current = scenarios_dir() / path.removeprefix("scenario/")
+            if not current.exists() or hashlib.sha256(current.read_bytes()).digest() != hashlib.sha256(data_bytes).digest():
+                notes.append(f"warning: the guest program {path.removeprefix('scenario/')} differs from the bundled one")
+    return plan
+
+
+def host_actions(cls: Any, options: Any) -> list[str]:
+    """Option values that make the host clone or build something (an fstests git URL)."""
+    from lab.scenarios.fstests import is_url
+
+    value = getattr(options, "fstests", None)
+    return [f"clone and build fstests from {value}"] if isinstance(value, str) and is_url(value) else []
+
+
+def describe(plan: ReplayPlan) -> str:
+    meta = plan.meta
+    lab = meta.get("lab") or {}
+    host = meta.get("host") or {}
+    lines = [f"bundle {plan.bundle.name}: {meta['scenario']} run {meta.get('run')} made with lab {lab.get('version')} "
+             f"({lab.get('commit') or 'unknown commit'}) on {host.get('hostname', '?')}"]
+    topo = meta.get("topology") or {}
+    params = " ".join(f"-p {k}={v}" for k, v in (topo.get("params") or {}).items())
+    lines.append(f"  topology: {topo.get('template') or plan.options.topology or plan.scenario.topology} "
+                 f"(template from the bundle, rendered in the sandbox) {params}".rstrip())
+    recorded = {k.get("ref"): k for k in meta["kernels"] if isinstance(k, dict)}
+    for ref, action in plan.kernel_actions.items():
+        had = recorded.get(ref, {})
+        lines.append(f"  kernel {ref}: {action}" + (f"; the bundle ran {had.get('release')}" if had.get("release") else ""))
+    shown = {k: v for k, v in plan.options.to_dict().items() if k not in ("kernels", "topology", "params")}
+    lines.append(f"  options: {json.dumps(shown)}")
+    lines += [f"  {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def replay(plan: ReplayPlan) -> tuple[bool, list[str], Path]:
+    """Run the bundled scenario again; (verdicts matched, differences and warnings, new run dir)."""
+    from lab.scenarios import framework
+
+    notes = list(plan.notes)
+    resolved = framework.resolve_kernels(plan.scenario(plan.options).kernels)
+    for k in plan.meta["kernels"]:
+        kernel = resolved.get(k.get("ref"))
+        if kernel and k.get("sha256") and kernel.sha256 != k["sha256"]:
+            notes.append(f"warning: {k['ref']} is now {kernel.release} ({kernel.sha256[:12]}), the bundle had "
+                         f"{k.get('release')} ({k['sha256'][:12]})")
+    outcome = framework.run(plan.scenario, plan.options)
     matched = True
-    for label, cases in meta["verdicts"].items():
-        now = results["kernels"].get(label)
+    for label, cases in plan.meta["verdicts"].items():
+        now = outcome.results["subruns"].get(label)
         if now is None:
             notes.append(f"{label}: not run")
             matched = False
             continue
         for name, verdict in cases.items():
-            got = now["verdict"] if name == "_kernel" else now["cases"].get(name, {}).get("verdict")
+            got = now["verdict"] if name == "_run" else now["cases"].get(name, {}).get("verdict")
             if got != verdict:
                 matched = False
-                notes.append(f"{label} {name if name != '_kernel' else '(kernel)'}: bundle {verdict}, now {got}")
-    return matched, notes, run_dir.path
+                notes.append(f"{label} {name if name != '_run' else '(sub-run)'}: bundle {verdict}, now {got}")
+    return matched, notes, outcome.run_dir.path
+

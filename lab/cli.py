@@ -1,4 +1,5 @@
-"""The `lab` command. Every failure the user can act on is one line and a non-zero exit."""
+"""The `lab` command. Every failure the user can act on is one line and a non-zero exit (2 for bad
+input, 1 for a run that failed); bad input is refused before a run directory exists or QEMU starts."""
 
 from __future__ import annotations
 
@@ -9,86 +10,99 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lab import __version__
 from lab.errors import LabError, UsageError
 
+LOG = logging.getLogger(__name__)
+EX_SOFTWARE = 70  # an internal error: a bug in the lab, reported with a pointer to the log
 
-def _params(args) -> dict:
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
     from lab.topology.render import parse_params
 
-    return parse_params(args.param)
+    return parse_params(getattr(args, "param", None))
 
 
-def _add_topology_args(p: argparse.ArgumentParser, default: str | None = "nvme-pi") -> None:
+def _accel(value: str | None) -> str:
+    from lab.settings import ACCELS, settings
+
+    accel = value or settings().accel
+    if accel not in ACCELS:
+        raise UsageError(f"--accel {accel!r}: choose auto, kvm or tcg")
+    return accel
+
+
+# -- parent parsers: options several commands share ---------------------------------------------------
+def _topology_parent(default: str | None = "nvme-pi") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
     if default:
         p.add_argument("topology", nargs="?", default=default, help=f"topology name or template path (default: {default})")
     else:
         p.add_argument("topology", help="topology name or template path")
-    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="template parameter (repeatable)")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="template parameter (repeatable, each name once)")
+    return p
 
 
-def _add_boot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel", metavar="REF", help="debian:X.Y or a bzImage path (default: debian:7.3)")
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"),
-                   help="auto tests KVM by booting a probe and falls back to TCG (default: auto)")
+def _boot_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--kernel", metavar="REF", help="debian:X.Y, build:KEY, a named kernel or a bzImage path (default: debian:7.3)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="auto tests KVM by booting a probe and falls back to TCG "
+                   "(default: $LAB_ACCEL or auto)")
+    return p
+
+
+def _lab_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--lab", help="run id (or part of it) when several labs are up")
+    return p
 
 
 # -- topology ---------------------------------------------------------------------------------
-def cmd_topology_list(args) -> int:
+def cmd_topology_list(args: argparse.Namespace) -> int:
     from lab.topology.render import available, render, template_parameters
 
     for name, path in available().items():
         try:
             desc = render(name).topology.description
+            params = ", ".join(template_parameters(path))
         except LabError as exc:
-            desc = f"(broken: {exc})"
+            desc, params = f"(broken: {exc})", "?"
         print(f"{name:16} {desc}")
-        print(f"{'':16} parameters: {', '.join(template_parameters(path))}")
+        print(f"{'':16} parameters: {params}")
     return 0
 
 
-def cmd_topology_show(args) -> int:
+def cmd_topology_show(args: argparse.Namespace) -> int:
+    import shlex
+
     import yaml
 
+    from lab.qemu_caps import probe
+    from lab.topology.argv import Accel, dry_run_files, machine_argv
     from lab.topology.render import render
 
     rendered = render(args.topology, _params(args))
     if not args.qemu:
         print(yaml.safe_dump(rendered.topology.model_dump(), sort_keys=False).rstrip())
         return 0
-    import shlex
-
-    from lab.qemu_caps import probe
-    from lab.topology.argv import Accel, BootFiles, machine_argv, namespace_drive_ids
-
     caps = probe()
     topo = rendered.topology
-    run = Path("$RUN")
-    for name, machine in topo.machines.items():
-        links = {}
-        for nic in machine.nics:
-            peer = next(m for m, mm in topo.machines.items() if m != name and any(n.link == nic.link for n in mm.nics))
-            links[nic.link] = (run / "links" / f"{nic.link}.{name}", run / "links" / f"{nic.link}.{peer}")
-        files = BootFiles(
-            kernel=Path("$KERNEL"), initrd=Path("$INITRD"), root_overlay=run / name / "root.qcow2",
-            modules_image=Path("$MODULES"), qmp_socket=run / name / "qmp.sock", console_log=run / name / "console.log",
-            namespace_images={d: run / name / f"{d}.img" for d in namespace_drive_ids(machine)},
-            link_sockets=links, ssh_pubkey_blob="$KEY",
-        )
-        plan = machine_argv(topo, name, files, caps, Accel(args.accel_name))
+    for name in topo.machines:
+        plan = machine_argv(topo, name, dry_run_files(topo, name), caps, Accel(args.accel_name))
         print(f"# {name}")
         lines: list[list[str]] = []
         for a in plan.argv:
             if a.startswith("-") or not lines:
                 lines.append([])
             lines[-1].append(shlex.quote(a))
-        print(" \\\n    ".join(" ".join(l) for l in lines))
+        print(" \\\n    ".join(" ".join(line) for line in lines))
     return 0
 
 
 # -- images and kernels -----------------------------------------------------------------------
-def cmd_image_build(args) -> int:
+def cmd_image_build(args: argparse.Namespace) -> int:
     from lab.host import ensure_host
     from lab.images import ensure_image
 
@@ -98,15 +112,16 @@ def cmd_image_build(args) -> int:
     return 0
 
 
-def cmd_image_list(args) -> int:
+def cmd_image_list(args: argparse.Namespace) -> int:
     from lab.images import list_images
 
     for img in list_images():
-        print(f"{img['recipe']:12} {img['recipe_key']}  {img['built']}  {img['build_seconds']:6.1f} s  {img['path']}")
+        print(f"{img.get('recipe', '?'):12} {img.get('recipe_key', '?')}  {img.get('built', '?')}  "
+              f"{img.get('build_seconds', 0):6.1f} s  {img['path']}")
     return 0
 
 
-def cmd_kernel_fetch(args) -> int:
+def cmd_kernel_fetch(args: argparse.Namespace) -> int:
     from lab.host import ensure_host
     from lab.kernels.resolve import resolve
 
@@ -117,7 +132,7 @@ def cmd_kernel_fetch(args) -> int:
     return 0
 
 
-def cmd_kernel_list(args) -> int:
+def cmd_kernel_list(args: argparse.Namespace) -> int:
     from lab.kernels.debian import list_cached
     from lab.kernels.named import all_named
 
@@ -134,7 +149,7 @@ def cmd_kernel_list(args) -> int:
     return 0
 
 
-def cmd_kernel_remove(args) -> int:
+def cmd_kernel_remove(args: argparse.Namespace) -> int:
     from lab.kernels import build
 
     for ref in args.ref:
@@ -143,9 +158,13 @@ def cmd_kernel_remove(args) -> int:
     return 0
 
 
-def cmd_kernel_build(args) -> int:
+def cmd_kernel_build(args: argparse.Namespace) -> int:
     from lab.kernels import build
 
+    if args.patches is not None and args.patches < 0:
+        raise UsageError("--patches must be 0 or more")
+    if args.jobs is not None and not 1 <= args.jobs <= 256:
+        raise UsageError("--jobs must be between 1 and 256")
     request = build.BuildRequest(source=args.source, series=args.series, configs=tuple(args.config or ()),
                                  patches=args.patches, fragments=tuple(args.fragments.split(",")) if args.fragments else None)
     k = build.build(request, jobs=args.jobs)
@@ -158,25 +177,38 @@ def cmd_kernel_build(args) -> int:
 
 
 # -- machines ---------------------------------------------------------------------------------
-def _boot(args, run=None, die_with_parent=True):
+def _lab_for(args: argparse.Namespace, run=None, die_with_parent: bool = True):
+    """A Lab for a topology, with every input checked before anything is created or started."""
     from lab.host import ensure_host
     from lab.lab import Lab, reap_stale_runtimes
+    from lab.scenarios.framework import Variant, check_against_qemu, resolve_kernels
+    from lab.scenarios.options import _kernel_ref
     from lab.topology.render import render
 
     rendered = render(args.topology, _params(args))
+    accel = _accel(args.accel)
+    kernel = None
+    if args.kernel is not None:
+        try:
+            kernel = _kernel_ref(args.kernel)
+        except ValueError as exc:
+            raise UsageError(f"--kernel: {exc}") from None
+    check_against_qemu([Variant("x", kernel or "", args.topology, {}, rendered=rendered)])
     ensure_host()
+    refs = [kernel] if kernel else [m.kernel or "debian:7.3" for m in rendered.topology.machines.values()]
+    resolved = resolve_kernels(refs)
     reap_stale_runtimes()
-    return Lab(rendered, kernel_ref=args.kernel, accel=args.accel, run=run, die_with_parent=die_with_parent)
+    return Lab(rendered, kernel_ref=kernel, accel=accel, run=run, die_with_parent=die_with_parent, resolved=resolved)
 
 
-def cmd_inspect(args) -> int:
+def cmd_inspect(args: argparse.Namespace) -> int:
     """Boot a topology, print what each guest sees of its hardware, shut down."""
     from lab import inspect
     from lab.rundir import RunDir
 
-    lab = _boot(args)
+    lab = _lab_for(args)
     lab.run = RunDir.create("inspect", lab.rendered.name)
-    status = "error"
+    status = "interrupted"
     try:
         with lab:
             facts = {}
@@ -191,17 +223,20 @@ def cmd_inspect(args) -> int:
                     facts[name].setdefault("pings", {})[nic.link] = ok
                     print(f"{name}: ping over {nic.link} to {peer.address.split('/')[0]}: {'ok' if ok else 'FAILED'}")
             lab.run.write("inspect.json", json.dumps(facts, indent=2))
-            status = "done"
+        status = "done"
+    except LabError:
+        status = "error"
+        raise
     finally:
         lab.run.finish(status)
         print(f"results: {lab.run.path}", file=sys.stderr)
     return 0
 
 
-def cmd_up(args) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     from lab.lab import boot_summary, wait_forever
 
-    lab = _boot(args, die_with_parent=not args.detach)
+    lab = _lab_for(args, die_with_parent=not args.detach)
     try:
         lab.start() if args.detach else lab.__enter__()
     except BaseException:
@@ -209,6 +244,7 @@ def cmd_up(args) -> int:
         if lab.run:
             lab.run.finish("error")
         raise
+    assert lab.run is not None
     print(boot_summary(lab))
     if args.detach:
         lab.run.update(status="up")
@@ -224,33 +260,39 @@ def cmd_up(args) -> int:
 
 
 def _live_state(which: str | None) -> tuple[Path, dict]:
-    from lab.lab import _pid_alive
+    from lab.lab import machines_alive, read_state
     from lab.paths import runtime_root
 
+    if which is not None and (not which.strip() or len(which) > 200):
+        raise UsageError("--lab: give a run id or part of one")
     states = []
     for f in sorted(runtime_root().glob("*/state.json"), key=lambda p: p.stat().st_mtime):
-        try:
-            state = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if any(_pid_alive(m.get("pid")) for m in state.get("machines", {}).values()):
+        state = read_state(f)
+        if state is not None and machines_alive(f.parent, state):
             states.append((f.parent, state))
     if which:
-        states = [(d, s) for d, s in states if which in d.name or which in (s.get("run") or "")]
+        states = [(d, s) for d, s in states if which in d.name or which in str(s.get("run") or "")]
     if not states:
         raise UsageError("no running lab" + (f" matching {which!r}" if which else "") + "; start one with 'lab up'")
     return states[-1]
 
 
-def cmd_ssh(args) -> int:
-    _, state = _live_state(args.lab)
+def _machine(state: dict, name: str | None) -> tuple[str, dict]:
     machines = state["machines"]
-    name = args.machine or next(iter(machines))
+    name = name or next(iter(machines))
     if name not in machines:
-        raise UsageError(f"no machine {name!r} in this lab; machines: {', '.join(machines)}")
+        raise UsageError(f"no machine {name[:40]!r} in this lab; machines: {', '.join(machines)}")
+    return name, machines[name]
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
     from lab.ssh import Guest
 
-    guest = Guest(name, machines[name]["ssh_port"], Path(state["key_file"]))
+    _, state = _live_state(args.lab)
+    name, machine = _machine(state, args.machine)
+    if not isinstance(machine.get("ssh_port"), int):
+        raise UsageError(f"{name}: the lab's state has no SSH port for it")
+    guest = Guest(name, machine["ssh_port"], Path(state["key_file"]))
     remote = [a for a in args.remote if a != "--"] if args.remote else []
     if remote:
         res = guest.run(" ".join(remote), timeout=args.timeout)
@@ -262,59 +304,85 @@ def cmd_ssh(args) -> int:
     return 0  # not reached
 
 
-def cmd_qmp(args) -> int:
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+def qmp_call(socket_path: str, command: str, arguments: dict, timeout: float = 10.0) -> dict:
+    """One QMP command on a monitor socket, with a deadline on connecting and on the answer."""
+    import asyncio
 
-    _, state = _live_state(args.lab)
-    machines = state["machines"]
-    if args.machine not in machines:
-        raise UsageError(f"no machine {args.machine!r} in this lab; machines: {', '.join(machines)}")
+    from qemu.qmp import ExecuteError, QMPClient
+
+    async def call() -> dict:
+        client = QMPClient("lab")
+        try:
+            await asyncio.wait_for(client.connect(socket_path), timeout)
+        except asyncio.TimeoutError:
+            raise LabError(f"QMP at {socket_path} did not answer within {timeout:.0f} s") from None
+        try:
+            try:
+                return {"return": await asyncio.wait_for(client.execute(command, arguments or None), timeout)}
+            except ExecuteError as exc:
+                return {"error": {"class": exc.error_class, "desc": exc.error.error.desc}}
+            except asyncio.TimeoutError:
+                raise LabError(f"QMP command {command} got no answer within {timeout:.0f} s") from None
+        finally:
+            await client.disconnect()
+
+    try:
+        return asyncio.run(call())
+    except (OSError, EOFError) as exc:
+        raise LabError(f"cannot talk to QMP at {socket_path}: {exc}") from None
+    except LabError:
+        raise
+    except Exception as exc:  # qemu.qmp's ConnectError and protocol errors
+        raise LabError(f"QMP at {socket_path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def cmd_qmp(args: argparse.Namespace) -> int:
+    import re
+
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", args.command):
+        raise UsageError(f"QMP command {args.command[:40]!r}: not a command name (query-status, query-pci, ...)")
     try:
         arguments = json.loads(args.arguments) if args.arguments else {}
     except json.JSONDecodeError as exc:
-        raise UsageError(f"QMP arguments must be a JSON object: {exc}") from None
-    qmp = QEMUMonitorProtocol(machines[args.machine]["qmp"])
-    try:
-        qmp.connect()
-        # A 'lab up' in another process holds the monitor; QEMU accepts one client per socket.
-        reply = qmp.cmd_raw(args.command, arguments) if hasattr(qmp, "cmd_raw") else qmp.cmd_obj({"execute": args.command, "arguments": arguments})
-    except OSError as exc:
-        raise LabError(f"cannot talk to QMP of {args.machine}: {exc}") from None
-    finally:
-        qmp.close()
+        raise UsageError(f"QMP arguments must be a JSON object: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(arguments, dict):
+        raise UsageError(f"QMP arguments must be a JSON object, not {type(arguments).__name__}")
+    _, state = _live_state(args.lab)
+    name, machine = _machine(state, args.machine)
+    reply = qmp_call(str(machine.get("qmp")), args.command, arguments)
     print(json.dumps(reply, indent=2))
     return 0 if "error" not in reply else 1
 
 
-def cmd_down(args) -> int:
-    import signal as sig
+def cmd_down(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
 
-    from lab.lab import _is_qemu, _pid_alive
+    from lab import processes
 
     directory, state = _live_state(args.lab)
-    owner = state.get("owner_pid")
-    if owner and _pid_alive(owner) and owner != os.getpid():
-        os.kill(owner, sig.SIGTERM)  # the owning 'lab up' shuts its guests down cleanly
+    owner, started = state.get("owner_pid"), state.get("owner_started")
+    # Only the 'lab up' that wrote this state (same PID and start time), never a process that reused its PID.
+    if isinstance(owner, int) and owner != os.getpid() and processes.same_process(owner, started):
+        os.kill(owner, signal.SIGTERM)  # the owning 'lab up' shuts its guests down cleanly
         for _ in range(150):
-            if not _pid_alive(owner):
+            if not processes.pid_alive(owner):
                 break
             time.sleep(0.1)
     for m in state["machines"].values():
-        pid = m.get("pid")
-        if pid and _pid_alive(pid) and _is_qemu(pid):
-            os.kill(pid, sig.SIGKILL)
-    import shutil
-
+        processes.kill_if_ours(m.get("pid"), str(directory))
     shutil.rmtree(directory, ignore_errors=True)
     if state.get("run"):
         from lab.rundir import RunDir
 
-        RunDir(Path(state["run"])).finish("down")
+        run = Path(state["run"])
+        if (run / "manifest.json").exists():
+            RunDir(run).finish("down")
     print(f"stopped {', '.join(state['machines'])}")
     return 0
 
 
-def cmd_setup(args) -> int:
+def cmd_setup(args: argparse.Namespace) -> int:
     from lab.host import BUILD_PACKAGES, HOST_PACKAGES, install, missing_packages
 
     missing = missing_packages(build=True)
@@ -326,37 +394,43 @@ def cmd_setup(args) -> int:
     return 0
 
 
-def cmd_bench_boot(args) -> int:
+def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.bench import bench_boot
 
-    lab = _boot(args)
-    return bench_boot(lab, runs=args.runs)
+    if not 1 <= args.runs <= 100:
+        raise UsageError("--runs must be between 1 and 100")
+    return bench_boot(_lab_for(args), runs=args.runs)
 
 
 # -- scenarios and results --------------------------------------------------------------------------
-def cmd_run(args) -> int:
+def scenario_options(name: str, args: argparse.Namespace):
+    from lab.scenarios import framework
+    from lab.scenarios.options import from_args
+
+    cls = framework.get(name)
+    return from_args(cls.Options, args, defaults={"accel": _accel(None)})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
-    from lab.scenarios import registry
+    from lab.scenarios import framework
 
-    if args.scenario == "nfs-fstests" and not args.fstests:
-        print("nfs-fstests: skipped: no fstests tree given (--fstests PATH or a git URL, or LAB_FSTESTS=PATH)")
-        return 0
-    options = registry.options_from_args(args.scenario, args, _params(args) if hasattr(args, "param") else {})
-    options.validate()
+    options = scenario_options(args.scenario, args)
+    cls = framework.get(args.scenario)
+    cls(options).plan()  # every topology renders and every option fits before the host is touched
     ensure_host()
     reap_stale_runtimes()
-    outcome = registry.run(args.scenario, options)
+    outcome = framework.run(cls, options)
     print(outcome.table)
     print(f"results: {outcome.run_dir.path}")
     return 0 if outcome.ok else 1
 
 
-def cmd_bisect(args) -> int:
+def cmd_bisect(args: argparse.Namespace) -> int:
     from lab.bisect import commit_candidates, report, run_bisect, series_candidates
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
-    from lab.scenarios import registry
 
     if bool(args.series) == bool(args.good or args.bad):
         raise UsageError("bisect needs either --series S (patch by patch) or --good REF --bad REF (commits of a git --base)")
@@ -368,7 +442,7 @@ def cmd_bisect(args) -> int:
     if any(a == "--kernel" or a.startswith("--kernel=") for a in extra):
         raise UsageError("bisect chooses the kernels itself; drop --kernel from the scenario options")
     run_args = build_parser().parse_args(["run", args.scenario, *extra])
-    options = registry.options_from_args(args.scenario, run_args, _params(run_args) if hasattr(run_args, "param") else {})
+    options = scenario_options(args.scenario, run_args)
     configs = tuple(args.config or ())
     if args.series:
         requests, labels = series_candidates(args.base, args.series, configs)
@@ -376,17 +450,19 @@ def cmd_bisect(args) -> int:
     else:
         requests, labels = commit_candidates(args.base, args.good, args.bad, configs)
         describe = {"tree": args.base, "good": args.good, "bad": args.bad, "config": list(configs)}
-    options = registry.with_kernels(options, ["placeholder"])
-    options.validate()
+    from lab.scenarios import framework
+
+    framework.get(args.scenario)(options.model_copy(update={"kernels": ["debian:7.3"]})).plan()
     ensure_host()
     reap_stale_runtimes()
     run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe)
     print(report(summary))
     print(f"results: {run_dir.path}")
-    return 0 if summary["result"] and summary["result"]["changed"] else 1
+    result = summary["result"] or {}
+    return 0 if result.get("changed") else 1
 
 
-def cmd_results_list(args) -> int:
+def cmd_results_list(args: argparse.Namespace) -> int:
     from lab.results import list_runs
 
     for r in list_runs():
@@ -395,28 +471,28 @@ def cmd_results_list(args) -> int:
     return 0
 
 
-def cmd_results_show(args) -> int:
+def cmd_results_show(args: argparse.Namespace) -> int:
     from lab.results import find_run, manifest
 
     run = find_run(args.run)
     summary = run / "summary.txt"
-    m = manifest(run)
+    m = manifest(run, strict=True)
     print(f"{run.name}: {m.get('kind')} {m.get('status')} started {m.get('started')} finished {m.get('finished', '-')}")
     if summary.exists():
-        print(summary.read_text().rstrip())
+        print(summary.read_text(errors="replace").rstrip())
     else:
         print(json.dumps({k: m.get(k) for k in ("topology", "kernels", "boot_seconds", "accel") if k in m}, indent=2, default=str))
     return 0
 
 
-def cmd_results_compare(args) -> int:
+def cmd_results_compare(args: argparse.Namespace) -> int:
     from lab.results import compare, find_run
 
     print(compare([find_run(r) for r in args.runs]))
     return 0
 
 
-def cmd_results_junit(args) -> int:
+def cmd_results_junit(args: argparse.Namespace) -> int:
     from lab.results import find_run, junit
 
     text = junit([find_run(r) for r in args.runs], Path(args.output) if args.output else None)
@@ -425,7 +501,7 @@ def cmd_results_junit(args) -> int:
     return 0
 
 
-def cmd_results_bundle(args) -> int:
+def cmd_results_bundle(args: argparse.Namespace) -> int:
     from lab import bundle
     from lab.results import find_run
 
@@ -434,19 +510,23 @@ def cmd_results_bundle(args) -> int:
     return 0
 
 
-def cmd_replay(args) -> int:
+def cmd_replay(args: argparse.Namespace) -> int:
     from lab import bundle
     from lab.host import ensure_host
 
+    plan = bundle.plan_replay(Path(args.bundle), allow_build=args.allow_build)
+    print(bundle.describe(plan))
+    if args.dry_run:
+        return 0
     ensure_host()
-    matched, notes, run_dir = bundle.replay(Path(args.bundle))
+    matched, notes, run_dir = bundle.replay(plan)
     for note in notes:
         print(note)
     print(f"{'verdicts match the bundle' if matched else 'verdicts DIFFER from the bundle'}; results: {run_dir}")
     return 0 if matched else 1
 
 
-def cmd_bench_stable_pages(args) -> int:
+def cmd_bench_stable_pages(args: argparse.Namespace) -> int:
     """The A/B demo timed from the command to the table (target: under 3 minutes here)."""
     started = time.monotonic()
     rc = cmd_run(args)
@@ -454,35 +534,50 @@ def cmd_bench_stable_pages(args) -> int:
     return rc
 
 
-def cmd_bench_nfs(args) -> int:
+def cmd_bench_nfs(args: argparse.Namespace) -> int:
     """Set-up time of the NFS pair (command to an RDMA mount on the client) and MiB/s of the
     O_DIRECT matrix per transport. RDMA is mounted first so its time is the ready time."""
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
-    from lab.scenarios import nfs
+    from lab.scenarios import framework
+    from lab.scenarios.options import validate
 
     started = time.monotonic()
+    cls = framework.get("nfs-dio")
+    options = validate(cls.Options, {"kernels": [args.kernel or "debian:7.3"], "transports": ["rdma", "tcp"],
+                                     "nfs_version": args.nfs_version, "accel": _accel(args.accel)})
     ensure_host()
     reap_stale_runtimes()
-    kernel = args.kernel or "debian:7.3"
-    _, results = nfs.run(nfs.Options(kernels=[kernel], transports=["rdma", "tcp"], version=args.nfs_version, accel=args.accel))
-    section = next(iter(results["kernels"].values()))
+    outcome = framework.run(cls, options)
+    section = next(iter(outcome.results["subruns"].values()))
     mounted = section.get("mounted_seconds", {})
-    print(f"kernel {kernel} ({section.get('release', '?')}), NFS {args.nfs_version}: {section['verdict']}")
+    print(f"kernel {section['kernel']} ({section.get('release', '?')}), NFS {args.nfs_version}: {section['verdict']}")
     print(f"  boot + server set-up: {section.get('setup_seconds', '?')} s after the guests started booting")
     if "rdma" in mounted:
         print(f"  ready with the RDMA mount: {mounted['rdma']} s after the guests started booting")
-    for t, v in section["transports"].items():
+    for t, v in section["cases"].items():
         print(f"  {t:5} O_DIRECT matrix: {v.get('mib_per_s', '?')} MiB/s ({v.get('cases', '?')} cases, {v.get('seconds', '?')} s)")
     print(f"  whole command: {time.monotonic() - started:.1f} s")
     return 0 if section["verdict"] == "PASS" else 1
 
 
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lab.scenarios import framework
+    from lab.scenarios.options import add_arguments
+
     parser = argparse.ArgumentParser(prog="lab", description="QEMU-based virtual hardware lab for P2PDMA and T10 PI kernel work")
     parser.add_argument("--version", action="version", version=f"lab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    boot, lab_sel = _boot_parent(), _lab_parent()
 
     p = sub.add_parser("setup", help="install the host packages the lab needs (apt-get, as root)")
     p.add_argument("--check", action="store_true", help="only report; exit 1 if something is missing")
@@ -491,8 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = sub.add_parser("topology", help="list, render and check topologies").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = top.add_parser("list", help="shipped topologies and their parameters")
     p.set_defaults(func=cmd_topology_list)
-    p = top.add_parser("show", help="the validated model, or with --qemu the exact argv of each machine")
-    _add_topology_args(p, default=None)
+    p = top.add_parser("show", parents=[_topology_parent(None)], help="the validated model, or with --qemu the exact argv of each machine")
     p.add_argument("--qemu", action="store_true", help="print QEMU argv instead of the model")
     p.add_argument("--accel-name", default="tcg", choices=("tcg", "kvm"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_topology_show)
@@ -514,9 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", metavar="FILE|DIR|MSGID", help="an mbox, a directory of git format-patch files, or a lore message-id (b4)")
     p.add_argument("--config", action="append", metavar="FRAGMENT",
                    help="extra config fragment (a path, or a name in kernel/fragments), repeatable; merged after the lab's own")
-    p.add_argument("--patches", type=int, metavar="N", help="apply only the first N patches of the series")
+    p.add_argument("--patches", type=_whole_number, metavar="N", help="apply only the first N patches of the series")
     p.add_argument("--fragments", metavar="A,B", help="which of the lab's fragments to start from (default: all: base,nvme-pi,p2pdma,xfs,nfs-rdma,9p)")
-    p.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all CPUs)")
+    p.add_argument("-j", "--jobs", type=_whole_number, help="parallel compile jobs (default: all CPUs)")
     p.set_defaults(func=cmd_kernel_build)
     p = ker.add_parser("remove", help="remove built kernels from the cache (build:KEY ...)")
     p.add_argument("ref", nargs="+")
@@ -524,29 +618,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = ker.add_parser("list", help="cached kernels")
     p.set_defaults(func=cmd_kernel_list)
 
-    p = sub.add_parser("inspect", help="boot a topology, print what the guests see of their hardware, shut down")
-    _add_topology_args(p)
-    _add_boot_args(p)
+    p = sub.add_parser("inspect", parents=[_topology_parent(), boot], help="boot a topology, print what the guests see of their hardware, shut down")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("up", help="boot a topology and keep it running for interactive use")
-    _add_topology_args(p)
-    _add_boot_args(p)
+    p = sub.add_parser("up", parents=[_topology_parent(), boot], help="boot a topology and keep it running for interactive use")
     p.add_argument("--detach", action="store_true", help="return once booted; guests run until 'lab down'")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("ssh", help="a shell (or one command) on a machine of a running lab")
+    p = sub.add_parser("ssh", parents=[lab_sel], help="a shell (or one command) on a machine of a running lab")
     p.add_argument("machine", nargs="?")
     p.add_argument("remote", nargs="*", help="command to run instead of a shell (put it after --)")
-    p.add_argument("--lab", help="run id (or part of it) when several labs are up")
     p.add_argument("--timeout", type=float, default=600)
     p.set_defaults(func=cmd_ssh)
 
-    p = sub.add_parser("qmp", help="send a QMP command to a machine of a running lab")
+    p = sub.add_parser("qmp", parents=[lab_sel], help="send a QMP command to a machine of a running lab")
     p.add_argument("machine")
     p.add_argument("command", help="e.g. query-status, query-pci")
     p.add_argument("arguments", nargs="?", help="JSON object of arguments")
-    p.add_argument("--lab")
     p.set_defaults(func=cmd_qmp)
 
     p = sub.add_parser("down", help="stop a running lab")
@@ -554,48 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_down)
 
     runp = sub.add_parser("run", help="run a scenario").add_subparsers(dest="sub", required=True, metavar="SCENARIO")
-    p = runp.add_parser("stable-pages", help="O_DIRECT on a PI namespace while the buffer changes; kernels side by side")
-    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:6.12 and debian:7.3)")
-    p.add_argument("--topology", default="nvme-pi")
-    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="topology parameter (pi, pif, ms, lba, ns_size, ...)")
-    p.add_argument("--target", action="append", choices=("xfs", "ext4", "raw"), help="repeatable (default: xfs)")
-    p.add_argument("--direction", default="both", choices=("write", "read", "both"))
-    p.add_argument("--bs", action="append", metavar="SIZE", help="block size, repeatable: 4K, 64K, 1M (default: 64K)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of I/O per mutating run (default: 20)")
-    p.add_argument("--control-duration", type=float, default=5.0, help="seconds of I/O per control run (default: 5)")
-    p.add_argument("--no-control", action="store_true", help="skip the control runs without mutation")
-    p.add_argument("--size", type=int, default=32, help="MiB of the file or device area the I/O cycles over (default: 32)")
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run, scenario="stable-pages")
-    stable_pages_parser = p
-
-    p = runp.add_parser("p2p-block", help="P2P pre-flight, then O_DIRECT through a CMB-backed buffer, per PCIe placement")
-    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
-    p.add_argument("--placement", action="append", choices=("switch", "root-port", "root-complex"),
-                   help="repeatable (default: switch and root-port)")
-    p.add_argument("--cpu", help="QEMU CPU model, e.g. EPYC (whitelisted by the kernel's host-bridge rule)")
-    p.add_argument("--size", type=int, default=1024, help="KiB per I/O (default: 1024)")
-    p.add_argument("--use-cmb-sqes", type=lambda v: v.lower() in ("1", "y", "yes", "on", "true"), default=None,
-                   metavar="BOOL", help="nvme.use_cmb_sqes (default: the kernel's)")
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run, scenario="p2p-block")
-
-    p = runp.add_parser("nfs-dio", help="NFS O_DIRECT integrity matrix between two VMs, over TCP and soft-RoCE")
-    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
-    p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
-    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
-    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="nfs-rdma-pair parameter (rdma=siw, pi=0, ...)")
-    p.add_argument("--only", help="only the cases whose name contains this (e.g. 'align=100')")
-    p.add_argument("--inject-corruption", action="store_true",
-                   help="flip a byte of the file on the server between write and verify: the run must FAIL")
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run, scenario="nfs-dio")
-    p = runp.add_parser("nfs-p2p", help="NFS O_DIRECT from a buffer in the client's CMB: the refusal each kernel and transport must give")
-    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
-    p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
-    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run, scenario="nfs-p2p", only=None, inject_corruption=False)
+    for name, cls in sorted(framework.scenarios().items()):
+        p = runp.add_parser(name, help=cls.summary, description=(cls.__doc__ or cls.summary).strip().splitlines()[0])
+        add_arguments(p, cls.Options)
+        p.set_defaults(func=cmd_run, scenario=name)
+        if name == "stable-pages":
+            stable_pages_parser = p
 
     p = sub.add_parser("bisect", help="the first patch of a series (or commit between two refs) where a scenario's verdict changes",
                        description="Builds the base and base + each prefix of the series (incrementally, cached) and runs the "
@@ -606,21 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--good", metavar="REF", help="with a git --base: a commit where the verdict is the old one")
     p.add_argument("--bad", metavar="REF", help="with a git --base: a later commit where it changed")
     p.add_argument("--config", action="append", metavar="FRAGMENT", help="extra config fragment, repeatable")
-    p.add_argument("--scenario", required=True, choices=("stable-pages", "p2p-block", "nfs-dio", "nfs-p2p", "nfs-fstests"))
+    p.add_argument("--scenario", required=True, choices=sorted(framework.scenarios()))
     p.add_argument("scenario_args", nargs=argparse.REMAINDER, help="options of 'lab run SCENARIO' (after --)")
     p.set_defaults(func=cmd_bisect)
-
-    p = runp.add_parser("nfs-fstests", help="an fstests tree against the NFS mount, per transport: pass/fail/notrun per test")
-    p.add_argument("--fstests", default=os.environ.get("LAB_FSTESTS"), metavar="PATH|URL",
-                   help="a built fstests tree (or a git URL to clone and build); default $LAB_FSTESTS; without one the scenario is skipped")
-    p.add_argument("--test", action="append", metavar="NAME", help="tests to run (generic/091, comma-separated or repeated)")
-    p.add_argument("--preset", help="a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested with; the default)")
-    p.add_argument("--kernel", action="append", metavar="REF", help="repeatable (default: debian:7.3)")
-    p.add_argument("--transport", action="append", choices=("tcp", "rdma"), help="repeatable (default: both)")
-    p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
-    p.add_argument("--timeout", type=int, default=3600, help="seconds for the whole check run per transport (default: 3600)")
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
-    p.set_defaults(func=cmd_run, scenario="nfs-fstests")
 
     res = sub.add_parser("results", help="runs kept in results/").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = res.add_parser("list", help="all runs with their verdicts")
@@ -643,18 +683,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="run a bundle again and say whether the verdicts match")
     p.add_argument("bundle")
+    p.add_argument("--allow-build", action="store_true",
+                   help="let the bundle's kernel references build kernels from source or clone trees from URLs")
+    p.add_argument("--dry-run", action="store_true", help="only show what would run")
     p.set_defaults(func=cmd_replay)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
-    p = bench.add_parser("boot", help="time to the first guest command, and the lab's overhead over bare QEMU")
-    _add_topology_args(p)
-    _add_boot_args(p)
-    p.add_argument("--runs", type=int, default=3)
+    p = bench.add_parser("boot", parents=[_topology_parent(), boot], help="time to the first guest command, and the lab's overhead over bare QEMU")
+    p.add_argument("--runs", type=_whole_number, default=3)
     p.set_defaults(func=cmd_bench_boot)
     p = bench.add_parser("nfs", help="NFS pair: time to the RDMA mount, and O_DIRECT MiB/s per transport")
     p.add_argument("--kernel", metavar="REF", help="default: debian:7.3")
     p.add_argument("--nfs-version", default="4.2", choices=("3", "4.1", "4.2"))
-    p.add_argument("--accel", default=os.environ.get("LAB_ACCEL", "auto"), choices=("auto", "kvm", "tcg"))
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     p.set_defaults(func=cmd_bench_nfs)
     p = bench.add_parser("stable-pages", parents=[stable_pages_parser], add_help=False,
                          help="time the default A/B stable-pages run from the command to the table")
@@ -662,22 +703,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.CRITICAL)
-    if not args.verbose:
-        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from lab.lab import Terminated, install_signal_handlers
+def _internal_error(exc: BaseException) -> int:
+    from lab.paths import cache_dir
 
+    log = cache_dir() / "internal-errors.log"
+    try:
+        import traceback
+
+        with open(log, "a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} lab {__version__}: {' '.join(sys.argv)}\n")
+            traceback.print_exception(exc, file=f)
+    except OSError:
+        pass
+    print(f"lab: internal error: {exc.__class__.__name__}: {str(exc)[:200]} (a bug in the lab; the traceback is in {log}, "
+          f"or run with -v)", file=sys.stderr)
+    return EX_SOFTWARE
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lab import log
+    from lab.lab import Terminated, install_signal_handlers
+    from lab.settings import settings
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    log.setup(verbose)
     install_signal_handlers()
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lab ... | head` ends quietly
     try:
+        settings()  # every LAB_* variable is checked once, before anything else
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except LabError as exc:
-        if args.verbose:
+        if verbose:
             raise
         print(f"lab: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -687,3 +747,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("lab: terminated; guests stopped, results kept", file=sys.stderr)
         return 143
+    except OSError as exc:
+        if verbose:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"lab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if verbose:
+            raise
+        return _internal_error(exc)

@@ -1,4 +1,19 @@
-"""Errors the CLI turns into one line and a non-zero exit, never a traceback."""
+"""Errors the CLI turns into one line and a non-zero exit, never a traceback.
+
+    LabError                 a failure the user can act on (exit 1: the run itself failed)
+    +-- UsageError           bad input: topology, parameter, option, kernel reference, file (exit 2)
+    |   +-- TopologyError    (lab.topology.render) a template or rendered document is wrong
+    +-- BootError            a guest did not come up; carries machine, phase, argv and the evidence
+    +-- GuestCommandError    (lab.ssh) a command in a guest could not be run or timed out
+    +-- NotApplicable        (lab.scenarios.framework) the kernel or topology lacks what a scenario tests
+
+Scenario code catches LabError to turn it into an ERROR verdict; KeyboardInterrupt and the lab's
+Terminated (SIGTERM, SIGHUP) are BaseExceptions so that nothing on the way swallows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 
 class LabError(Exception):
@@ -13,5 +28,54 @@ class UsageError(LabError):
     exit_code = 2
 
 
+# Why a boot failed, in the order a boot goes through them. Retry logic reads the phase.
+BOOT_PHASES = (
+    "qemu-exit",  # QEMU exited (bad argv, missing file, a crash)
+    "qmp",  # QEMU runs but its monitor never answered
+    "console",  # the guest printed nothing before the silence deadline (infrastructure)
+    "panic",  # the guest kernel panicked
+    "tcg-int3",  # the known multi-threaded TCG early-boot oops (int3 in sched_clock_cpu)
+    "ready",  # the guest printed but never reached the lab's ready marker
+    "ssh",  # the ready marker came but SSH did not answer
+)
+# Failures of the emulator or host, not of the kernel under test: a fresh boot is allowed.
+INFRASTRUCTURE_PHASES = ("console", "tcg-int3")
+
+
+@dataclass
+class BootEvidence:
+    machine: str
+    phase: str
+    detail: str
+    argv: list[str] = field(default_factory=list)
+    stderr_tail: str = ""
+    console_tail: str = ""
+    console_path: str = ""
+    seconds: float = 0.0
+
+
 class BootError(LabError):
-    """A guest did not come up; the message carries the tail of its console."""
+    """A guest did not come up. The first line says which machine, which phase and why; the rest
+    carries the console tail; `evidence` keeps everything (argv, stderr, console) for the record."""
+
+    def __init__(self, evidence: BootEvidence | list[BootEvidence]) -> None:
+        self.all = evidence if isinstance(evidence, list) else [evidence]
+        self.evidence = self.all[0]
+        lines = []
+        for ev in self.all:
+            lines.append(f"{ev.machine}: {ev.detail} [phase {ev.phase}]")
+        ev = self.evidence
+        if ev.stderr_tail:
+            lines.append(f"    QEMU stderr: {ev.stderr_tail}")
+        if ev.console_path:
+            lines.append(f"    console {ev.console_path}:")
+            lines.append(f"    {ev.console_tail}")
+        super().__init__("\n".join(lines))
+
+    @property
+    def phase(self) -> str:
+        return self.evidence.phase
+
+    @property
+    def infrastructure(self) -> bool:
+        return all(ev.phase in INFRASTRUCTURE_PHASES for ev in self.all)

@@ -1,41 +1,93 @@
 """One QEMU process: launch with QMP on a unix socket, console to a file, SSH readiness, and a
 shutdown that escalates from guest poweroff to QMP quit to signals. Modelled on QEMU's
-python/qemu/machine and labgrid's QEMUDriver, smaller."""
+python/qemu/machine and labgrid's QEMUDriver, smaller.
+
+A machine moves through CREATED -> LAUNCHED -> READY -> STOPPING -> STOPPED (reset() goes back to
+CREATED for another boot attempt); every transition is timed, so each boot's phases land in the
+manifest for free, and a failed boot raises one BootError naming the phase it failed in."""
 
 from __future__ import annotations
 
 import ctypes
+import enum
+import logging
 import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from lab.errors import BootError, LabError
+from lab.errors import BootError, BootEvidence, LabError
 from lab.ssh import Guest
 
+LOG = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 READY_MARKER = "LAB-READY"
+# The guest boot stages print "lab-init: [UPTIME] what" (images/init): guest-side phase times.
+_STAGE_RE = re.compile(r"lab-init: \[(\d+\.\d+)\] (.+)")
+# The one emulator fault the lab retries (multi-threaded TCG in QEMU 7.2 patching kernel text).
+_INT3_OOPS = re.compile(r"Oops: int3\b")
+_INT3_RIP = re.compile(r"RIP: \S*?\bsched_clock_cpu\b")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL QEMU when the lab dies, even by SIGKILL, so no guest
     outlives it. A new session keeps the terminal's Ctrl-C for the lab, which shuts down cleanly."""
     os.setsid()
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def console_tail(path: Path, lines: int = 25) -> str:
+class State(enum.Enum):
+    CREATED = "created"
+    LAUNCHED = "launched"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_ALLOWED = {
+    State.CREATED: {State.LAUNCHED, State.STOPPED},
+    State.LAUNCHED: {State.READY, State.STOPPING},
+    State.READY: {State.STOPPING},
+    State.STOPPING: {State.STOPPED},
+    State.STOPPED: {State.CREATED},
+}
+
+
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(errors="replace")
+        return path.read_text(errors="replace")
     except OSError:
-        return "(no console output)"
-    tail = [l for l in text.splitlines() if l.strip()][-lines:]
+        return ""
+
+
+def console_tail(text: str, lines: int = 25) -> str:
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
     return "\n    ".join(tail) or "(console is empty)"
+
+
+def classify_console(text: str) -> tuple[str, str] | None:
+    """(phase, detail) when the console shows the guest kernel died before the lab's ready marker."""
+    before_ready = text.split(READY_MARKER, 1)[0]
+    if _INT3_OOPS.search(before_ready) and _INT3_RIP.search(before_ready):
+        return "tcg-int3", "guest kernel oopsed on int3 in sched_clock_cpu during early boot (the known multi-threaded TCG fault)"
+    m = re.search(r"Kernel panic - not syncing: ([^\n]*)", before_ready)
+    if m:
+        return "panic", f"guest kernel panicked: {m.group(1).strip()[:120]}"
+    return None
+
+
+def guest_stages(text: str) -> dict[str, float]:
+    """Guest uptime at each stage line of the lab's init ("stage 1: root mounted" -> 3.91)."""
+    out: dict[str, float] = {}
+    for m in _STAGE_RE.finditer(text):
+        out.setdefault(m.group(2).strip(), float(m.group(1)))
+    return out
 
 
 class QemuMachine:
@@ -51,28 +103,64 @@ class QemuMachine:
         self.qmp: QEMUMonitorProtocol | None = None
         self.ssh_port: int | None = None
         self.guest: Guest | None = None
+        self.state = State.CREATED
         self.launched_at = 0.0
         self.ready_at = 0.0
+        self.events: dict[str, float] = {}  # event -> seconds since launch (this attempt)
+        self.shutdown_steps: list[dict[str, Any]] = []
+        self.qmp_timeout = 30.0  # QEMU creates its monitor socket at once; 30 s covers a loaded host
+
+    # -- state ------------------------------------------------------------------------------
+    def _to(self, state: State) -> None:
+        if state not in _ALLOWED[self.state]:
+            raise LabError(f"{self.name}: cannot go from {self.state.value} to {state.value}")
+        LOG.debug("%s: %s -> %s", self.name, self.state.value, state.value)
+        self.state = state
+        self._event(state.value)
+
+    def _event(self, name: str) -> None:
+        if self.launched_at:
+            self.events.setdefault(name, round(time.monotonic() - self.launched_at, 3))
+
+    def boot_record(self) -> dict[str, Any]:
+        """Host-side events and the guest's own stage times of this boot, for the manifest."""
+        return {"events": dict(self.events), "guest_stages": guest_stages(read_text(self.console_log)),
+                "shutdown": list(self.shutdown_steps)}
 
     def reset(self) -> None:
         """Forget a stopped process so that launch() can start the machine again."""
+        if self.state != State.CREATED:
+            self._to(State.CREATED)
         self.proc = None
         self.qmp = None
         self.ssh_port = None
         self.guest = None
+        self.events = {}
+        self.shutdown_steps = []
+        self.launched_at = 0.0
         self.qmp_socket.unlink(missing_ok=True)
 
     # -- launch -----------------------------------------------------------------------------
-    def launch(self, die_with_parent: bool = True) -> None:
+    def launch(self, die_with_parent_process: bool = True) -> None:
+        """Start QEMU and connect to its monitor. Raises BootError (phase qemu-exit or qmp)."""
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        LOG.debug("%s: launching %s", self.name, " ".join(self.argv))
         with open(self.stderr_log, "ab") as err:
             self.launched_at = time.monotonic()
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if die_with_parent else os.setsid,
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent if die_with_parent_process else os.setsid,
+                )
+            except OSError as exc:
+                raise BootError(self._evidence("qemu-exit", f"cannot start {self.argv[0]}: {exc.strerror}")) from exc
+        self._to(State.LAUNCHED)
         self._connect_qmp()
-        self.ssh_port = self._forwarded_port()
+        self._event("qmp")
+        try:
+            self.ssh_port = self._forwarded_port()
+        except LabError as exc:
+            raise BootError(self._evidence("qmp", str(exc))) from exc
         self.guest = Guest(self.name, self.ssh_port, self.key_file)
 
     @property
@@ -82,31 +170,36 @@ class QemuMachine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _connect_qmp(self, timeout: float = 30.0) -> None:
+    def _connect_qmp(self) -> None:
+        timeout = self.qmp_timeout
         deadline = time.monotonic() + timeout
+        last: Exception | None = None
         while time.monotonic() < deadline:
             if not self.alive():
-                raise BootError(f"{self.name}: QEMU exited at start (exit {self.proc.returncode}): {self._stderr_tail()}")
+                raise BootError(self._exited_evidence("at start"))
             if self.qmp_socket.exists():
                 qmp = QEMUMonitorProtocol(str(self.qmp_socket))
                 try:
                     qmp.connect()
                     self.qmp = qmp
                     return
-                except OSError:
+                except (OSError, EOFError, Exception) as exc:  # qemu.qmp raises its own types
+                    last = exc
                     qmp.close()
             time.sleep(0.02)
-        raise BootError(f"{self.name}: no QMP socket after {timeout:.0f} s")
+        err = BootError(self._evidence("qmp", f"QMP did not answer within {timeout:.0f} s"))
+        raise err from last
+
+    def qmp_cmd(self, command: str, **args: Any) -> Any:
+        if not self.qmp:
+            raise LabError(f"{self.name}: QMP is not connected")
+        try:
+            return self.qmp.cmd(command, **args)
+        except Exception as exc:  # a dead socket or an error reply: one line for the user
+            raise LabError(f"{self.name}: QMP {command} failed: {exc}") from exc
 
     def hmp(self, command: str) -> str:
-        if not self.qmp:
-            raise LabError(f"{self.name}: QMP is not connected")
-        return self.qmp.cmd("human-monitor-command", **{"command-line": command})
-
-    def qmp_cmd(self, command: str, **args):
-        if not self.qmp:
-            raise LabError(f"{self.name}: QMP is not connected")
-        return self.qmp.cmd(command, **args)
+        return str(self.qmp_cmd("human-monitor-command", **{"command-line": command}))
 
     def _forwarded_port(self) -> int:
         # The lab asks slirp for port 0 and reads back what it got: no race between two labs.
@@ -115,35 +208,60 @@ class QemuMachine:
             if "HOST_FORWARD" in line:
                 fields = line.split()
                 return int(fields[3])
-        raise BootError(f"{self.name}: no SSH forwarding in 'info usernet': {text!r}")
+        raise LabError(f"no SSH forwarding in 'info usernet': {text!r}")
 
-    def _stderr_tail(self) -> str:
-        try:
-            return " | ".join(self.stderr_log.read_text(errors="replace").strip().splitlines()[-5:]) or "(no output)"
-        except OSError:
-            return "(no output)"
+    def stderr_tail(self) -> str:
+        lines = read_text(self.stderr_log).strip().splitlines()[-5:]
+        return " | ".join(lines)
+
+    def _evidence(self, phase: str, detail: str) -> BootEvidence:
+        return BootEvidence(
+            machine=self.name, phase=phase, detail=detail, argv=list(self.argv), stderr_tail=self.stderr_tail(),
+            console_tail=console_tail(read_text(self.console_log)), console_path=str(self.console_log),
+            seconds=round(time.monotonic() - self.launched_at, 1) if self.launched_at else 0.0,
+        )
+
+    def _exited_evidence(self, when: str) -> BootEvidence:
+        assert self.proc is not None
+        died = classify_console(read_text(self.console_log))
+        if died:
+            return self._evidence(*died)
+        return self._evidence("qemu-exit", f"QEMU exited {when} (exit {self.proc.returncode})")
 
     # -- readiness --------------------------------------------------------------------------
-    def wait_ready(self, timeout: float) -> float:
-        """Until SSH answers and stage 2 has finished (/run/lab/ready). Returns seconds since launch."""
+    def wait_ready(self, timeout: float, silence: float | None = None) -> float:
+        """Until SSH answers and stage 2 has finished (the ready marker). Returns seconds since
+        launch. A console still empty after `silence` seconds is an infrastructure failure."""
         assert self.guest is not None
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive():
-                raise BootError(
-                    f"{self.name}: QEMU exited during boot (exit {self.proc.returncode}); console {self.console_log}:\n"
-                    f"    {console_tail(self.console_log)}"
-                )
+                raise BootError(self._exited_evidence("during boot"))
+            elapsed = time.monotonic() - self.launched_at
+            size = self.console_log.stat().st_size if self.console_log.exists() else 0
+            if size:
+                self._event("console")
+            elif silence is not None and elapsed > silence:
+                raise BootError(self._evidence("console", f"the guest printed nothing in {silence:.0f} s"))
             left = deadline - time.monotonic()
+            tail = self._console_text_tail()
             if left <= 0:
-                raise BootError(
-                    f"{self.name}: no SSH after {timeout:.0f} s; console {self.console_log}:\n    {console_tail(self.console_log)}"
-                )
+                text = read_text(self.console_log)
+                died = classify_console(text)
+                if died:
+                    raise BootError(self._evidence(*died))
+                if READY_MARKER in text:
+                    raise BootError(self._evidence("ssh", f"ready, but SSH did not answer within {timeout:.0f} s"))
+                raise BootError(self._evidence("ready", f"no SSH after {timeout:.0f} s (the guest never reached the ready marker)"))
             # Stage 2 prints the marker once sshd, drivers and RDMA are up. Connecting before it would
             # only meet slirp, which accepts and then waits out the SSH banner timeout.
-            if READY_MARKER in self._console_text_tail() and self.guest.try_connect(min(10.0, left)):
-                self.ready_at = time.monotonic()
-                return self.ready_at - self.launched_at
+            if READY_MARKER in tail:
+                self._event("ready-marker")
+                if self.guest.try_connect(min(10.0, left)):
+                    self._event("ssh")
+                    self.ready_at = time.monotonic()
+                    self._to(State.READY)
+                    return self.ready_at - self.launched_at
             time.sleep(0.05)
 
     def _console_text_tail(self) -> str:
@@ -157,39 +275,60 @@ class QemuMachine:
 
     # -- shutdown ---------------------------------------------------------------------------
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Guest poweroff, then QMP quit, then SIGTERM, then SIGKILL. Never raises."""
-        if self.proc is None:
+        """Guest poweroff, then QMP quit, then SIGTERM, then SIGKILL. Never raises; each step and
+        whether it ended QEMU is recorded in shutdown_steps."""
+        if self.proc is None or self.state in (State.CREATED, State.STOPPED):
             return
-        if self.alive() and self.guest is not None:
-            # sysrq-o powers off at once; the root is a throw-away overlay so a clean unmount buys nothing.
-            self.guest.fire_and_forget("sync; echo o > /proc/sysrq-trigger")
-            self._wait(timeout / 2)
+        if self.state != State.STOPPING:
+            self._to(State.STOPPING)
+        steps = [("poweroff", self._poweroff, timeout / 2), ("qmp-quit", self._quit, timeout / 4),
+                 ("sigterm", lambda: self._signal(signal.SIGTERM), timeout / 4),
+                 ("sigkill", lambda: self._signal(signal.SIGKILL), 5.0)]
+        if not self.alive():
+            self.shutdown_steps.append({"step": "already-exited", "exit": self.proc.returncode})
+        for name, action, wait in steps:
+            if not self.alive():
+                break
+            if name == "poweroff" and self.guest is None:
+                continue
+            try:
+                action()
+            except Exception:  # a step that cannot be taken is recorded; the next one follows
+                LOG.debug("%s: shutdown step %s failed", self.name, name, exc_info=True)
+            self._wait(wait)
+            self.shutdown_steps.append({"step": name, "ended_qemu": not self.alive()})
+            LOG.debug("%s: shutdown step %s: %s", self.name, name, "exited" if not self.alive() else "still running")
         if self.guest is not None:
             self.guest.close()
-        if self.alive() and self.qmp is not None:
-            try:
-                self.qmp.cmd("quit")
-            except Exception:
-                pass
-            self._wait(timeout / 4)
         if self.qmp is not None:
             try:
                 self.qmp.close()
             except Exception:
-                pass
+                LOG.debug("%s: closing QMP failed", self.name, exc_info=True)
             self.qmp = None
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not self.alive():
-                break
-            try:
-                os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            self._wait(timeout / 4 if sig == signal.SIGTERM else 5)
         if self.proc.poll() is None:
             self.proc.wait()
+        self._to(State.STOPPED)
+
+    @property
+    def stopped_by(self) -> str | None:
+        return next((s["step"] for s in self.shutdown_steps if s.get("ended_qemu") or s["step"] == "already-exited"), None)
+
+    def _poweroff(self) -> None:
+        assert self.guest is not None
+        # sysrq-o powers off at once; the root is a throw-away overlay so a clean unmount buys nothing.
+        self.guest.fire_and_forget("sync; echo o > /proc/sysrq-trigger")
+
+    def _quit(self) -> None:
+        if self.qmp is not None:
+            self.qmp.cmd("quit")
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
 
     def _wait(self, seconds: float) -> None:
+        assert self.proc is not None
         try:
             self.proc.wait(timeout=max(seconds, 0.1))
         except subprocess.TimeoutExpired:

@@ -3,38 +3,65 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from lab.errors import UsageError
+from lab.settings import settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _make_dir(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the {what} directory {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise UsageError(f"the {what} path {path} is not a directory")
+    return path
+
+
 def cache_dir() -> Path:
     """Images, kernels, keys and probes. Outside the repository; LAB_CACHE overrides."""
-    env = os.environ.get("LAB_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lab"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    return _make_dir(settings().cache, "cache")
 
 
 def results_dir() -> Path:
     """Run output; LAB_RESULTS overrides, default is results/ of the checkout."""
-    env = os.environ.get("LAB_RESULTS")
-    base = Path(env) if env else PROJECT_ROOT / "results"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    return _make_dir(settings().results or PROJECT_ROOT / "results", "results")
+
+
+def check_private_dir(path: Path) -> None:
+    """A directory that holds QMP sockets and overlays must be ours alone: owned by this user, a
+    real directory (not a symlink someone planted), mode 0700."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"runtime directory {path} is a symlink; remove it or set LAB_RUNTIME")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"runtime directory {path} is not a directory; remove it or set LAB_RUNTIME")
+    if st.st_uid != os.getuid():
+        raise UsageError(f"runtime directory {path} belongs to uid {st.st_uid}, not to you; set LAB_RUNTIME")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise UsageError(f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):o}, not 700; "
+                         f"chmod 700 it or set LAB_RUNTIME")
 
 
 def runtime_root() -> Path:
     """Sockets, overlays and state of live labs. Short paths: unix sockets allow 107 bytes."""
-    env = os.environ.get("LAB_RUNTIME")
-    base = Path(env) if env else Path("/tmp") / f"lab-{os.getuid()}"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(base, 0o700)
+    base = settings().runtime
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"cannot create the runtime directory {base}: {exc.strerror}") from None
+    check_private_dir(base)
     return base
 
 
 def topologies_dir() -> Path:
-    return Path(os.environ.get("LAB_TOPOLOGIES", PROJECT_ROOT / "topologies"))
+    return settings().topologies or PROJECT_ROOT / "topologies"
 
 
 def images_dir() -> Path:

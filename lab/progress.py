@@ -8,7 +8,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 
@@ -51,7 +51,7 @@ class Step:
         self.title = title
         self.started = started
         self.suffix = ""
-        self._status = None
+        self._status: Any = None
         self._last_plain = 0.0
 
     def update(self, detail: str) -> None:
@@ -69,6 +69,7 @@ def run_logged(argv: Sequence[str], log: Path, st: Step | None = None, what: str
     """Run a long host command, its output appended to log and its latest line shown as progress.
     On failure the error carries the tail of the log."""
     tail: deque[str] = deque(maxlen=15)
+    errors: list[str] = []  # apt's and mmdebstrap's "E: ..." lines: the first says what went wrong
     with open(log, "a") as out:
         out.write(f"$ {' '.join(map(str, argv))}\n")
         out.flush()
@@ -78,10 +79,13 @@ def run_logged(argv: Sequence[str], log: Path, st: Step | None = None, what: str
             for line in proc.stdout:
                 out.write(line)
                 tail.append(line.rstrip())
+                if line.startswith(("E: ", "error: ", "fatal: ")) and len(errors) < 5:
+                    errors.append(line.strip())
                 if st:
                     st.update(line)
         finally:
             rc = proc.wait()
     if rc != 0:
-        lines = "\n    ".join(tail)
-        raise LabError(f"{what or argv[0]} failed (exit {rc}); log: {log}; last lines:\n    {lines}")
+        lines = "\n    ".join(tail) or "(no output)"
+        cause = f": {errors[0][:200]}" if errors else ""
+        raise LabError(f"{what or argv[0]} failed (exit {rc}){cause}; log: {log}; last lines:\n    {lines}")

@@ -1,10 +1,12 @@
-"""Reading results back: list, show, compare across runs and kernels, JUnit export."""
+"""Reading results back: list, show, compare across runs and kernels, JUnit export. A damaged file
+(a truncated manifest, results.json or junit.xml) is named in a one-line error, never a traceback."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import results_dir
@@ -12,8 +14,14 @@ from lab.paths import results_dir
 
 def find_run(ref: str) -> Path:
     """A run id, a unique part of one, 'latest', or a path."""
+    if not ref or len(ref) > 1024 or "\0" in ref:
+        raise UsageError("give a run id, a part of one, 'latest' or a run directory")
     as_path = Path(ref)
-    if as_path.is_dir() and (as_path / "manifest.json").exists():
+    if "/" in ref or as_path.is_dir():
+        if not as_path.is_dir():
+            raise UsageError(f"{ref}: no such run directory")
+        if not (as_path / "manifest.json").exists():
+            raise UsageError(f"{ref}: not a run directory (no manifest.json)")
         return as_path
     runs = sorted(p for p in results_dir().iterdir() if (p / "manifest.json").exists())
     if ref == "latest":
@@ -28,59 +36,91 @@ def find_run(ref: str) -> Path:
     return next((p for p in matches if p.name == ref), matches[0])
 
 
-def manifest(run: Path) -> dict:
+def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads((run / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the {what}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: the {what} is damaged ({exc.msg} at line {exc.lineno}); the run's other files are "
+                         f"still there") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: the {what} is not a JSON object")
+    return data
+
+
+def manifest(run: Path, strict: bool = False) -> dict[str, Any]:
+    try:
+        return read_json(run / "manifest.json", "manifest")
+    except UsageError:
+        if strict:
+            raise
         return {}
 
 
-def list_runs() -> list[dict]:
+def list_runs() -> list[dict[str, Any]]:
     out = []
     for p in sorted(results_dir().iterdir()):
         if (p / "manifest.json").exists():
             m = manifest(p)
-            out.append({"id": p.name, "kind": m.get("kind"), "status": m.get("status"), "verdicts": m.get("verdicts", {}),
-                        "started": m.get("started")})
+            verdicts = m.get("verdicts") if isinstance(m.get("verdicts"), dict) else {}
+            out.append({"id": p.name, "kind": m.get("kind"), "status": m.get("status") if m else "(damaged manifest)",
+                        "verdicts": verdicts, "started": m.get("started")})
     return out
 
 
-def results_of(run: Path) -> dict:
+def results_of(run: Path) -> dict[str, Any]:
     f = run / "results.json"
     if not f.exists():
         raise UsageError(f"{run.name} has no scenario results (kind {manifest(run).get('kind')!r})")
-    return json.loads(f.read_text())
+    data = read_json(f, "results")
+    if not isinstance(data.get("subruns"), dict) or not isinstance(data.get("scenario"), str):
+        raise UsageError(f"{f}: not results of a scenario run (no 'scenario' and 'subruns'; made by an older lab?)")
+    return data
 
 
 def compare(runs: list[Path]) -> str:
-    """One table of the scenario's figures per kernel across several runs."""
-    from lab.scenarios.stable_pages import table
+    """One table of the scenario's figures per sub-run across several runs of one scenario."""
+    from lab.scenarios import framework
 
-    merged: dict = {"kernels": {}}
+    merged: dict[str, Any] = {"subruns": {}}
+    scenario = None
     for run in runs:
         res = results_of(run)
-        for label, section in res.get("kernels", {}).items():
+        if scenario is not None and res["scenario"] != scenario:
+            raise UsageError(f"{run.name} is a {res['scenario']} run; the others are {scenario}: compare runs of one scenario")
+        scenario = res["scenario"]
+        merged["scenario"] = scenario
+        for label, section in res["subruns"].items():
             key = label if len(runs) == 1 else f"{label}@{run.name[9:15]}"
-            merged["kernels"][key] = section
-    return table(merged)
+            merged["subruns"][key] = section
+    assert scenario is not None
+    cls = framework.get(scenario)
+    return framework.summary(cls(cls.Options.model_construct()), merged)
 
 
 def junit(runs: list[Path], out: Path | None) -> str:
-    if len(runs) == 1 and out is None:
-        return (runs[0] / "junit.xml").read_text()
-    import xml.etree.ElementTree as ET
-
-    suites = ET.Element("testsuites")
+    trees = []
     for run in runs:
         f = run / "junit.xml"
-        if f.exists():
-            suites.append(ET.parse(f).getroot())
+        if not f.exists():
+            raise UsageError(f"{run.name} has no junit.xml")
+        try:
+            trees.append(ET.parse(f).getroot())
+        except ET.ParseError as exc:
+            raise UsageError(f"{f}: damaged JUnit XML ({exc})") from None
+    if len(trees) == 1 and out is None:
+        return (runs[0] / "junit.xml").read_text()
+    suites = ET.Element("testsuites")
+    for tree in trees:
+        suites.extend(list(tree) if tree.tag == "testsuites" else [tree])
     ET.indent(suites)
     text = ET.tostring(suites, encoding="unicode")
     if out:
-        out.write_text(text)
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"-o {out}: {exc.strerror}") from None
     return text
-
-
-def copy_junit(run: Path, dest: Path) -> None:
-    shutil.copy(run / "junit.xml", dest)

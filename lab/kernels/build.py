@@ -87,7 +87,7 @@ def compiler_version() -> str:
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        raise LabError(f"no working C compiler {cc!r} on the host; run 'lab setup' (needs gcc, make, flex, bison, bc, libelf-dev, libssl-dev)")
+        raise LabError(f"no working C compiler {cc!r} on the host; run 'lab setup' (needs gcc, make, flex, bison, bc, libelf-dev, libssl-dev)") from None
     return out.splitlines()[0].strip()
 
 

@@ -81,7 +81,7 @@ def render_allconfig(requested: dict[str, str]) -> str:
 
 def unmet(requested: dict[str, str], final: dict[str, str]) -> list[tuple[str, str, str | None]]:
     """(option, asked, got) for every requested value the final .config does not have."""
-    out = []
+    out: list[tuple[str, str, str | None]] = []
     for key, want in requested.items():
         got = final.get(key)
         if want == "n":

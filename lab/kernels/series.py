@@ -75,8 +75,9 @@ def parse_subject(subject: str) -> tuple[str, int, int, int, bool] | None:
 
 
 def _has_diff(msg: Message) -> bool:
-    body = msg.get_payload(decode=True) if not msg.is_multipart() else b"".join(
-        part.get_payload(decode=True) or b"" for part in msg.walk() if not part.is_multipart())
+    parts = [msg] if not msg.is_multipart() else [p for p in msg.walk() if not p.is_multipart()]
+    payloads = [p.get_payload(decode=True) for p in parts]
+    body = b"".join(p for p in payloads if isinstance(p, bytes))
     return bool(body) and (b"\ndiff --git " in body or body.startswith(b"diff --git ") or b"\n--- a/" in body)
 
 

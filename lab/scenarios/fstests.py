@@ -8,22 +8,22 @@ functions, tested against a tiny fake fstests tree."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import shlex
 import tarfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from lab import junit
-from lab.errors import BootError, LabError, UsageError
-from lab.progress import info
-from lab.rundir import RunDir
+from pydantic import model_validator
+
+from lab.errors import LabError, UsageError
 from lab.scenarios import nfs
-from lab.scenarios.runner import run_jobs
-from lab.scenarios.verdict import ERROR, FAIL, PASS
+from lab.scenarios.framework import Context, Scenario, register
+from lab.scenarios.options import ScenarioOptions, Seconds, opt
+from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
+from lab.settings import settings
 
 NAME = "nfs-fstests"
 # The list the NFS direct-I/O series (seed 000) was tested with, over RDMA and TCP.
@@ -112,14 +112,14 @@ def local_config(server: str, mount_options: str) -> str:
     ])
 
 
-def check_script(tree: str, config: str, tests: list[str], section_timeout: int) -> str:
+def check_script(tree: str, config: str, tests: list[str], section_timeout: float) -> str:
     """What runs in the client: write local.config, run check with an xunit report, print it."""
     return f"""cd {shlex.quote(tree)} || exit 97
 cat > local.config <<'LAB_EOF'
 {config}LAB_EOF
 mkdir -p {TEST_DIR} {SCRATCH_MNT}
 rm -rf results
-timeout {section_timeout} ./check -R xunit {' '.join(tests)}
+timeout {int(section_timeout)} ./check -R xunit {shlex.join(tests)}
 rc=$?
 echo "LAB-CHECK-EXIT $rc"
 for x in results/result.xml results/*/result.xml; do
@@ -187,36 +187,6 @@ def results_from(output: str, tests: list[str]) -> dict:
     return {"statuses": statuses, "check_exit": int(exit_m.group(1)) if exit_m else None, "source": "xunit" if xunit else "console"}
 
 
-def verdict_of(section: dict) -> str:
-    statuses = section["statuses"]
-    if section.get("check_exit") is None or all(s == "not reported" for s in statuses.values()):
-        return ERROR
-    if any(s in (FAIL_S, "not reported") for s in statuses.values()):
-        return FAIL
-    return PASS
-
-
-def table(results: dict) -> str:
-    lines = []
-    for label, k in results.get("kernels", {}).items():
-        transports = list(k.get("transports", {}))
-        lines.append(f"{label} ({k.get('release', '?')}): {k['verdict']}" + (f" - {k['reason']}" if k["verdict"] == ERROR else ""))
-        if not transports:
-            continue
-        tests = list(next(iter(k["transports"].values())).get("statuses", {}))
-        lines.append(f"  {'test':14}" + "".join(f"{t:>10}" for t in transports))
-        for test in tests:
-            lines.append(f"  {test:14}" + "".join(f"{k['transports'][t]['statuses'].get(test, '-'):>10}" for t in transports))
-        totals = []
-        for t in transports:
-            values = list(k["transports"][t]["statuses"].values())
-            totals.append(f"{t}: {values.count(PASS_S)} pass, {values.count(FAIL_S)} fail, {values.count(NOTRUN_S)} notrun"
-                          + (f", {len(values) - values.count(PASS_S) - values.count(FAIL_S) - values.count(NOTRUN_S)} not reported"
-                             if len(values) != values.count(PASS_S) + values.count(FAIL_S) + values.count(NOTRUN_S) else ""))
-        lines.append("  " + "; ".join(totals))
-    return "\n".join(lines) if lines else "no kernel was run"
-
-
 def tree_tarball(path: Path) -> bytes:
     """The tree without git metadata or old results, as a gzip tarball for the client."""
     buf = io.BytesIO()
@@ -230,91 +200,116 @@ def tree_tarball(path: Path) -> bytes:
     return buf.getvalue()
 
 
-@dataclass
-class Options:
-    fstests: str | None = None
-    tests: list[str] = field(default_factory=list)
-    kernels: list[str] = field(default_factory=lambda: ["debian:7.3"])
-    transports: list[str] = field(default_factory=lambda: list(nfs.TRANSPORTS))
-    version: str = "4.2"
-    timeout: int = 3600  # seconds per transport for the whole check run
-    accel: str = "auto"
-
-    def validate(self) -> None:
-        nfs.Options(kernels=self.kernels, transports=self.transports, version=self.version).validate()
-        if not self.fstests:
-            raise UsageError("nfs-fstests needs an fstests tree: --fstests PATH (or a git URL), or LAB_FSTESTS")
-        if not is_url(self.fstests):
-            check_tree(Path(self.fstests).expanduser())
-        if not self.tests:
-            raise UsageError("no tests to run")
-
-    def to_dict(self) -> dict:
-        return {"fstests": self.fstests, "tests": self.tests, "kernels": self.kernels, "transports": self.transports,
-                "version": self.version, "timeout": self.timeout}
+STATUS_VERDICT = {PASS_S: PASS, FAIL_S: FAIL, NOTRUN_S: NOT_APPLICABLE}
 
 
-def run_kernel(options: Options, ref: str, sub: RunDir) -> dict:
-    from lab.lab import Lab
-    from lab.topology.render import render
-
-    section: dict = {"kernel": ref, "transports": {}, "verdict": ERROR, "reason": ""}
-    sub.update(scenario=NAME, options=options.to_dict(), kernel_ref=ref)
-    tree = Path(options.fstests or "").expanduser()
-    try:
-        with Lab(render("nfs-rdma-pair"), kernel_ref=ref, accel=options.accel, run=sub) as lab:
-            server, client = lab.guest("server"), lab.guest("client")
-            section["release"] = lab.kernels["client"].release
-            nfs.setup_server(server, subdirs=("test", "scratch"))
-            local = sub.path / "fstests.tar.gz"
-            local.write_bytes(tree_tarball(tree))
-            client.put(local, "/root/fstests.tar.gz")
-            local.unlink()
-            client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
-                       timeout=600, check=True)
-            for transport in options.transports:
-                t0 = time.monotonic()
-                opts = nfs.mount_options(options.version, transport)
-                # Mount TEST_DEV ourselves first: fstests reuses it, and /proc/mounts proves the transport.
-                line = nfs.mount(client, nfs.server_address(lab), options.version, transport,
-                                 export=f"{nfs.EXPORT}/test", mountpoint=TEST_DIR)
-                script = check_script(GUEST_TREE, local_config(nfs.server_address(lab), opts), options.tests, options.timeout)
-                res = client.run(script, timeout=options.timeout + 300)
-                output = res.stdout + res.stderr
-                sub.write(f"{transport}/check.out", output)
-                client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
-                try:
-                    client.get(f"/root/results-{transport}.tar.gz", sub.path / transport / "results.tar.gz")
-                except Exception:  # the results tree is a bonus; the console output is kept anyway
-                    pass
-                client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
-                parsed = results_from(output, options.tests)
-                parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
-                parsed["verdict"] = verdict_of(parsed)
-                section["transports"][transport] = parsed
-                counts = {s: list(parsed["statuses"].values()).count(s) for s in (PASS_S, FAIL_S, NOTRUN_S)}
-                info(f"{ref}: fstests over {transport}: {parsed['verdict']} ({counts}) in {parsed['seconds']} s")
-    except (BootError, LabError) as exc:
-        section["reason"] = str(exc).splitlines()[0]
-        sub.write("error.txt", str(exc))
-    return nfs.close_section(section, options.transports, sub)
+def test_verdict(status: str) -> tuple[str, str]:
+    """A test's verdict: pass and fail as they are, notrun not applicable, unreported an ERROR."""
+    if status in STATUS_VERDICT:
+        return STATUS_VERDICT[status], status
+    return ERROR, "check did not report this test (it stopped, timed out or crashed before it)"
 
 
-def _write(run_dir: RunDir, results: dict) -> None:
-    run_dir.write("results.json", json.dumps(results, indent=2))
-    run_dir.write("summary.txt", table(results) + "\n")
-    cases = []
-    for label, k in results["kernels"].items():
-        for t, v in k["transports"].items():
-            for test, status in v["statuses"].items():
-                cases.append({"name": f"{test} ({t})", "classname": f"{NAME}.{label}",
-                              "outcome": "skipped" if status == NOTRUN_S else status, "ok": status in (PASS_S, NOTRUN_S),
-                              "message": status})
-    junit.write(NAME, cases, run_dir.path / "junit.xml")
+class FstestsOptions(ScenarioOptions):
+    fstests: str = opt(None, "a built fstests tree, or a git URL to clone and build (default: $LAB_FSTESTS)",
+                       metavar="PATH|URL", min_length=1, max_length=1024)
+    test: list[str] = opt([], "tests to run (generic/091), comma-separated or repeated", metavar="NAME")
+    preset: str | None = opt(None, "a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested "
+                             "with; the default)", max_length=40)
+    transports: list[nfs.Transport] = opt(["tcp", "rdma"], "tcp or rdma, repeatable (default: both)", flag="--transport",
+                                          min_length=1)
+    nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
+    timeout: Seconds = opt(3600.0, "seconds for the whole check run per transport (default: 3600)", metavar="SECONDS")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tree_from_environment(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("fstests") and settings().fstests:
+            data = {**data, "fstests": settings().fstests}
+        if isinstance(data, dict) and not data.get("fstests"):
+            raise ValueError("nfs-fstests needs an fstests tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
+        return data
+
+    @property
+    def tests(self) -> list[str]:
+        return resolve_tests(self.test, self.preset)
 
 
-def run(options: Options) -> tuple[RunDir, dict]:
-    options.validate()
-    options.fstests = str(fetch_tree(options.fstests or ""))
-    jobs = [(ref.replace(":", "-"), ref, lambda sub, ref=ref: run_kernel(options, ref, sub)) for ref in options.kernels]
-    return run_jobs(NAME, "nfs-rdma-pair", options.to_dict(), jobs, _write)
+@register
+class NfsFstests(Scenario):
+    name = NAME
+    summary = "an fstests tree against the NFS mount, per transport: pass/fail/notrun per test"
+    Options = FstestsOptions
+    topology = "nfs-rdma-pair"
+    machines = ("server", "client")
+    options: FstestsOptions
+
+    def check(self, variant) -> None:
+        self.options.tests  # noqa: B018 - names are checked here, before anything boots
+        if not is_url(self.options.fstests):
+            check_tree(Path(self.options.fstests).expanduser())
+
+    def prepare(self) -> None:
+        self.tree = fetch_tree(self.options.fstests)
+
+    def exercise(self, ctx: Context) -> None:
+        server, client = ctx.guest("server"), ctx.guest("client")
+        nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
+        local = ctx.sub.path / "fstests.tar.gz"
+        local.write_bytes(tree_tarball(self.tree))
+        client.put(local, "/root/fstests.tar.gz")
+        local.unlink()
+        client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
+                   timeout=600, check=True)
+        ctx.section["transports"] = {}
+        for transport in self.options.transports:
+            try:
+                self._transport(ctx, client, transport)
+            except LabError as exc:
+                ctx.case(f"setup ({transport})", ERROR, str(exc).splitlines()[0], facets={"transport": transport})
+
+    def _transport(self, ctx: Context, client, transport: str) -> None:
+        t0 = time.monotonic()
+        server = nfs.server_address(ctx.lab)
+        opts = nfs.mount_options(self.options.nfs_version, transport)
+        # Mount TEST_DEV ourselves first: fstests reuses it, and /proc/mounts proves the transport.
+        line = nfs.mount(client, server, self.options.nfs_version, transport, export=f"{nfs.EXPORT}/test", mountpoint=TEST_DIR)
+        tests = self.options.tests
+        script = check_script(GUEST_TREE, local_config(server, opts), tests, self.options.timeout)
+        res = client.run(script, timeout=self.options.timeout + 300)
+        output = res.stdout + res.stderr
+        ctx.sub.write(f"{transport}/check.out", output)
+        client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
+        try:
+            client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / transport / "results.tar.gz")
+        except LabError:  # the results tree is a bonus; the console output is kept anyway
+            pass
+        client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
+        parsed = results_from(output, tests)
+        parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
+        ctx.section["transports"][transport] = parsed
+        for test in tests:
+            verdict, reason = test_verdict(parsed["statuses"][test])
+            ctx.case(f"{test} ({transport})", verdict, reason, facets={"transport": transport, "test": test},
+                     status=parsed["statuses"][test])
+
+    def table(self, results: dict[str, Any]) -> str:
+        lines = []
+        for label, k in results.get("subruns", {}).items():
+            transports = k.get("transports", {})
+            lines.append(f"{label} ({k.get('release', '?')})")
+            if not transports:
+                continue
+            tests = list(next(iter(transports.values())).get("statuses", {}))
+            lines.append(f"  {'test':14}" + "".join(f"{t:>14}" for t in transports))
+            for test in tests:
+                lines.append(f"  {test:14}" + "".join(f"{transports[t]['statuses'].get(test, '-'):>14}" for t in transports))
+            totals = []
+            for t, v in transports.items():
+                values = list(v["statuses"].values())
+                counts = {s: values.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S)}
+                missing = len(values) - sum(counts.values())
+                totals.append(f"{t}: {counts[PASS_S]} pass, {counts[FAIL_S]} fail, {counts[NOTRUN_S]} notrun"
+                              + (f", {missing} not reported" if missing else ""))
+            lines.append("  " + "; ".join(totals))
+        return "\n".join(lines) if lines else "no kernel was run"

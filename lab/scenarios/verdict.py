@@ -1,25 +1,27 @@
-"""Verdicts and expectations: PASS, FAIL or ERROR from the figures, then whether that outcome was
-expected for this kernel, so CI can tell an expected failure from a regression or a finding."""
+"""Verdicts, and the one parser of guest-program output every scenario uses.
+
+A guest program prints one JSON object as its last line. Anything else (no output, a crash, a
+truncated line, an error object, missing keys, or a result saying nothing was done) makes the
+result unusable, and an unusable result is an ERROR verdict, never a PASS."""
 
 from __future__ import annotations
 
 import errno as errno_mod
 import json
-import re
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Sequence
 
-PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
-INTEGRITY_ERRNOS = {errno_mod.EILSEQ, errno_mod.EIO}
+from lab.scenarios.expect import ERROR, FAIL, INFO, NOT_APPLICABLE, PASS  # noqa: F401 - the vocabulary
+
+COUNTED = (PASS, FAIL, ERROR)
 
 
 @dataclass
 class ProgramResult:
-    """One run of the guest program, parsed; error is set when its output could not be read."""
+    """One run of a guest program, parsed; error is set when its output could not be used."""
 
     raw: str
-    data: dict | None
+    data: dict[str, Any] | None
     error: str | None
 
     @property
@@ -27,22 +29,15 @@ class ProgramResult:
         return {int(k): v for k, v in (self.data or {}).get("errno", {}).items()}
 
     @property
-    def integrity_errors(self) -> int:
-        return sum(v for k, v in self.errnos.items() if k in INTEGRITY_ERRNOS)
-
-    @property
-    def other_errors(self) -> dict[int, int]:
-        return {k: v for k, v in self.errnos.items() if k not in INTEGRITY_ERRNOS}
-
-    @property
     def failed(self) -> int:
         return sum(self.errnos.values()) + (self.data or {}).get("short", 0)
 
 
-def parse_program_output(text: str) -> ProgramResult:
-    """The program prints one JSON object as its last line; anything else (a crash, a truncated
-    line, an error object) makes the result unusable rather than a silent pass."""
-    lines = [l for l in text.strip().splitlines() if l.strip()]
+def parse_program_output(text: str, required: Sequence[str] = ("ops", "ok", "short", "errno"),
+                         count: str | None = "ops") -> ProgramResult:
+    """`required` keys must be present; `count` names the key (a number or a list) that says how
+    much was done: zero or empty means nothing was tested."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return ProgramResult(text, None, "no output")
     try:
@@ -53,82 +48,49 @@ def parse_program_output(text: str) -> ProgramResult:
         return ProgramResult(text, None, "output is not a JSON object")
     if "error" in data:
         return ProgramResult(text, data, str(data["error"]))
-    for key in ("ops", "ok", "short", "errno"):
+    for key in required:
         if key not in data:
             return ProgramResult(text, None, f"output lacks {key!r}")
-    if data["ops"] == 0:
-        return ProgramResult(text, data, "no I/O was done")
+    if count is not None:
+        done = data.get(count)
+        if done in (0, None) or (isinstance(done, (list, dict)) and not done):
+            return ProgramResult(text, data, f"nothing was done ({count} is {done!r})")
     return ProgramResult(text, data, None)
 
 
-def errno_name(code: int) -> str:
-    return errno_mod.errorcode.get(code, str(code))
+def errno_name(code: int | str) -> str:
+    try:
+        return errno_mod.errorcode.get(int(code), str(code))
+    except ValueError:
+        return str(code)
 
 
-def judge(mutating: ProgramResult | None, control: ProgramResult | None) -> tuple[str, str]:
-    """(verdict, reason). PASS needs zero integrity errors while mutating and zero errors at all in
-    the control; anything that prevented a measurement is ERROR, never PASS."""
-    for label, res in (("mutating run", mutating), ("control run", control)):
-        if res is None:
-            return ERROR, f"{label} did not happen"
-        if res.error:
-            return ERROR, f"{label}: {res.error}"
-        if res.other_errors:
-            names = ", ".join(f"{errno_name(k)} x{v}" for k, v in res.other_errors.items())
-            return ERROR, f"{label} failed with errors unrelated to integrity: {names}"
-    assert mutating is not None and control is not None
-    if control.failed:
-        return FAIL, f"control run (no mutation) had {control.failed} failed of {control.data['ops']}"
-    if mutating.integrity_errors or mutating.failed:
-        names = ", ".join(f"{errno_name(k)} x{v}" for k, v in mutating.errnos.items())
-        short = f", short x{mutating.data['short']}" if mutating.data["short"] else ""
-        return FAIL, f"{mutating.failed} of {mutating.data['ops']} operations failed while the buffer changed ({names}{short})"
-    return PASS, f"0 of {mutating.data['ops']} operations failed with {mutating.data.get('mutations', 0)} buffer mutations"
+def errno_list(counts: dict[int, int]) -> str:
+    return ", ".join(f"{errno_name(k)} x{v}" for k, v in sorted(counts.items()))
+
+
+def aggregate(cases: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """A sub-run's verdict from its cases: ERROR if one is in error or nothing was asserted, FAIL if
+    one failed, PASS otherwise. N/A and INFO cases assert nothing and do not count."""
+    if not cases:
+        return ERROR, "no case ran"
+    errors = [(n, c) for n, c in cases.items() if c["verdict"] == ERROR]
+    if errors:
+        name, case = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return ERROR, f"{name}: {case['reason']}{more}"
+    counted = [c for c in cases.values() if c["verdict"] in COUNTED]
+    if not counted:
+        kinds = sorted({c["verdict"] for c in cases.values()})
+        return ERROR, f"nothing was tested: all {len(cases)} case(s) were {'/'.join(kinds)}"
+    failed = [(n, c) for n, c in cases.items() if c["verdict"] == FAIL]
+    if failed:
+        name, case = failed[0]
+        return FAIL, f"{len(failed)} of {len(counted)} case(s) failed; first: {name}: {case['reason']}"
+    return PASS, f"{len(counted)} case(s) passed"
 
 
 def combine(verdicts: list[str]) -> str:
     if ERROR in verdicts or not verdicts:
         return ERROR
     return FAIL if FAIL in verdicts else PASS
-
-
-def kernel_version(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-@dataclass(frozen=True)
-class Expectation:
-    verdict: str
-    why: str
-
-
-def expectation_for(rules_file: Path, target: str, release: str) -> Expectation | None:
-    """First rule whose target and kernel range match. Ranges: kernel_from <= version < kernel_below."""
-    if not rules_file.exists():
-        return None
-    version = kernel_version(release)
-    for rule in tomllib.loads(rules_file.read_text()).get("expect", []):
-        if rule.get("target", target) != target:
-            continue
-        if "kernel_from" in rule and version < kernel_version(rule["kernel_from"]):
-            continue
-        if "kernel_below" in rule and version >= kernel_version(rule["kernel_below"]):
-            continue
-        return Expectation(rule["verdict"], rule.get("why", ""))
-    return None
-
-
-def outcome(verdict: str, expected: Expectation | None) -> str:
-    """How CI should read a verdict."""
-    if verdict == ERROR:
-        return "error"
-    if expected is None:
-        return "no expectation"
-    if verdict == expected.verdict:
-        return "as expected"
-    return "unexpected pass (finding)" if verdict == PASS else "unexpected failure (regression)"
-
-
-def outcome_ok(value: str) -> bool:
-    return value in ("as expected", "no expectation")

@@ -27,6 +27,7 @@ class BootFiles:
     namespace_images: dict[str, Path]  # drive id -> raw image
     link_sockets: dict[str, tuple[Path, Path]]  # link name -> (local, remote)
     ssh_pubkey_blob: str  # base64 part of the public key, passed on the kernel command line
+    qmp_user_socket: Path | None = None  # a second monitor for `lab qmp` while the lab holds the first
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,32 @@ class MachinePlan:
     namespace_sizes: dict[str, int] = field(default_factory=dict)  # drive id -> bytes
 
 
+def controller_serial(machine: str, ctrl) -> str:
+    """The serial a controller shows the guest (the NVMe field holds 20 characters)."""
+    return (ctrl.serial or f"lab-{machine}-{ctrl.id}")[:20]
+
+
+def dry_run_files(topology: Topology, name: str) -> BootFiles:
+    """Placeholder paths for rendering a machine's argv without preparing anything."""
+    run = Path("$RUN")
+    machine = topology.machines[name]
+    links = {}
+    for nic in machine.nics:
+        peer = next(m for m, mm in topology.machines.items() if m != name and any(n.link == nic.link for n in mm.nics))
+        links[nic.link] = (run / "links" / f"{nic.link}.{name}", run / "links" / f"{nic.link}.{peer}")
+    return BootFiles(
+        kernel=Path("$KERNEL"), initrd=Path("$INITRD"), root_overlay=run / name / "root.qcow2",
+        modules_image=Path("$MODULES"), qmp_socket=run / name / "qmp.sock", console_log=run / name / "console.log",
+        namespace_images={d: run / name / f"{d}.img" for d in namespace_drive_ids(machine)},
+        link_sockets=links, ssh_pubkey_blob="$KEY",
+    )
+
+
+def opt_path(path: Path | str) -> str:
+    """A host path inside a QEMU option string: a comma there would start a new option."""
+    return str(path).replace(",", ",,")
+
+
 def mac_address(machine_index: int, nic_index: int) -> str:
     # Locally administered, QEMU's OUI; unique per (machine, nic) within one lab.
     return f"52:54:00:4c:{machine_index:02x}:{nic_index:02x}"
@@ -71,6 +98,16 @@ def _prop_check(caps: QemuCaps, device: str, prop: str, path: str) -> None:
             f"{path}: this QEMU ({caps.version}) has no {device} property {prop!r}; "
             f"it has: {', '.join(sorted(p for p in caps.properties[device] if not p.startswith('x-'))[:40])}"
         )
+
+
+def check_cpu_model(caps: QemuCaps, model: str | None, path: str) -> None:
+    if model is None or not caps.cpu_models:
+        return
+    name = model.split(",", 1)[0]
+    if name not in caps.cpu_models:
+        close = sorted(m for m in caps.cpu_models if m.lower().startswith(name[:3].lower()))[:8]
+        raise UsageError(f"{path}: this QEMU ({caps.version}) has no CPU model {name!r}"
+                         + (f"; similar: {', '.join(close)}" if close else "; 'qemu-system-x86_64 -cpu help' lists them"))
 
 
 def kernel_cmdline(topology: Topology, name: str, files: BootFiles) -> str:
@@ -103,6 +140,7 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
     index = list(topology.machines).index(name)
     base = f"machines.{name}"
     cmdline = kernel_cmdline(topology, name, files)
+    check_cpu_model(caps, machine.cpu_model, f"{base}.cpu_model")
     argv = [
         caps.binary,
         "-name", f"lab-{name},debug-threads=on",
@@ -111,8 +149,9 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
         "-smp", str(machine.cpus),
         "-m", f"{machine.memory >> 20}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
-        "-chardev", f"file,id=console,path={files.console_log}",
+        "-qmp", f"unix:{opt_path(files.qmp_socket)},server=on,wait=off",
+        *(["-qmp", f"unix:{opt_path(files.qmp_user_socket)},server=on,wait=off"] if files.qmp_user_socket else []),
+        "-chardev", f"file,id=console,path={opt_path(files.console_log)}",
         "-serial", "chardev:console",
         *(["-bios", str(QBOOT)] if machine.firmware == "qboot" else []),
         "-kernel", str(files.kernel),
@@ -120,12 +159,12 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
         "-append", cmdline,
         "-device", "virtio-rng-pci",
         # Root: a copy-on-write overlay over the read-only base image.
-        "-drive", f"file={files.root_overlay},format=qcow2,if=none,id=root,discard=unmap",
+        "-drive", f"file={opt_path(files.root_overlay)},format=qcow2,if=none,id=root,discard=unmap",
         "-device", "virtio-blk-pci,drive=root,serial=lab-root",
     ]
     if files.modules_image:
         argv += [
-            "-drive", f"file={files.modules_image},format=raw,if=none,id=modules,readonly=on",
+            "-drive", f"file={opt_path(files.modules_image)},format=raw,if=none,id=modules,readonly=on",
             "-device", "virtio-blk-pci,drive=modules,serial=lab-modules",
         ]
     argv += [
@@ -137,7 +176,7 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
         netdev = f"link-{nic.link}"
         argv += [
             "-netdev",
-            f"dgram,id={netdev},local.type=unix,local.path={local},remote.type=unix,remote.path={remote}",
+            f"dgram,id={netdev},local.type=unix,local.path={opt_path(local)},remote.type=unix,remote.path={opt_path(remote)}",
             "-device", f"virtio-net-pci,netdev={netdev},mac={mac_address(index, i)}",
         ]
 
@@ -163,9 +202,9 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
         elif ctrl.bus == "root-complex":
             bus = "pcie.0"
         else:
-            sw, port = placement[ctrl.id]
-            bus = f"{sw}-dp{port}"
-        props = [f"nvme,id={ctrl.id}", f"bus={bus}", f"serial={ctrl.serial or f'lab-{name}-{ctrl.id}'}"]
+            switch, port = placement[ctrl.id]
+            bus = f"{switch}-dp{port}"
+        props = [f"nvme,id={ctrl.id}", f"bus={bus}", f"serial={controller_serial(name, ctrl)}"]
         if ctrl.cmb_size_mb:
             _prop_check(caps, "nvme", "cmb_size_mb", f"{path}.cmb_size_mb")
             props.append(f"cmb_size_mb={ctrl.cmb_size_mb}")
@@ -178,7 +217,7 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
             nsid = ns.nsid or j + 1
             drive = f"{ctrl.id}n{nsid}"
             sizes[drive] = ns.size
-            argv += ["-drive", f"file={files.namespace_images[drive]},format=raw,if=none,id={drive},aio=threads"]
+            argv += ["-drive", f"file={opt_path(files.namespace_images[drive])},format=raw,if=none,id={drive},aio=threads"]
             nsprops = [
                 f"nvme-ns,drive={drive}",
                 f"bus={ctrl.id}",

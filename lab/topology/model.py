@@ -7,9 +7,10 @@ so that what a developer reads in QEMU's nvme documentation maps one to one.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -31,8 +32,28 @@ def parse_size(value: object) -> int:
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field's annotation admits values of `kind` (through Optional, Annotated, unions)."""
+    if annotation is kind:
+        return True
+    return any(_accepts(arg, kind) for arg in typing.get_args(annotation) if not isinstance(arg, (int, str)))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes True for the literal 1 and 2.0 for 2: `pi: true` would be PI type 1.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if isinstance(value, bool) and not _accepts(field.annotation, bool):
+            raise ValueError("a number or a name is needed here, not true/false")
+        if isinstance(value, float) and not _accepts(field.annotation, float):
+            raise ValueError("a whole number is needed here")
+        return value
 
 
 class Namespace(Strict):
@@ -46,6 +67,15 @@ class Namespace(Strict):
     pi: Literal[0, 1, 2, 3] = 0
     pil: Literal[0, 1] = 0
     pif: Literal[0, 2] = Field(default=0, description="0 = 16-bit guard (T10 DIF), 2 = 64-bit guard")
+
+    @property
+    def integrity_format(self) -> str | None:
+        """What Linux shows in /sys/block/DEV/integrity/format for this namespace. Types 1 and 2
+        share one profile (both check the reference tag), so type 2 reads as TYPE1."""
+        if not self.pi:
+            return None
+        kind = 3 if self.pi == 3 else 1
+        return f"T10-DIF-TYPE{kind}-CRC" if self.pif == 0 else f"EXT-DIF-TYPE{kind}-CRC64"
 
     @model_validator(mode="after")
     def _pi_needs_metadata(self) -> "Namespace":
@@ -65,7 +95,7 @@ class Nvme(Strict):
     """An NVMe controller, placed on its own root port, on the root complex, or on a switch."""
 
     id: Annotated[str, Field(pattern=r"^nvme[0-9]{1,2}$")]
-    serial: str = Field(default="", max_length=20)
+    serial: str = Field(default="", max_length=20, pattern=r"^[A-Za-z0-9._-]*$")
     cmb_size_mb: int = Field(default=0, ge=0, le=1024)
     legacy_cmb: bool = False
     bus: str = Field(
@@ -111,7 +141,9 @@ class Machine(Strict):
     kernel: str | None = Field(default=None, description="kernel reference; --kernel overrides")
     image: str = "lab-trixie"
     append: str = Field(default="", description="extra kernel arguments")
-    cpu_model: str | None = Field(default=None, description="QEMU -cpu model; default: max (TCG) or host (KVM)")
+    cpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9_.-]+(=[A-Za-z0-9_.-]+)?)*$",
+                                  description="QEMU -cpu model with optional properties (EPYC, max,family=23); "
+                                              "default: max (TCG) or host (KVM)")
     init: Literal["lean", "systemd"] = "lean"
     firmware: Literal["qboot", "seabios"] = Field(
         default="qboot", description="qboot reaches the kernel about a second sooner than SeaBIOS under TCG"

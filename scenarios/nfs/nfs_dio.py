@@ -2,10 +2,12 @@
 """Guest side of nfs-dio: O_DIRECT writes and reads on an NFS mount over a matrix of user-buffer
 alignments, I/O sizes, file offsets and vectored segments, each verified by a second path.
 
-For every case: write a pattern with pwritev from buffers starting at the given intra-page offsets,
-check the returned byte count, read it back with a fresh O_DIRECT preadv into differently aligned
-buffers and compare; the lab also compares the file's checksum on the server. Any mismatch names
-the case, the file offset and the first differing byte. Prints one JSON object.
+For every case: write a fresh pattern with pwritev from buffers starting at the given intra-page
+offsets, check the returned byte count, read it back with a fresh O_DIRECT preadv into differently
+aligned buffers that were poisoned first, and compare. Each case reports the sha256 of what it
+wrote, which the lab compares with a checksum of the same bytes computed on the server
+(scenarios/nfs/checksum.py). Any mismatch names the case, the file offset and the first differing
+byte. --list prints the case names and does nothing else. Prints one JSON object.
 """
 import argparse
 import hashlib
@@ -28,17 +30,23 @@ def pattern(n, seed):
     return (block * (n // len(block) + 1))[:n]
 
 
-def buffers(segments):
+POISON = 0xA5
+
+
+def buffers(segments, poison=False):
     """[(intra-page offset, length)] -> memoryviews into anonymous mappings at those offsets."""
     views = []
     for off, length in segments:
         m = mmap.mmap(-1, off + length + PAGE)
-        views.append((m, memoryview(m)[off:off + length]))
+        view = memoryview(m)[off:off + length]
+        if poison:
+            view[:] = bytes([POISON]) * length
+        views.append((m, view))
     return views
 
 
 def pread_vec(fd, segments, pos):
-    bufs = buffers(segments)
+    bufs = buffers(segments, poison=True)
     n = os.preadv(fd, [v for _, v in bufs], pos)
     return n, b"".join(bytes(v) for _, v in bufs)
 
@@ -64,10 +72,16 @@ def cases():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dir")
     ap.add_argument("--only", help="run the cases whose name contains this")
     ap.add_argument("--stop-before-verify", help="pause file: wait until it is removed before verifying (fault injection)")
+    ap.add_argument("--list", action="store_true", help="print the case names")
     args = ap.parse_args()
+    if args.list:
+        print(json.dumps([name for name, _, _ in cases()]))
+        return 0
+    if not args.dir:
+        ap.error("--dir is required")
     out = {"cases": [], "bytes": 0, "seconds": 0.0}
     start = time.monotonic()
     path = os.path.join(args.dir, "nfs-dio.dat")
@@ -86,7 +100,7 @@ def main():
         for _, v in bufs:
             v[:] = data[at:at + len(v)]
             at += len(v)
-        case = {"name": name, "pos": pos, "length": total}
+        case = {"name": name, "pos": pos, "length": total, "sha256": hashlib.sha256(data).hexdigest()}
         try:
             n = os.pwritev(fd, [v for _, v in bufs], pos)
             case["written"] = n
@@ -111,9 +125,10 @@ def main():
         try:
             n, got = pread_vec(fd, shifted, case["pos"])
             diff = first_diff(got[:n], data)
-            if diff:
+            if n != len(data):
+                case["error"] = f"short read {n} of {len(data)}"
+            elif diff:
                 case["error"] = f"data differs at file offset {case['pos'] + diff['index']} (byte {diff['index']} of the case): got {diff['got']}, want {diff['want']}"
-            case["sha256"] = hashlib.sha256(data).hexdigest()
         except OSError as exc:
             case["error"] = f"read: {exc.strerror}"
     os.close(fd)

@@ -7,12 +7,15 @@
  * A kernel that bounces such I/O through a private buffer sees no errors.
  *
  * Prints one JSON object: operations, successes, short I/O, errno counts, buffer mutations.
+ * --fault no-mutation starts the thread but never lets it change the buffer: the lab must call
+ * such a run an ERROR (nothing was tested), never a PASS.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,8 +44,12 @@ static double now(void)
 /* Rewrites the whole buffer over and over; every pass is one mutation. */
 static void *mutator(void *arg)
 {
-	(void)arg;
+	int frozen = *(int *)arg;
 	unsigned char v = 1;
+	if (frozen) {
+		atomic_store(&mutations, 0);
+		return NULL;
+	}
 	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
 		volatile unsigned char *p = buf;
 		for (size_t i = 0; i < bs; i += 64)
@@ -56,7 +63,7 @@ static void *mutator(void *arg)
 static void usage(void)
 {
 	fprintf(stderr, "usage: dio_mutate --path P --direction write|read --bs N --duration S "
-			"[--size BYTES] [--mutate 0|1] [--prefill 0|1]\n");
+			"[--size BYTES] [--mutate 0|1] [--prefill 0|1] [--fault no-mutation]\n");
 	exit(2);
 }
 
@@ -65,12 +72,12 @@ int main(int argc, char **argv)
 	const char *path = NULL, *direction = "write";
 	double duration = 10;
 	long long size = 256LL << 20;
-	int mutate = 1, prefill = 1;
+	int mutate = 1, prefill = 1, freeze = 0;
 	static struct option opts[] = {
 		{"path", required_argument, 0, 'p'}, {"direction", required_argument, 0, 'd'},
 		{"bs", required_argument, 0, 'b'}, {"duration", required_argument, 0, 't'},
 		{"size", required_argument, 0, 's'}, {"mutate", required_argument, 0, 'm'},
-		{"prefill", required_argument, 0, 'f'}, {0, 0, 0, 0}};
+		{"prefill", required_argument, 0, 'f'}, {"fault", required_argument, 0, 'F'}, {0, 0, 0, 0}};
 	int c;
 	bs = 65536;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -82,6 +89,11 @@ int main(int argc, char **argv)
 		case 's': size = strtoll(optarg, NULL, 0); break;
 		case 'm': mutate = atoi(optarg); break;
 		case 'f': prefill = atoi(optarg); break;
+		case 'F':
+			if (strcmp(optarg, "no-mutation"))
+				usage();
+			freeze = 1;
+			break;
 		default: usage();
 		}
 	}
@@ -123,8 +135,16 @@ int main(int argc, char **argv)
 		fsync(fd);
 
 	pthread_t thread;
-	if (mutate)
-		pthread_create(&thread, NULL, mutator, NULL);
+	if (mutate) {
+		int rc = pthread_create(&thread, NULL, mutator, &freeze);
+		if (rc) {
+			printf("{\"error\": \"cannot start the mutating thread: %s\"}\n", strerror(rc));
+			return 1;
+		}
+		/* The mutator must be running before the first I/O, or a short run tests nothing. */
+		while (!freeze && !atomic_load(&mutations))
+			sched_yield();
+	}
 
 	unsigned long ops = 0, ok = 0, short_io = 0;
 	unsigned long errs[MAX_ERRNO] = {0};

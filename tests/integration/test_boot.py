@@ -1,17 +1,16 @@
 """Boot every shipped topology with both packaged kernels and check in the guest what the
-topology promised."""
+topology promised. The labs come from the lab's pytest plugin (lab_boot), shared across tests."""
 
 import pytest
 
 from lab import inspect
 from lab.images import file_sha256
 from lab.lab import Lab
-from lab.topology.render import render
 
 from .conftest import KERNELS
 
 
-def _expect(lab: Lab, kernel: str) -> None:
+def _expect(lab: Lab) -> None:
     topo = lab.rendered.topology
     for name, machine in topo.machines.items():
         guest = lab.guest(name)
@@ -25,7 +24,7 @@ def _expect(lab: Lab, kernel: str) -> None:
             match = [s for s in seen if s["lba"] == ns.lba and s.get("ms") == ns.ms and s.get("pi_type") == ns.pi]
             assert match, f"{name}: no namespace with lba {ns.lba}, ms {ns.ms}, pi {ns.pi} in {seen}"
             if ns.pi:
-                assert match[0]["integrity_format"] == f"T10-DIF-TYPE{ns.pi}-CRC"
+                assert match[0]["integrity_format"] == ns.integrity_format
         # CMB: published as P2P memory only where the kernel has PCI_P2PDMA.
         cmb_ctrls = [c for c in machine.nvme if c.cmb_size_mb]
         has_p2pdma = lab.kernels[name].config_value("PCI_P2PDMA") == "y"
@@ -42,27 +41,32 @@ def _expect(lab: Lab, kernel: str) -> None:
             peer = next(n for m, mm in topo.machines.items() if m != name for n in mm.nics if n.link == nic.link)
             assert inspect.ping(guest, peer.address)
             if nic.rdma != "none":
-                assert any(l["netdev"] == nic.link and l["state"] == "ACTIVE" for l in facts["rdma"]), facts["rdma"]
+                assert any(link["netdev"] == nic.link and link["state"] == "ACTIVE" for link in facts["rdma"]), facts["rdma"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("topology", ["nvme-pi", "nfs-rdma-pair", "p2p-switch"])
-def test_topology_boots_with_promised_hardware(topology, kernel):
-    with Lab(render(topology), kernel_ref=kernel) as lab:
-        _expect(lab, kernel)
+def test_topology_boots_with_promised_hardware(lab_boot, topology, kernel):
+    lab = lab_boot(topology, kernel=kernel)
+    _expect(lab)
+    # Every boot's phases are in the manifest: host-side events and the guest's own stage times.
+    boots = lab.run.manifest()["boots"]
+    first = next(iter(boots[-1]["machines"].values()))
+    assert {"launched", "qmp", "console", "ready-marker", "ssh"} <= set(first["events"])
+    assert "ready" in first["guest_stages"]
 
 
-def test_pi_type3_with_64bit_guard():
-    with Lab(render("nvme-pi", {"pi": 3, "pif": 2}), kernel_ref="debian:7.3") as lab:
-        facts = inspect.gather(lab.guest("vm"))
-        ns = facts["namespaces"]["nvme0n1"]
-        assert ns["pi_type"] == 3 and ns["ms"] == 16
-        assert ns["integrity_format"] == "EXT-DIF-TYPE3-CRC64"
+@pytest.mark.lab(topology="nvme-pi", params={"pi": 3, "pif": 2})
+def test_pi_type3_with_64bit_guard(guest):
+    facts = inspect.gather(guest)
+    ns = facts["namespaces"]["nvme0n1"]
+    assert ns["pi_type"] == 3 and ns["ms"] == 16
+    assert ns["integrity_format"] == "EXT-DIF-TYPE3-CRC64"
 
 
-def test_base_image_is_never_written():
-    lab = Lab(render("nvme-pi"), kernel_ref="debian:7.3")
-    with lab:
-        image = next(iter(lab.images.values()))
-        lab.guest("vm").run("dd if=/dev/urandom of=/root/scratch bs=1M count=8 && sync", timeout=120, check=True)
+def test_base_image_is_never_written(lab_boot):
+    lab = lab_boot("nvme-pi", kernel="debian:7.3", fresh=True)
+    image = next(iter(lab.images.values()))
+    lab.guest("vm").run("dd if=/dev/urandom of=/root/scratch bs=1M count=8 && sync", timeout=120, check=True)
+    lab.stop()
     assert file_sha256(image.path) == image.meta["sha256"]

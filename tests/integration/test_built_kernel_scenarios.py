@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from lab.scenarios import nfs, p2p
+from lab.scenarios import framework
+from lab.scenarios.options import validate
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
                                 reason="needs the full fragment set: run `tox -e kernel-full`")
@@ -16,24 +17,27 @@ pytestmark = pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
 KERNEL = "lab-7.3"
 
 
+def run(name, **options):
+    cls = framework.get(name)
+    return framework.run(cls, validate(cls.Options, options))
+
+
 def test_nfs_dio_over_tcp_and_rxe_on_the_built_kernel():
-    _, results = nfs.run(nfs.Options(kernels=[KERNEL], transports=["tcp", "rdma"], only="size=sub-page"))
-    section = results["kernels"][KERNEL]
+    section = run("nfs-dio", kernels=[KERNEL], transports=["tcp", "rdma"], only="size=sub-page").results["subruns"][KERNEL]
     assert section["verdict"] == "PASS", section
     assert section["release"].startswith("7.3.4-lab")
     for transport in ("tcp", "rdma"):
-        assert f"proto={transport}" in section["transports"][transport]["mount"]
+        assert f"proto={transport}" in section["cases"][transport]["mount"]
 
 
 def test_p2p_block_behind_the_switch_on_the_built_kernel():
-    _, results = p2p.run(p2p.Options(kernels=[KERNEL], placements=["switch"]))
-    run = next(iter(results["runs"].values()))
-    assert run["verdict"] == "PASS", run
+    sub = next(iter(run("p2p-block", kernels=[KERNEL], placements=["switch"]).results["subruns"].values()))
+    assert sub["verdict"] == "PASS", sub
 
 
 def test_nfs_over_siw_on_the_built_kernel():
     """Soft-iWARP instead of soft-RoCE (Debian's 6.12 has no RDMA_SIW; the lab's config builds it in)."""
-    _, results = nfs.run(nfs.Options(kernels=[KERNEL], transports=["rdma"], only="size=sub-page", params={"rdma": "siw"}))
-    section = results["kernels"][KERNEL]
+    section = run("nfs-dio", kernels=[KERNEL], transports=["rdma"], only="size=sub-page",
+                  params={"rdma": "siw"}).results["subruns"][KERNEL]
     assert section["verdict"] == "PASS", section
-    assert "proto=rdma" in section["transports"]["rdma"]["mount"]
+    assert "proto=rdma" in section["cases"]["rdma"]["mount"]

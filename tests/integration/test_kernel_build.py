@@ -18,11 +18,9 @@ from pathlib import Path
 import pytest
 
 from lab.bisect import run_bisect, series_candidates
-from lab.errors import UsageError
 from lab.kernels import build, source as sources
-from lab.lab import Lab
-from lab.scenarios import registry, stable_pages
-from lab.topology.render import render
+from lab.scenarios.options import validate
+from lab.scenarios.stable_pages import StablePagesOptions
 
 BASE = "linux-source-7.3"
 FRAGMENTS = tuple(os.environ["LAB_TEST_FRAGMENTS"].split(",")) if os.environ.get("LAB_TEST_FRAGMENTS") else None
@@ -105,7 +103,7 @@ def test_base_kernel_is_built_in_and_checked(base_kernel):
     assert base_kernel.modules_image is not None  # modules.builtin only: modprobe of built-ins works
 
 
-def test_patch_effect_visible_in_guest_and_second_request_cached(base_kernel, series):
+def test_patch_effect_visible_in_guest_and_second_request_cached(base_kernel, series, lab_boot):
     ref = f"build:source={BASE},series={series},patches=1" + (f",fragments={'+'.join(FRAGMENTS)}" if FRAGMENTS else "")
     argv = [sys.executable, "-m", "lab", "kernel", "build", "--source", BASE, "--series", str(series), "--patches", "1"]
     if FRAGMENTS:
@@ -119,10 +117,9 @@ def test_patch_effect_visible_in_guest_and_second_request_cached(base_kernel, se
     assert again.returncode == 0 and again.stdout.split()[0] == built_ref
     assert "building" not in again.stderr and "git am" not in again.stderr, again.stderr  # no work at all
 
-    with Lab(render("nvme-pi", {}), kernel_ref=ref) as lab:
-        guest = lab.guest("vm")
-        out = guest.run("cat /proc/lab_series; uname -r; dmesg | grep lab-series; modprobe nvme && echo modprobe-ok",
-                        timeout=60).stdout
+    lab = lab_boot("nvme-pi", kernel=ref, fresh=True)
+    out = lab.guest("vm").run("cat /proc/lab_series; uname -r; dmesg | grep lab-series; modprobe nvme && echo modprobe-ok",
+                              timeout=60).stdout
     assert "patch 1 applied" in out.splitlines()[0]
     assert "lab-series: patch 1 applied" in out and "modprobe-ok" in out
     assert lab.kernels["vm"].ref == built_ref
@@ -145,8 +142,8 @@ def test_series_that_does_not_apply_leaves_nothing(base_kernel, tmp_path):
 
 
 def test_bisect_finds_the_xfs_regression(base_kernel, series):
-    options = stable_pages.Options(kernels=["placeholder"], targets=["xfs"], directions=["write"], duration=5,
-                                   control=False, size=16 << 20)
+    options = validate(StablePagesOptions, {"targets": ["xfs"], "direction": "write", "duration": 5, "control": False,
+                                            "size": 16})
     requests, labels = series_candidates(BASE, str(series), ())
     if FRAGMENTS:
         requests = [build.BuildRequest(r.source, r.series, r.configs, r.patches, fragments=FRAGMENTS) for r in requests]
@@ -159,6 +156,6 @@ def test_bisect_finds_the_xfs_regression(base_kernel, series):
     # base and patch 3 bracket the search; patch 1 and 2 are the middle steps
     assert sorted(s["index"] for s in summary["steps"]) == [0, 1, 2, 3]
     bad_run = json.loads((Path(result["first_bad"]["run_dir"]) / "results.json").read_text())
-    case = next(iter(bad_run["kernels"].values()))["cases"]["xfs-write-64K"]
+    case = next(iter(bad_run["subruns"].values()))["cases"]["xfs-write-64K"]
     assert case["runs"]["mutate"]["errno"].get("84", 0) > 0  # EILSEQ: guard errors without the bounce
     assert (run_dir.path / "summary.txt").read_text().count("first change: patch 2/3") == 1

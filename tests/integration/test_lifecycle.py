@@ -7,10 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-from lab.lab import Lab
-from lab.topology.render import render
 
 from .conftest import qemu_pids_matching
 
@@ -75,20 +71,19 @@ def test_boot_timeout_reports_console_tail(tmp_path):
     proc = _spawn(tmp_path, "inspect", "nvme-pi", "--kernel", "debian:7.3", extra_env={"LAB_BOOT_TIMEOUT": "3"})
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "no SSH after 3 s" in err and "console" in err
+    assert "no SSH after 3 s" in err and "[phase ready]" in err and "console" in err
     assert "Traceback" not in err
     assert list(tmp_path.glob("*/machines/vm/console.log"))
     assert _gone(str(tmp_path), 5)
 
 
-def test_two_labs_at_once_get_their_own_ports_and_dirs():
-    a = Lab(render("nvme-pi"), kernel_ref="debian:7.3")
-    b = Lab(render("nvme-pi"), kernel_ref="debian:7.3")
-    with a, b:
-        assert a.machines["vm"].ssh_port != b.machines["vm"].ssh_port
-        assert a.runtime != b.runtime and a.run.path != b.run.path
-        assert a.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
-        assert b.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
+def test_two_labs_at_once_get_their_own_ports_and_dirs(lab_boot):
+    a = lab_boot("nvme-pi", kernel="debian:7.3", fresh=True)
+    b = lab_boot("nvme-pi", kernel="debian:7.3", fresh=True)
+    assert a.machines["vm"].ssh_port != b.machines["vm"].ssh_port
+    assert a.runtime != b.runtime and a.run.path != b.run.path
+    assert a.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
+    assert b.guest("vm").run("hostname", check=True).stdout.strip() == "vm"
 
 
 def test_up_ssh_qmp_down(tmp_path):
@@ -102,6 +97,8 @@ def test_up_ssh_qmp_down(tmp_path):
         qmp = run("qmp", "vm", "query-status")
         assert qmp.returncode == 0, qmp.stderr
         assert json.loads(qmp.stdout)["return"]["status"] == "running"
+        bad = run("qmp", "vm", "no-such-command")
+        assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["class"] == "CommandNotFound"
     finally:
         down = run("down")
     assert down.returncode == 0, down.stderr

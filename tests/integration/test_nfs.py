@@ -1,51 +1,70 @@
 """NFS O_DIRECT between two VMs over TCP and soft-RoCE: the transport in use is proven from
-/proc/mounts, the integrity matrix passes on both packaged kernels, an injected corruption fails."""
+/proc/mounts, the integrity matrix passes on both packaged kernels (read back by the client and
+checksummed by the server), an injected corruption fails; nfs-p2p's refusal is asserted by its
+errno and fails when the buffer is not P2P memory at all."""
 
 import pytest
 
-from lab.scenarios import nfs
+from lab.scenarios import framework
+from lab.scenarios.options import validate
+
+
+def run(name, **options):
+    cls = framework.get(name)
+    return framework.run(cls, validate(cls.Options, options))
 
 
 @pytest.mark.parametrize("kernel", ["debian:6.12", "debian:7.3"])
 def test_nfs_dio_matrix_over_tcp_and_rdma(kernel):
-    run_dir, results = nfs.run(nfs.Options(kernels=[kernel], transports=["tcp", "rdma"]))
-    section = results["kernels"][kernel.replace(":", "-")]
+    outcome = run("nfs-dio", kernels=[kernel], transports=["tcp", "rdma"])
+    section = outcome.results["subruns"][kernel.replace(":", "-")]
     assert section["verdict"] == "PASS", section
     for transport in ("tcp", "rdma"):
-        t = section["transports"][transport]
+        t = section["cases"][transport]
         assert f"proto={transport}" in t["mount"]
-        assert t["cases"] == 44 and t["failed"] == []
+        assert t["cases"] == 44 and t["failed"] == [] and t["server_checksum_differs"] == []
         assert t["pins"].startswith(("not exercised", "balanced"))
-    assert (run_dir.path / "junit.xml").exists()
+    assert (outcome.run_dir.path / "junit.xml").exists()
 
 
 def test_injected_corruption_is_reported_with_case_and_offset():
-    _, results = nfs.run(nfs.Options(kernels=["debian:7.3"], transports=["tcp"], inject_corruption=True, only="size=sub-page"))
-    t = results["kernels"]["debian-7.3"]["transports"]["tcp"]
-    assert t["verdict"] == "FAIL"
+    outcome = run("nfs-dio", kernels=["debian:7.3"], transports=["tcp"], inject_corruption=True, only="size=sub-page")
+    t = outcome.results["subruns"]["debian-7.3"]["cases"]["tcp"]
+    assert t["verdict"] == "FAIL" and not outcome.ok
     assert t["injected"] == {"file_offset": 17}
     assert t["failed"][0]["name"] == "align=page size=sub-page off=aligned"
     assert "file offset 17" in t["failed"][0]["error"]
+    # The server's own checksum of the written bytes is the second witness.
+    assert t["server_checksum_differs"] == ["align=page size=sub-page off=aligned"]
 
 
 def test_nfs_p2p_is_refused_on_73_and_not_applicable_on_612():
-    _, results = nfs.run_p2p(nfs.Options(kernels=["debian:6.12", "debian:7.3"], transports=["tcp", "rdma"]))
-    assert results["kernels"]["debian-6.12"]["verdict"] == "N/A"
-    new = results["kernels"]["debian-7.3"]
+    outcome = run("nfs-p2p", kernels=["debian:6.12", "debian:7.3"], transports=["tcp", "rdma"])
+    old = outcome.results["subruns"]["debian-6.12"]
+    assert old["verdict"] == "N/A" and "no PCI_P2PDMA" in old["reason"]
+    new = outcome.results["subruns"]["debian-7.3"]
     assert new["verdict"] == "PASS", new
     for transport in ("tcp", "rdma"):
-        t = new["transports"][transport]
+        t = new["cases"][transport]
         assert t["result"]["write"]["errno"] == "EREMOTEIO" and t["result"]["read"]["errno"] == "EREMOTEIO"
         assert not t["nfs_p2p_support"] and "no NFS P2P support" in t["reason"]
+    assert outcome.ok
+
+
+def test_nfs_p2p_fails_when_the_buffer_is_not_p2p_memory():
+    outcome = run("nfs-p2p", kernels=["debian:7.3"], transports=["rdma"], fault="ordinary-memory")
+    t = outcome.results["subruns"]["debian-7.3"]["cases"]["rdma"]
+    assert t["verdict"] == "FAIL" and "write and read succeeded" in t["reason"]
+    assert not outcome.ok
 
 
 @pytest.mark.parametrize("version", ["3", "4.1"])
 def test_other_nfs_versions_mount_and_verify(version):
-    _, results = nfs.run(nfs.Options(kernels=["debian:7.3"], transports=["tcp", "rdma"], version=version, only="size=sub-page"))
-    section = results["kernels"]["debian-7.3"]
+    outcome = run("nfs-dio", kernels=["debian:7.3"], transports=["tcp", "rdma"], nfs_version=version, only="size=sub-page")
+    section = outcome.results["subruns"]["debian-7.3"]
     assert section["verdict"] == "PASS", section
     for transport in ("tcp", "rdma"):
-        mount = section["transports"][transport]["mount"]
+        mount = section["cases"][transport]["mount"]
         assert f"vers={version}" in mount and f"proto={transport}" in mount, mount
 
 
@@ -54,25 +73,17 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree():
     transport; the fake 001 does O_DIRECT on the NFS mount and passes, 002 fails, 003 does not run."""
     from pathlib import Path
 
-    from lab.scenarios import fstests
-
     fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
-    tests = ["generic/001", "generic/002", "generic/003"]
-    options = fstests.Options(fstests=str(fake), tests=tests, kernels=["debian:7.3"], transports=["tcp", "rdma"], timeout=600)
-    run_dir, results = fstests.run(options)
-    section = results["kernels"]["debian-7.3"]
-    if section["verdict"] == "ERROR":
-        # Once seen in CI: the pair's set-up hit an SSH banner timeout under load (no transport ran).
-        # One more attempt; a second ERROR fails with its reason.
-        run_dir, results = fstests.run(options)
-        section = results["kernels"]["debian-7.3"]
-    assert section["verdict"] != "ERROR", section["reason"]
+    outcome = run("nfs-fstests", fstests=str(fake), test=["generic/001", "generic/002", "generic/003"],
+                  kernels=["debian:7.3"], transports=["tcp", "rdma"], timeout=600)
+    section = outcome.results["subruns"]["debian-7.3"]
+    assert section["verdict"] == "FAIL", section["reason"]  # 002 fails on purpose
     for transport in ("tcp", "rdma"):
         t = section["transports"][transport]
         assert f"proto={transport}" in t["mount"]
         assert t["statuses"] == {"generic/001": "pass", "generic/002": "fail", "generic/003": "notrun"}, t
         assert t["source"] == "xunit"
-        assert (run_dir.path / f"kernels/debian-7.3/{transport}/check.out").exists()
-    assert section["verdict"] == "FAIL"  # 002 fails on purpose
-    table = (run_dir.path / "summary.txt").read_text()
+        assert section["cases"][f"generic/003 ({transport})"]["verdict"] == "N/A"
+        assert (outcome.run_dir.path / f"subruns/debian-7.3/{transport}/check.out").exists()
+    table = (outcome.run_dir.path / "summary.txt").read_text()
     assert "tcp: 1 pass, 1 fail, 1 notrun" in table and "rdma: 1 pass, 1 fail, 1 notrun" in table

@@ -1,6 +1,5 @@
 """QEMU argv rendering: what each part of a topology becomes on the command line."""
 
-from pathlib import Path
 
 from lab.qemu_caps import QemuCaps
 from lab.topology.argv import Accel, machine_argv

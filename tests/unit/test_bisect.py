@@ -39,3 +39,50 @@ def test_report_names_last_good_and_first_bad() -> None:
                    "result": {"changed": True, "last_good": good, "first_bad": bad}})
     assert "first change: patch 2/3 b  (PASS -> FAIL)" in text
     assert "last good: patch 1/3 a  build:aa  /r/1" in text and "first bad: patch 2/3 b  build:bb  /r/2" in text
+
+
+class _Kernel:
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+
+def _bisect(tmp_path, monkeypatch, verdicts: dict[int, list[str]]):
+    """run_bisect over 4 candidates whose runs give `verdicts[i]` in turn (a list per candidate)."""
+    from lab.bisect import run_bisect
+    from lab.kernels.build import BuildRequest
+    from lab.rundir import RunDir
+    from lab.scenarios.framework import Outcome
+    from lab.scenarios.options import ScenarioOptions
+
+    monkeypatch.setenv("LAB_RESULTS", str(tmp_path))
+    runs: list[int] = []
+    requests = [BuildRequest(source=str(i)) for i in range(4)]
+
+    def run_scenario(name, options):
+        i = int(options.kernels[0])
+        runs.append(i)
+        verdict = verdicts[i].pop(0)
+        return Outcome(RunDir.create("x", str(i)), {"subruns": {"k": {"verdict": verdict, "facets": {}}}}, verdict == "PASS", "")
+
+    _, summary = run_bisect("stable-pages", ScenarioOptions(), requests, ["base", "p1", "p2", "p3"], {},
+                            build_kernel=lambda r: _Kernel(r.source), run_scenario=run_scenario)
+    return summary, runs
+
+
+def test_an_error_step_is_run_again_and_then_decides(tmp_path, monkeypatch) -> None:
+    summary, runs = _bisect(tmp_path, monkeypatch, {0: ["PASS"], 3: ["FAIL"], 1: ["ERROR", "PASS"], 2: ["FAIL"]})
+    assert summary["result"]["changed"] and summary["result"]["first_bad"]["label"] == "p2"
+    assert runs.count(1) == 2  # the ERROR was run once more
+    assert len(next(s for s in summary["steps"] if s["label"] == "p1")["runs"]) == 2
+
+
+def test_an_error_twice_stops_the_bisect_inconclusive(tmp_path, monkeypatch) -> None:
+    summary, _ = _bisect(tmp_path, monkeypatch, {0: ["PASS"], 3: ["FAIL"], 1: ["ERROR", "ERROR"]})
+    assert summary["result"]["changed"] is None
+    assert summary["result"]["inconclusive"]["label"] == "p1"
+    assert "inconclusive at p1: ERROR" in report(summary)
+
+
+def test_not_applicable_is_inconclusive_at_once(tmp_path, monkeypatch) -> None:
+    summary, runs = _bisect(tmp_path, monkeypatch, {0: ["N/A"]})
+    assert summary["result"]["inconclusive"]["label"] == "base" and runs == [0]

@@ -100,22 +100,30 @@ def test_runner_against_the_fake_tree(tmp_path: Path) -> None:
     assert parsed["statuses"] == {"generic/001": "fail", "generic/002": "fail", "generic/003": "notrun",
                                   "generic/999": "not reported"}
     assert "is not an NFS mount" in (tree / "results/generic/001.out.bad").read_text()
-    assert fstests.verdict_of(parsed) == "FAIL"
+    assert [fstests.test_verdict(s)[0] for s in parsed["statuses"].values()] == ["FAIL", "FAIL", "N/A", "ERROR"]
     # Console output alone gives the same statuses (a tree whose check has no xunit reporter).
     assert fstests.parse_check_output(res.stdout.split("LAB-CHECK-EXIT")[0]) == {
         "generic/001": "fail", "generic/002": "fail", "generic/003": "notrun"}
 
 
 def test_verdicts_and_table() -> None:
-    ok = {"statuses": {"generic/001": "pass", "generic/003": "notrun"}, "check_exit": 0}
-    assert fstests.verdict_of(ok) == "PASS"
-    assert fstests.verdict_of({"statuses": {"generic/001": "not reported"}, "check_exit": None}) == "ERROR"
-    results = {"kernels": {"debian-7.3": {"verdict": "FAIL", "release": "7.3.4", "reason": "", "transports": {
+    from lab.scenarios.verdict import aggregate
+
+    def cases(statuses):
+        return {t: {"verdict": fstests.test_verdict(s)[0], "reason": fstests.test_verdict(s)[1]} for t, s in statuses.items()}
+
+    assert aggregate(cases({"generic/001": "pass", "generic/003": "notrun"}))[0] == "PASS"
+    assert aggregate(cases({"generic/001": "pass", "generic/002": "fail"}))[0] == "FAIL"
+    # Nothing tested is an ERROR, never a PASS: every test notrun, or none reported.
+    verdict, reason = aggregate(cases({"generic/001": "notrun", "generic/003": "notrun"}))
+    assert verdict == "ERROR" and "nothing was tested" in reason
+    assert aggregate(cases({"generic/001": "not reported"}))[0] == "ERROR"
+    results = {"subruns": {"debian-7.3": {"verdict": "FAIL", "release": "7.3.4", "reason": "", "cases": {}, "transports": {
         "tcp": {"statuses": {"generic/001": "pass", "generic/002": "fail"}},
         "rdma": {"statuses": {"generic/001": "pass", "generic/002": "notrun"}}}}}}
-    text = fstests.table(results)
+    text = fstests.NfsFstests.table(None, results)  # type: ignore[arg-type]
     assert "generic/002" in text and "tcp: 1 pass, 1 fail, 0 notrun" in text and "rdma: 1 pass, 0 fail, 1 notrun" in text
-    row = next(l for l in text.splitlines() if l.strip().startswith("generic/002"))
+    row = next(line for line in text.splitlines() if line.strip().startswith("generic/002"))
     assert row.split()[1:] == ["fail", "notrun"]
 
 

@@ -1,6 +1,7 @@
 """The lab's reading of the kernel's P2P distance rules, on PCIe layouts like QEMU's."""
 
-from lab.scenarios.p2p import _judge_case, host_bridge_whitelisted, predict
+from lab.scenarios.p2p import host_bridge_whitelisted, predict
+from lab.scenarios.p2p_block import judge_case
 
 QEMU_CPU = {"vendor": "AuthenticAMD", "family": 0xF}
 EPYC = {"vendor": "AuthenticAMD", "family": 0x17}
@@ -47,19 +48,45 @@ def test_whitelist():
 def test_case_judgement():
     moved = {"ok": True, "bytes": 4096, "errno": None, "difference": None}
     corrupt = {"ok": True, "bytes": 4096, "errno": None, "difference": {"offset": 17, "got": 0, "want": 8}}
+    nothing_moved = {"ok": True, "bytes": 4096, "errno": None, "difference": {"offset": 0, "got": 0x5A, "want": 8, "poison": True}}
     refused = {"ok": False, "bytes": 0, "errno": "EINVAL", "message": "Invalid argument"}
-    assert _judge_case("read-into-p2p", moved, True)[0] == "PASS"
-    assert _judge_case("read-into-p2p", corrupt, True)[0] == "FAIL"
-    assert _judge_case("read-into-p2p", refused, True)[0] == "FAIL"
-    assert _judge_case("read-into-p2p", refused, False) == ("PASS", "refused as expected with EINVAL")
-    assert _judge_case("write-from-p2p", moved, False)[0] == "FAIL"
-    assert _judge_case("mixed-memory", refused, True)[0] == "RECORDED"
-    assert _judge_case("mixed-memory", corrupt, True)[0] == "FAIL"
+    assert judge_case("read-into-p2p", moved, True, False)[0] == "PASS"
+    assert judge_case("read-into-p2p", corrupt, True, False)[0] == "FAIL"
+    verdict, reason = judge_case("read-into-p2p", nothing_moved, True, False)
+    assert verdict == "FAIL" and "nothing was transferred" in reason
+    assert judge_case("read-into-p2p", refused, True, True)[0] == "FAIL"
+    assert judge_case("write-from-p2p", moved, False, True)[0] == "FAIL"
+    assert judge_case("mixed-memory", refused, True, True)[0] == "INFO"
+    assert judge_case("mixed-memory", moved, True, True)[0] == "INFO"
+    assert judge_case("mixed-memory", corrupt, True, True)[0] == "FAIL"  # wrong data is a failure wherever it happens
 
 
-def test_nfs_p2p_expectations_name_the_case():
-    from lab.scenarios.nfs import expected_p2p
+def test_refusal_is_asserted_by_errno_and_kernel_message():
+    refused = {"ok": False, "bytes": 0, "errno": "EINVAL", "message": "Invalid argument"}
+    verdict, reason = judge_case("read-into-p2p", refused, False, True)
+    assert verdict == "PASS" and "EINVAL" in reason and "cannot be used for peer-to-peer DMA" in reason
+    # The right errno without the kernel's line is not the refusal the rules predict.
+    verdict, reason = judge_case("read-into-p2p", refused, False, False)
+    assert verdict == "FAIL" and "did not log" in reason
+    # Any other errno is a failure, even with the line in the log.
+    for errno in ("EIO", "EREMOTEIO", "EFAULT"):
+        other = dict(refused, errno=errno)
+        verdict, reason = judge_case("write-from-p2p", other, False, True)
+        assert verdict == "FAIL" and errno in reason and "EINVAL" in reason
 
-    assert "EREMOTEIO" in expected_p2p(False, "tcp")
-    assert "virtual DMA" in expected_p2p(True, "rdma")
-    assert "TCP" in expected_p2p(True, "tcp")
+
+def test_nfs_p2p_refusal_is_eremoteio_only():
+    from lab.scenarios.nfs_p2p import judge, why_refused
+
+    assert "no NFS P2P support" in why_refused(False, "tcp")
+    assert "virtual DMA" in why_refused(True, "rdma")
+    assert "TCP" in why_refused(True, "tcp")
+    refused = {"ok": False, "errno": "EREMOTEIO"}
+    assert judge({"write": refused, "read": refused}, "x")[0] == "PASS"
+    verdict, reason = judge({"write": refused, "read": dict(refused, errno="EINVAL")}, "x")
+    assert verdict == "FAIL" and "read EINVAL" in reason and "EREMOTEIO" in reason
+    ok = {"ok": True, "data_matches": True}
+    verdict, reason = judge({"write": ok, "read": refused}, "x")
+    assert verdict == "FAIL" and "write succeeded" in reason
+    wrong = {"ok": True, "data_matches": False}
+    assert judge({"write": refused, "read": wrong}, "x") == ("FAIL", "read moved wrong data")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.errors import UsageError
 from lab.qemu_caps import QemuCaps, parse_device_help
 from lab.topology.argv import Accel, BootFiles, machine_argv
 from lab.topology.render import TopologyError, available, parse_params, render
@@ -201,3 +202,92 @@ def test_property_this_qemu_lacks():
         machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
     assert "machines.vm.nvme[0].namespaces[0].pif" in str(info.value) and "no nvme-ns property 'pif'" in str(info.value)
 
+
+
+# -- inputs that cannot hurt the host ---------------------------------------------------------------
+def test_parameter_values_cannot_add_yaml_keys(tmp_path):
+    d = write(tmp_path, "t", BASE.replace("1G", "{{ size }}"))
+    # Through -p: a newline, a space or a '#' never reaches the template.
+    for raw in ("1G\nappend: init=/bin/sh", "1G\n    append: x", "1G #", "{a: 1}", "'1G'", "1G\r"):
+        with pytest.raises(UsageError):
+            parse_params([f"size={raw}"])
+    # Through a dict (a bundle, a matrix): the same check.
+    with pytest.raises(UsageError, match="not a plain number"):
+        render("t", {"size": "1G\n    append: init=/bin/sh"}, d)
+    assert render("t", {"size": "2G"}, d).topology.machines["vm"].nvme[0].namespaces[0].size == 2 << 30
+
+
+def test_parameter_given_twice_and_pi_true():
+    with pytest.raises(UsageError, match="given twice"):
+        parse_params(["pi=1", "pi=2"])
+    assert _error("nvme-pi", {"pi": True}).endswith("not true/false (got True)")
+    assert "whole number" in _error("nvme-pi", {"pi": 1.0})
+    with pytest.raises(UsageError, match="not a finite number"):
+        parse_params(["cpus=.nan"])
+
+
+def test_yaml_duplicate_keys_are_errors(tmp_path):
+    d = write(tmp_path, "t", BASE + "name: again\n")
+    assert "key 'name' appears twice" in _error("t", {}, d)
+    d = write(tmp_path, "t", BASE.replace("      - id: nvme0", "      - id: nvme0\n        id: nvme1"))
+    assert "key 'id' appears twice" in _error("t", {}, d)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "refused by the template sandbox"),
+    ("{{ cycler.__init__.__globals__.os.system('id') }}", "refused by the template sandbox"),
+    ("{{ 1 / 0 }}", "raised ZeroDivisionError"),
+    ("{% include 't.yaml.j2' %}", "recurses without end"),
+    ("{% include '/etc/passwd' %}", "which is not a template next to it"),
+    ("{% for x in range(10) %}", "template syntax error"),
+    ("{{ range(10**9) | list }}", "MAX_RANGE"),
+])
+def test_templates_that_misbehave(tmp_path, text, expected):
+    msg = _error("t", {}, write(tmp_path, "t", text))
+    assert expected in msg and "t.yaml.j2" in msg
+
+
+def test_templates_that_are_not_text_or_too_big(tmp_path):
+    (tmp_path / "b.yaml.j2").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    assert "not a text file" in _error("b", {}, tmp_path)
+    (tmp_path / "h.yaml.j2").write_text("x" * (300 << 10))
+    assert "at most 256 KiB" in _error("h", {}, tmp_path)
+    assert "not a name or a path" in _error("x" * 5000)
+    assert "no such file" in _error(str(tmp_path / "missing.yaml.j2"))
+    assert "not a file" in _error(str(tmp_path) + "/")
+
+
+def test_cpu_models_are_checked_against_this_qemu():
+    caps = QemuCaps("/usr/bin/qemu-system-x86_64", "7.2", {}, frozenset({"max", "EPYC", "EPYC-v4", "host"}))
+    topo = render("p2p-switch", {"cpu": "EPYC"}).topology
+    machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+    topo = render("p2p-switch", {"cpu": "max,family=23"}).topology
+    machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+    topo = render("p2p-switch", {"cpu": "EPYX"}).topology
+    with pytest.raises(UsageError, match="no CPU model 'EPYX'; similar: EPYC, EPYC-v4"):
+        machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+
+
+def test_host_paths_with_commas_are_escaped_in_option_strings():
+    from lab.topology.argv import BootFiles
+
+    topo = render("nfs-rdma-pair").topology
+    run = Path("/tmp/a,b=c")
+    files = BootFiles(Path("/k"), Path("/i"), run / "root.qcow2", Path("/m,x.img"), run / "qmp.sock", run / "c.log",
+                      {"nvme0n1": run / "n.img"}, {"lan": (run / "l.a", run / "l.b")}, "KEY")
+    argv = machine_argv(topo, "server", files, QemuCaps("/q", "7.2", {}), Accel("tcg")).argv
+    joined = "\n".join(argv)
+    assert "file=/tmp/a,,b=c/root.qcow2,format=qcow2" in joined
+    assert "unix:/tmp/a,,b=c/qmp.sock,server=on" in joined
+    assert "path=/tmp/a,,b=c/c.log" in joined and "file=/m,,x.img,format=raw" in joined
+    assert "local.path=/tmp/a,,b=c/l.a,remote.type=unix,remote.path=/tmp/a,,b=c/l.b" in joined
+
+
+def test_integrity_format_names_follow_linux():
+    from lab.topology.model import Namespace
+
+    assert Namespace(pi=1, ms=8).integrity_format == "T10-DIF-TYPE1-CRC"
+    assert Namespace(pi=2, ms=8).integrity_format == "T10-DIF-TYPE1-CRC"  # one profile for types 1 and 2
+    assert Namespace(pi=3, ms=8).integrity_format == "T10-DIF-TYPE3-CRC"
+    assert Namespace(pi=3, ms=16, pif=2).integrity_format == "EXT-DIF-TYPE3-CRC64"
+    assert Namespace().integrity_format is None

@@ -1,0 +1,506 @@
+"""One framework for scenarios. A scenario declares its options, its topology, what runs in the
+booted guests and how its table prints; the framework owns everything else, once:
+
+    validate options -> render and check every sub-run's topology against this QEMU -> resolve
+    every kernel -> (run directory from here on) -> per sub-run: boot, exercise, judge, finish ->
+    aggregate, expectations, results.json, summary.txt, junit.xml
+
+A sub-run (one kernel, or one kernel and variant such as a PCIe placement) always ends with a
+status (done, error, interrupted) and a verdict:
+
+    PASS    every assertion held
+    FAIL    an assertion did not hold (data differed, an unexpected errno, integrity errors)
+    ERROR   the thing under test did not happen (no boot, no I/O, no mutation, nothing ran)
+    N/A     the kernel or topology lacks what the scenario tests (no PCI_P2PDMA, no PI)
+
+Scenarios register with @register, or from other packages through the `lab.scenarios` entry-point
+group (a Scenario subclass, or a module that registers one)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from lab import junit
+from lab.errors import BootError, LabError, UsageError
+from lab.kernels.kernel import Kernel
+from lab.lab import Lab
+from lab.paths import scenarios_dir
+from lab.progress import info
+from lab.rundir import RunDir
+from lab.scenarios.expect import ERROR, INFO, NOT_APPLICABLE, PASS, expectation_for, outcome, outcome_ok
+from lab.scenarios.options import ScenarioOptions
+from lab.scenarios.verdict import ProgramResult, aggregate, parse_program_output
+from lab.ssh import Guest
+from lab.topology.render import Rendered, render
+
+LOG = logging.getLogger(__name__)
+GUEST_DIR = "/usr/local/lib/lab"
+ENTRY_POINT_GROUP = "lab.scenarios"
+
+
+class NotApplicable(LabError):
+    """The kernel or the topology lacks what the scenario tests: the sub-run's verdict is N/A."""
+
+
+class ScenarioError(LabError):
+    """What the scenario needed did not happen (a promised device is missing, nothing ran): ERROR."""
+
+
+def safe_label(text: str, limit: int = 60) -> str:
+    """A file-system-safe, bounded name for a sub-run or case directory."""
+    label = re.sub(r"[^A-Za-z0-9.+=-]+", "-", text).strip("-.")[:limit]
+    return label or "run"
+
+
+@dataclass
+class Variant:
+    """One sub-run: a kernel, the topology it boots, and the facets that tell it from its siblings."""
+
+    label: str
+    kernel: str
+    topology: str
+    params: dict[str, Any]
+    facets: dict[str, Any] = field(default_factory=dict)
+    rendered: Rendered | None = None
+
+
+class Scenario:
+    """Base class. Subclasses set the class attributes and implement exercise()."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[ScenarioOptions]] = ScenarioOptions
+    topology: ClassVar[str] = "nvme-pi"
+    machines: ClassVar[tuple[str, ...]] = ()  # machine names exercise() drives; the topology must have them
+    default_kernels: ClassVar[tuple[str, ...]] = ("debian:7.3",)
+    expect_file: ClassVar[Path | None] = None
+
+    def __init__(self, options: ScenarioOptions) -> None:
+        self.options = options
+
+    @property
+    def kernels(self) -> list[str]:
+        return list(self.options.kernels) or list(self.default_kernels)
+
+    # -- what a scenario may override ----------------------------------------------------------
+    def variants(self) -> list[Variant]:
+        """One sub-run per kernel by default."""
+        return [Variant(safe_label(ref), ref, self.options.topology or self.topology, dict(self.options.params))
+                for ref in self.kernels]
+
+    def check(self, variant: Variant) -> None:
+        """Checks of the options against a rendered topology (block size vs logical block size, ...).
+        Raise UsageError; runs before anything boots."""
+
+    def prepare(self) -> None:
+        """Host-side work before the first boot (build a guest program, fetch a tree)."""
+
+    def exercise(self, ctx: "Context") -> None:
+        raise NotImplementedError
+
+    def table(self, results: dict[str, Any]) -> str:
+        """The scenario's table; the default lists each sub-run's cases."""
+        lines = []
+        for label, s in results.get("subruns", {}).items():
+            lines.append(f"{label} ({s.get('release', '?')})")
+            for name, c in s["cases"].items():
+                lines.append(f"  {name:40} {c['verdict']:5} {c['reason']}")
+        return "\n".join(lines)
+
+    # -- the framework's part -------------------------------------------------------------------
+    def plan(self) -> list[Variant]:
+        variants = self.variants()
+        if not variants:
+            raise UsageError(f"{self.name}: nothing to run (no kernel)")
+        labels = [v.label for v in variants]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"{self.name}: two sub-runs would share the name {next(x for x in labels if labels.count(x) > 1)!r}; "
+                             f"give each --kernel once")
+        for v in variants:
+            v.rendered = render(v.topology, v.params)
+            missing = [m for m in self.machines if m not in v.rendered.topology.machines]
+            if missing:
+                raise UsageError(f"{self.name}: topology {v.topology} has no machine {', '.join(missing)} "
+                                 f"(this scenario drives {', '.join(self.machines)})")
+            self.check(v)
+        return variants
+
+
+# -- registry -------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Scenario]] = {}
+_LOADED = False
+BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests")
+
+
+def register(cls: type[Scenario]) -> type[Scenario]:
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9-]{1,39}", name):
+        raise TypeError(f"scenario {cls.__name__}: name must be a short lower-case word (got {name!r})")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"scenario {name!r} is registered twice ({existing.__module__} and {cls.__module__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def scenarios() -> dict[str, type[Scenario]]:
+    """Every registered scenario: the lab's own, then those of installed packages."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(f"lab.scenarios.{module}")
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded = ep.load()
+                if isinstance(loaded, type) and issubclass(loaded, Scenario):
+                    register(loaded)
+            except Exception as exc:  # a broken plugin must not break the lab's own scenarios
+                LOG.warning("scenario plugin %s (%s) failed to load: %s", ep.name, ep.value, exc, exc_info=True)
+                info(f"warning: scenario plugin {ep.name} ({ep.value}) failed to load: {exc}")
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> type[Scenario]:
+    found = scenarios()
+    if name not in found:
+        raise UsageError(f"unknown scenario {name!r}; scenarios: {', '.join(sorted(found))}")
+    return found[name]
+
+
+# -- a booted sub-run -----------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What exercise() gets: the booted lab, the sub-run directory, and ways to record cases."""
+
+    scenario: Scenario
+    variant: Variant
+    lab: Lab
+    sub: RunDir
+    section: dict[str, Any]
+
+    @property
+    def topology(self):
+        return self.lab.rendered.topology
+
+    def machine_name(self, name: str | None = None) -> str:
+        return name or next(iter(self.lab.machines))
+
+    def guest(self, name: str | None = None) -> Guest:
+        return self.lab.guest(self.machine_name(name))
+
+    def kernel(self, name: str | None = None) -> Kernel:
+        return self.lab.kernels[self.machine_name(name)]
+
+    def release(self, name: str | None = None) -> str:
+        return self.kernel(name).release
+
+    def note(self, message: str) -> None:
+        info(f"{self.variant.label}: {message}")
+
+    def case(self, name: str, verdict: str, reason: str, *, facets: dict[str, Any] | None = None,
+             machine: str | None = None, **data: Any) -> dict[str, Any]:
+        """Record one case. Its expectation comes from the scenario's expect.toml (by facets and
+        the kernel's version); without a rule, PASS is expected."""
+        facets = {**self.variant.facets, **(facets or {})}
+        expected = None
+        if self.scenario.expect_file is not None:
+            expected = expectation_for(self.scenario.expect_file, facets, self.release(machine))
+        entry = {"verdict": verdict, "reason": reason, "expected": expected.verdict if expected else None,
+                 "expected_why": expected.why if expected else None,
+                 "outcome": outcome(verdict, expected.verdict if expected else None), "facets": facets, **data}
+        self.section["cases"][name] = entry
+        self.note(f"{name}: {verdict}: {reason}")
+        return entry
+
+    def run_program(self, argv: Sequence[object], *, machine: str | None = None, timeout: float = 600,
+                    save_as: str | None = None, required: Sequence[str] = ("ops", "ok", "short", "errno"),
+                    count: str | None = "ops") -> ProgramResult:
+        """Run a guest program (argv, quoted here), keep its raw output, parse its JSON result."""
+        res = self.guest(machine).run(argv, timeout=timeout)
+        if save_as:
+            self.sub.write(save_as, res.stdout + (f"\n--- stderr ---\n{res.stderr}" if res.stderr else ""))
+        result = parse_program_output(res.stdout, required, count)
+        if res.exit_code != 0 and not result.error:
+            result.error = f"program exited {res.exit_code}: {res.stderr.strip()[-200:]}"
+        return result
+
+    def dmesg(self, machine: str | None = None, clear: bool = False) -> str:
+        text = self.guest(machine).run("dmesg", timeout=60).stdout
+        if clear:
+            self.guest(machine).run("dmesg -C", timeout=30)
+        return text
+
+    def put_scenario_file(self, relative: str, machine: str | None = None, remote_dir: str = GUEST_DIR) -> str:
+        """Copy scenarios/<relative> into the guest; returns its path there."""
+        guest = self.guest(machine)
+        guest.run(["mkdir", "-p", remote_dir], check=True)
+        remote = f"{remote_dir}/{Path(relative).name}"
+        guest.put(scenarios_dir() / relative, remote)
+        return remote
+
+    def kernel_config(self, option: str, machine: str | None = None) -> str | None:
+        """'y'/'m'/a value from the kernel's config; 'unknown' when the kernel came without one."""
+        kernel = self.kernel(machine)
+        if kernel.config is None:
+            return "unknown"
+        return kernel.config_value(option)
+
+    # -- preconditions shared by scenarios -----------------------------------------------------
+    def require_integrity(self, machine: str | None = None, controller: int = 0, namespace: int = 0) -> dict[str, Any]:
+        """The namespace's PI as the guest sees it. N/A when the topology gives it none; ERROR when
+        the topology promised PI and the guest shows another format or none."""
+        name = self.machine_name(machine)
+        ctrl = self.topology.machines[name].nvme[controller]
+        ns = ctrl.namespaces[namespace]
+        device = self.namespace_device(name, controller, namespace)
+        if not ns.pi:
+            raise NotApplicable(f"the topology formats {device} without protection information (pi=0)")
+        want = ns.integrity_format
+        seen = self.guest(name).run(["cat", f"/sys/block/{device}/integrity/format"], timeout=30).stdout.strip() or "(none)"
+        if seen != want:
+            raise ScenarioError(f"the topology promised PI type {ns.pi} ({want}) on {device}, but the guest shows "
+                                f"integrity format {seen!r}")
+        return {"device": device, "format": seen, "pi": ns.pi, "pif": ns.pif, "lba": ns.lba, "ms": ns.ms}
+
+    def namespace_device(self, machine: str, controller: int = 0, namespace: int = 0) -> str:
+        """The guest's block device of a topology namespace, found by the controller's serial."""
+        from lab.topology.argv import controller_serial
+
+        ctrl = self.topology.machines[machine].nvme[controller]
+        serial = controller_serial(machine, ctrl)
+        nsid = ctrl.namespaces[namespace].nsid or namespace + 1
+        script = (f'for c in /sys/class/nvme/nvme*; do [ "$(cat $c/serial 2>/dev/null | tr -d " ")" = {serial} ] '
+                  f'&& basename $c; done')
+        found = self.guest(machine).run(script, timeout=30).stdout.split()
+        if not found:
+            raise ScenarioError(f"{machine}: no NVMe controller with serial {serial} ({ctrl.id} of the topology)")
+        return f"{found[0]}n{nsid}"
+
+    def require_p2pmem(self, machine: str | None = None) -> dict[str, dict[str, Any]]:
+        """Controllers whose CMB the guest published as P2P memory (controller id -> facts). N/A
+        when the topology gives no CMB or the kernel has no PCI_P2PDMA; ERROR when both are there
+        and the guest published nothing."""
+        name = self.machine_name(machine)
+        promised = [c for c in self.topology.machines[name].nvme if c.cmb_size_mb]
+        if not promised:
+            raise NotApplicable(f"the topology gives no controller of {name} a CMB")
+        configured = self.kernel_config("PCI_P2PDMA", name)
+        guest = self.guest(name)
+        if configured == "unknown":
+            configured = "y" if guest.run("grep -qw pci_p2pdma_add_resource /proc/kallsyms", timeout=60).ok else None
+        if configured != "y":
+            raise NotApplicable("no PCI_P2PDMA in this kernel (the CMB cannot be P2P memory)")
+        from lab.topology.argv import controller_serial
+
+        script = ('for c in /sys/class/nvme/nvme*; do d=$(readlink -f $c/device); '
+                  'echo "$(cat $c/serial | tr -d " ") $(basename $d) '
+                  '$(cat $d/p2pmem/size 2>/dev/null || echo -) $(cat $d/p2pmem/available 2>/dev/null || echo -) '
+                  '$(cat $d/p2pmem/published 2>/dev/null || echo -)"; done')
+        rows = {}
+        for line in guest.run(script, timeout=30).stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 5:
+                rows[fields[0]] = fields[1:]
+        out: dict[str, dict[str, Any]] = {}
+        for ctrl in promised:
+            row = rows.get(controller_serial(name, ctrl))
+            if not row or row[1] == "-" or row[3] != "1":
+                raise ScenarioError(f"the topology gives {ctrl.id} a {ctrl.cmb_size_mb} MiB CMB and the kernel has "
+                                    f"PCI_P2PDMA, but the guest published no P2P memory for it")
+            out[ctrl.id] = {"bdf": row[0], "size": int(row[1]), "available": int(row[2]), "published": True}
+        return out
+
+
+# -- running ----------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    run_dir: RunDir
+    results: dict[str, Any]
+    ok: bool  # every verdict as expected (the exit status of `lab run`)
+    table: str
+
+    def signature(self) -> str:
+        """The verdicts without the kernel labels: what bisect compares between steps."""
+        subruns = self.results.get("subruns") or {}
+        if not subruns:
+            return ERROR
+        parts = []
+        for section in subruns.values():
+            tag = ",".join(str(v) for v in section.get("facets", {}).values())
+            parts.append(f"{tag}={section['verdict']}" if tag else section["verdict"])
+        return ", ".join(parts)
+
+
+def resolve_kernels(refs: Sequence[str]) -> dict[str, Kernel]:
+    """Every kernel of the run, fetched or built before the first boot: a bad second kernel is
+    found before the first one boots, and nothing waits for a download between sub-runs."""
+    from lab.kernels.resolve import resolve
+
+    out: dict[str, Kernel] = {}
+    for ref in dict.fromkeys(refs):
+        out[ref] = resolve(ref)
+    return out
+
+
+def check_against_qemu(variants: Sequence[Variant]) -> None:
+    """Render each machine's QEMU command line once, without starting anything: properties this
+    QEMU lacks and unknown CPU models are usage errors now, not a failed boot later."""
+    from lab.qemu_caps import probe
+    from lab.topology.argv import Accel, dry_run_files, machine_argv
+
+    caps = probe()
+    for v in variants:
+        assert v.rendered is not None
+        topo = v.rendered.topology
+        for name in topo.machines:
+            machine_argv(topo, name, dry_run_files(topo, name), caps, Accel("tcg"))
+
+
+def run(name: str | type[Scenario], options: ScenarioOptions) -> Outcome:
+    """Validate everything, then run every sub-run and write the results as the run goes."""
+    from lab.log import to_file
+
+    cls = get(name) if isinstance(name, str) else name
+    scenario = cls(options)
+    variants = scenario.plan()
+    check_against_qemu(variants)
+    resolved = resolve_kernels([v.kernel for v in variants])
+    scenario.prepare()
+    run_dir = RunDir.create(cls.name, variants[0].topology)
+    run_dir.update(scenario=cls.name, options=options.to_dict())
+    results: dict[str, Any] = {"scenario": cls.name, "options": options.to_dict(), "subruns": {}}
+    status = "interrupted"
+    with to_file(run_dir.path / "lab.log"):
+        try:
+            for v in variants:
+                results["subruns"][v.label] = run_variant(scenario, v, run_dir, resolved)
+                write_outputs(scenario, run_dir, results)
+            status = "error" if any(s["verdict"] == ERROR for s in results["subruns"].values()) else "done"
+        finally:
+            write_outputs(scenario, run_dir, results)
+            run_dir.finish(status, verdicts={k: s["verdict"] for k, s in results["subruns"].items()}, all_as_expected=run_ok(results))
+    return Outcome(run_dir, results, run_ok(results), summary(scenario, results))
+
+
+def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[str, Kernel]) -> dict[str, Any]:
+    sub = run_dir.child(f"subruns/{v.label}", kernel_ref=v.kernel, facets=v.facets)
+    sub.update(scenario=scenario.name, options=scenario.options.to_dict())
+    section: dict[str, Any] = {"label": v.label, "kernel": v.kernel, "facets": v.facets, "verdict": ERROR, "reason": "",
+                               "outcome": "error", "cases": {}, "run_dir": str(sub.path), "boot": {}}
+    started = time.monotonic()
+    status = "interrupted"
+    lab: Lab | None = None
+    assert v.rendered is not None
+    try:
+        lab = Lab(v.rendered, kernel_ref=v.kernel, accel=scenario.options.accel, run=sub, resolved=resolved)
+        with lab:
+            first = next(iter(lab.machines))
+            section["release"] = lab.kernels[first].release
+            section["boot"] = {"seconds": dict(lab.boot_seconds), "retries": list(lab.boot_retries)}
+            scenario.exercise(Context(scenario, v, lab, sub, section))
+        verdict, reason = aggregate(section["cases"])
+        section.update(verdict=verdict, reason=reason)
+        status = "done"
+    except NotApplicable as exc:
+        section.update(verdict=NOT_APPLICABLE, reason=str(exc))
+        status = "done"
+    except BootError as exc:
+        section.update(verdict=ERROR, reason=f"boot failed: {str(exc).splitlines()[0]}")
+        sub.write("error.txt", str(exc))
+        status = "error"
+    except LabError as exc:
+        section.update(verdict=ERROR, reason=str(exc).splitlines()[0])
+        sub.write("error.txt", str(exc))
+        status = "error"
+    except Exception as exc:  # a bug in a scenario (maybe a plugin's) is this sub-run's ERROR, not the run's end
+        LOG.exception("scenario %s raised", scenario.name)
+        section.update(verdict=ERROR, reason=f"the scenario raised {exc.__class__.__name__}: {str(exc)[:160]} (see lab.log)")
+        status = "error"
+    finally:
+        if status == "interrupted":
+            section.update(verdict=ERROR, reason="interrupted")
+        elif section["verdict"] == ERROR:
+            status = "error"
+        if lab is not None:
+            section["boot"]["retries"] = list(lab.boot_retries)
+            if lab.kernels and "release" not in section:
+                section["release"] = next(iter(lab.kernels.values())).release
+        section["seconds"] = round(time.monotonic() - started, 1)
+        section["outcome"] = section_outcome(section)
+        sub.write("verdict.json", json.dumps(section, indent=2, default=str))
+        sub.finish(status, verdict=section["verdict"])
+    info(verdict_line(v.label, section))
+    return section
+
+
+def section_outcome(section: dict[str, Any]) -> str:
+    verdict = section["verdict"]
+    if verdict == ERROR:
+        return "error"
+    if verdict == NOT_APPLICABLE:
+        return "not applicable"
+    outcomes = [c["outcome"] for c in section["cases"].values() if c["verdict"] not in (NOT_APPLICABLE, INFO)]
+    for bad in ("unexpected failure (regression)", "unexpected pass (finding)", "error"):
+        if bad in outcomes:
+            return bad
+    return "as expected"
+
+
+def run_ok(results: dict[str, Any]) -> bool:
+    subruns = results.get("subruns", {})
+    return bool(subruns) and all(outcome_ok(s.get("outcome", "error")) for s in subruns.values())
+
+
+def verdict_line(label: str, section: dict[str, Any]) -> str:
+    line = f"{label}: {section['verdict']}"
+    if section.get("outcome") not in ("as expected",) or section["verdict"] != PASS:
+        line += f" ({section.get('outcome')})"
+    line += f" - {section['reason']}"
+    retries = section.get("boot", {}).get("retries") or []
+    if retries:
+        what = ", ".join(f"attempt {r['attempt']}: {r['phase']}" for r in retries)
+        line += f" [boot retried {len(retries)}x after emulator faults: {what}]"
+    return line
+
+
+def summary(scenario: Scenario, results: dict[str, Any]) -> str:
+    body = scenario.table(results) if results.get("subruns") else "no sub-run was made"
+    lines = [verdict_line(label, s) for label, s in results.get("subruns", {}).items()]
+    return body.rstrip() + "\n\n" + "\n".join(lines)
+
+
+def junit_cases(scenario_name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
+    cases = []
+    for label, s in results.get("subruns", {}).items():
+        classname = f"{scenario_name}.{label}"
+        if not s["cases"]:
+            kind = "skipped" if s["verdict"] == NOT_APPLICABLE else "error"
+            cases.append({"name": "run", "classname": classname, "kind": kind, "message": s["reason"] or s["verdict"],
+                          "seconds": s.get("seconds", 0)})
+        for name, c in s["cases"].items():
+            if c["verdict"] == ERROR:
+                kind = "error"
+            elif c["verdict"] == NOT_APPLICABLE:
+                kind = "skipped"
+            elif not outcome_ok(c["outcome"]):
+                kind = "failure"
+            else:
+                kind = "pass"
+            cases.append({"name": name, "classname": classname, "kind": kind, "seconds": c.get("seconds", 0),
+                          "message": f"{c['verdict']} ({c['outcome']}): {c['reason']}",
+                          "details": json.dumps({k: v for k, v in c.items() if k not in ("reason",)}, indent=1, default=str)[:4000]})
+    return cases
+
+
+def write_outputs(scenario: Scenario, run_dir: RunDir, results: dict[str, Any]) -> None:
+    run_dir.write("results.json", json.dumps(results, indent=2, default=str))
+    run_dir.write("summary.txt", summary(scenario, results) + "\n")
+    junit.write(scenario.name, junit_cases(scenario.name, results), run_dir.path / "junit.xml")

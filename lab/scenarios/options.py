@@ -1,0 +1,170 @@
+"""Scenario options declared once, as pydantic fields with their validators and help; the CLI's
+`lab run SCENARIO` flags, bundles and bisect all come from the same declaration.
+
+    class Options(ScenarioOptions):
+        duration: Seconds = opt(20.0, "seconds of I/O per mutating run")
+        targets: list[Target] = opt(["xfs"], "repeatable", flag="--target")
+
+A field becomes `--field-name` (or `flag=`), a list field is repeatable, a bool field with
+`negate=` becomes a switch that turns it off. Values from the command line are strings; pydantic
+turns them into the declared types and refuses what does not fit, so `--duration nan`,
+`--use-cmb-sqes banana` and `--kernel ''` are one-line usage errors before anything starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from lab.errors import UsageError
+from lab.topology.render import format_loc
+
+MAX_REF = 512
+_REF_CHARS = re.compile(r"^[^\s\0]+$")
+
+
+def _kernel_ref(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("a kernel reference cannot be empty (debian:7.3, build:KEY, a name, or a bzImage path)")
+    if len(value) > MAX_REF:
+        raise ValueError(f"a kernel reference is at most {MAX_REF} characters")
+    if not _REF_CHARS.match(value):
+        raise ValueError("a kernel reference has no spaces or control characters")
+    if value.startswith("debian:") and not re.fullmatch(r"debian:\d+\.\d+", value):
+        raise ValueError(f"{value!r}: packaged kernels are debian:MAJOR.MINOR, e.g. debian:7.3")
+    if value.startswith("build:") and not value.removeprefix("build:"):
+        raise ValueError("build: needs a key (build:KEY) or source=... (build:source=linux-source-7.3)")
+    return value
+
+
+def _finite(value: float) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+KernelRef = Annotated[str, AfterValidator(_kernel_ref)]
+Seconds = Annotated[float, Field(gt=0, le=7 * 86400), AfterValidator(_finite)]
+Accel = Literal["auto", "kvm", "tcg"]
+
+
+def _size_value(value: object) -> object:
+    """'64K', '1M', '4096' -> bytes; numbers pass."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(i?B)?\s*", value, re.IGNORECASE)
+        if not m:
+            raise ValueError(f"{value!r} is not a size (examples: 4096, 64K, 1M)")
+        return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+    return value
+
+
+SizeBytes = Annotated[int, BeforeValidator(_size_value)]
+
+
+def opt(default: Any = None, help: str = "", *, flag: str | None = None, metavar: str | None = None,
+        negate: str | None = None, hidden: bool = False, **constraints: Any) -> Any:
+    """A scenario option: its default, help text and CLI spelling, plus pydantic constraints."""
+    extra: dict[str, Any] = {"help": help, "flag": flag, "metavar": metavar, "negate": negate, "hidden": hidden}
+    if isinstance(default, list):
+        return Field(default_factory=lambda: list(default), json_schema_extra=extra, **constraints)
+    return Field(default=default, json_schema_extra=extra, **constraints)
+
+
+class ScenarioOptions(BaseModel):
+    """What every scenario takes: the kernels (one sub-run each), the topology and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    kernels: list[KernelRef] = opt([], "kernel, repeatable: debian:X.Y, build:KEY, build:source=..., a name "
+                                   "from lab-kernels.toml, or a bzImage path (default: the scenario's)",
+                                   flag="--kernel", metavar="REF", max_length=16)
+    topology: str | None = opt(None, "topology name or template path (default: the scenario's)", max_length=1024)
+    params: dict[str, Any] = opt({}, "topology parameter KEY=VALUE, repeatable", flag="-p", metavar="KEY=VALUE")
+    accel: Accel = opt("auto", "auto boots a KVM probe once and falls back to TCG; kvm or tcg force one "
+                       "(default: $LAB_ACCEL or auto)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _extra(field: Any) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    inner = typing.get_args(annotation)[0] if _is_list(annotation) else annotation
+    while typing.get_origin(inner) is Annotated:
+        inner = typing.get_args(inner)[0]
+    if typing.get_origin(inner) is Literal:
+        return [str(v) for v in typing.get_args(inner)]
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: type[ScenarioOptions]) -> None:
+    """One flag per field, from the field's declaration."""
+    for name, field in options.model_fields.items():
+        if name == "params":
+            parser.add_argument("-p", "--param", action="append", dest="params", metavar="KEY=VALUE",
+                                help="topology parameter (pi, pif, ms, lba, ns_size, ...), repeatable")
+            continue
+        extra = _extra(field)
+        help_text = argparse.SUPPRESS if extra.get("hidden") else extra.get("help") or ""
+        if _is_bool(field.annotation):
+            if extra.get("negate"):
+                parser.add_argument(extra["negate"], dest=name, action="store_const", const=False, help=help_text)
+            else:
+                parser.add_argument(extra.get("flag") or "--" + name.replace("_", "-"), dest=name,
+                                    action="store_const", const=True, help=help_text)
+            continue
+        flag = extra.get("flag") or "--" + name.replace("_", "-")
+        choices = _choices(field.annotation)
+        metavar = extra.get("metavar") or ("{" + ",".join(choices) + "}" if choices else name.upper())
+        parser.add_argument(flag, dest=name, action="append" if _is_list(field.annotation) else "store",
+                            metavar=metavar, help=help_text)
+    parser.set_defaults(_options=options)
+
+
+def from_args(options: type[ScenarioOptions], args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> ScenarioOptions:
+    """The options model from parsed flags (flags not given keep the declared defaults)."""
+    from lab.topology.render import parse_params
+
+    data: dict[str, Any] = dict(defaults or {})
+    for name in options.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "params":
+            value = parse_params(value)
+        data[name] = value
+    return validate(options, data)
+
+
+def validate(options: type[ScenarioOptions], data: dict[str, Any]) -> ScenarioOptions:
+    """Options from a dict (flags, a bundle, a matrix cell): one-line errors that name the flag."""
+    try:
+        return options.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = first["loc"]
+        field = options.model_fields.get(str(loc[0])) if loc else None
+        flag = (_extra(field).get("negate") or _extra(field).get("flag") or "--" + str(loc[0]).replace("_", "-")) if field else format_loc(loc)
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            raise UsageError(f"unknown option {loc[0]!r}") from None
+        shown = first.get("input")
+        got = f" (got {shown!r})" if shown is not None and not isinstance(shown, (dict, list)) and len(repr(shown)) < 80 else ""
+        raise UsageError(f"{flag}: {msg}{got}") from None

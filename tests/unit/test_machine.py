@@ -1,0 +1,144 @@
+"""QemuMachine against a stand-in process that speaks QMP (tests/fixtures/fake_qemu.py): every way a
+launch fails gives one BootError naming the machine and phase and carrying the argv, QEMU's stderr
+and the console; shutdown escalates and records which step ended the process; states are guarded."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.errors import BootError, LabError
+from lab.machine import QemuMachine, State, classify_console, guest_stages
+
+FAKE = Path(__file__).resolve().parent.parent / "fixtures" / "fake_qemu.py"
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    def make(mode: str) -> QemuMachine:
+        monkeypatch.setenv("FAKE_QEMU_MODE", mode)
+        qmp = tmp_path / "qmp.sock"
+        console = tmp_path / "console.log"
+        argv = [sys.executable, str(FAKE), "-name", "lab-vm", "-qmp", f"unix:{qmp},server=on,wait=off",
+                "-chardev", f"file,id=console,path={console}"]
+        return QemuMachine("vm", argv, qmp, console, tmp_path / "stderr.log", tmp_path / "key")
+
+    made: list[QemuMachine] = []
+    yield lambda mode: made.append(make(mode)) or made[-1]
+    for m in made:
+        m.shutdown(timeout=2)
+
+
+def boot(m: QemuMachine, timeout: float = 3, silence: float | None = None) -> BootError:
+    with pytest.raises(BootError) as info:
+        m.launch()
+        m.wait_ready(timeout, silence)
+    return info.value
+
+
+def test_qemu_that_exits_at_start(machine):
+    err = boot(machine("exit"))
+    ev = err.evidence
+    assert (ev.machine, ev.phase) == ("vm", "qemu-exit")
+    assert "QEMU exited at start (exit 1)" in ev.detail
+    assert "Property 'nvme.bogus' not found" in ev.stderr_tail
+    assert ev.argv[1] == str(FAKE) and ev.console_path.endswith("console.log")
+    assert str(err).splitlines()[0] == "vm: QEMU exited at start (exit 1) [phase qemu-exit]"
+    assert not err.infrastructure
+
+
+def test_qmp_that_never_answers(machine):
+    m = machine("no-qmp")
+    m.qmp_timeout = 1.0
+    err = boot(m)
+    assert err.phase == "qmp" and "QMP did not answer within 1 s" in err.evidence.detail
+
+
+def test_silent_console_is_an_infrastructure_failure(machine):
+    err = boot(machine("silent"), timeout=10, silence=1)
+    assert err.phase == "console" and "printed nothing in 1 s" in err.evidence.detail
+    assert err.infrastructure  # the lab boots again for this, and says so
+    assert err.evidence.console_tail == "(console is empty)"
+
+
+def test_kernel_panic_is_not_retried(machine):
+    err = boot(machine("panic"))
+    assert err.phase == "panic" and "VFS: Unable to mount root fs" in err.evidence.detail
+    assert not err.infrastructure
+    assert "Kernel panic" in err.evidence.console_tail
+
+
+def test_the_tcg_int3_oops_is_recognised_exactly(machine):
+    err = boot(machine("int3"))
+    assert err.phase == "tcg-int3" and err.infrastructure
+
+
+def test_console_classification():
+    int3 = "Oops: int3: 0000 [#1]\nRIP: 0010:sched_clock_cpu+0x10/0x1a0\nKernel panic - not syncing: Fatal exception\n"
+    assert classify_console(int3)[0] == "tcg-int3"
+    # An int3 elsewhere is the kernel under test: a panic, not retried.
+    assert classify_console(int3.replace("sched_clock_cpu", "ext4_fill_super"))[0] == "panic"
+    # After the ready marker nothing counts as an early-boot fault.
+    assert classify_console("LAB-READY\n" + int3) is None
+    assert classify_console("lab-init: [1.0] stage 1\n") is None
+    assert guest_stages("lab-init: [1.20] stage 1: modules loaded\nx\nlab-init: [2.5] ready\n") == {
+        "stage 1: modules loaded": 1.2, "ready": 2.5}
+
+
+def test_ready_marker_without_ssh(machine):
+    m = machine("ready")
+    err = boot(m, timeout=2)
+    assert err.phase == "ssh" and "SSH did not answer" in err.evidence.detail
+    record = m.boot_record()
+    assert {"launched", "qmp", "console", "ready-marker"} <= set(record["events"])
+    assert record["guest_stages"]["ready"] == 2.5
+
+
+def test_shutdown_escalation_is_recorded(machine):
+    m = machine("ready")
+    with pytest.raises(BootError):
+        m.launch()
+        m.wait_ready(1)
+    m.shutdown(timeout=2)
+    assert m.state == State.STOPPED and not m.alive()
+    assert m.stopped_by == "qmp-quit"
+    steps = [s["step"] for s in m.shutdown_steps]
+    assert steps[0] == "poweroff" and "qmp-quit" in steps  # poweroff over SSH cannot work here, then QMP quit does
+
+
+def test_stubborn_qemu_ends_with_sigkill(machine):
+    m = machine("stubborn")
+    m.launch()
+    m.shutdown(timeout=1)
+    assert not m.alive() and m.stopped_by == "sigkill"
+    assert [s["step"] for s in m.shutdown_steps][-3:] == ["qmp-quit", "sigterm", "sigkill"]
+
+
+def test_states_are_guarded(machine):
+    m = machine("ready")
+    assert m.state == State.CREATED
+    with pytest.raises(LabError, match="cannot go from created to ready"):
+        m._to(State.READY)
+    m.shutdown()  # never launched: nothing to do
+    assert m.state == State.CREATED
+
+
+def test_qmp_commands_after_launch(machine):
+    m = machine("silent")
+    m.launch()
+    assert m.ssh_port == 9
+    assert m.qmp_cmd("query-status") == {}
+    m.shutdown(timeout=2)
+    with pytest.raises(LabError, match="QMP is not connected"):
+        m.qmp_cmd("query-status")
+
+
+def test_launch_of_a_missing_binary(tmp_path):
+    m = QemuMachine("vm", [str(tmp_path / "no-such-qemu")], tmp_path / "q", tmp_path / "c", tmp_path / "e", tmp_path / "k")
+    with pytest.raises(BootError) as info:
+        m.launch()
+    assert info.value.phase == "qemu-exit" and "cannot start" in str(info.value)
+    assert os.path.basename(info.value.evidence.argv[0]) == "no-such-qemu"
