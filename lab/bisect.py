@@ -20,6 +20,7 @@ from lab.progress import info
 from lab.rundir import RunDir
 from lab.scenarios import framework
 from lab.scenarios.options import ScenarioOptions
+from lab.stats import Rate, separated
 
 DECIDING = ("PASS", "FAIL")
 
@@ -48,6 +49,12 @@ class Step:
     run_dir: str = ""
     error: str = ""
     runs: list[str] = field(default_factory=list)  # every run of this step (an ERROR is run twice)
+    failed: int = 0  # with --repeat: failing repetitions over every run of this step
+    repetitions: int = 0
+
+    @property
+    def rate(self) -> Rate:
+        return Rate(self.failed, self.repetitions)
 
 
 @dataclass
@@ -77,6 +84,59 @@ class Search:
         return lo, hi
 
 
+@dataclass
+class RateSearch:
+    """Binary search on failure rates, for reproducers that fail only some of the time. A step is
+    on the bad side when its rate's 95 % interval is clear of the good end's and overlaps the bad
+    end's, on the good side the other way round; when it overlaps both (or neither) it is run
+    again, up to a bound, and the search is inconclusive there if that does not settle it. The
+    ends themselves are run again until their intervals separate."""
+    count: int
+    measure: Callable[[int], Rate]  # run the step once more (another batch of repetitions); its rate so far
+    max_batches: int = 4
+    rates: dict[int, Rate] = field(default_factory=dict)
+    batches: dict[int, int] = field(default_factory=dict)
+
+    def more(self, i: int) -> Rate:
+        self.batches[i] = self.batches.get(i, 0) + 1
+        self.rates[i] = self.measure(i)
+        return self.rates[i]
+
+    def rate(self, i: int) -> Rate:
+        return self.rates[i] if i in self.rates else self.more(i)
+
+    def run(self) -> tuple[int, int] | None:
+        good, bad = self.rate(0), self.rate(self.count)
+        while not separated(good, bad):
+            if max(self.batches[0], self.batches[self.count]) >= self.max_batches:
+                if good.value == bad.value:
+                    return None
+                raise Inconclusive(self.count, f"the ends ({good.describe()} and {bad.describe()})",
+                                   "their failure rates do not separate")
+            good, bad = self.more(0), self.more(self.count)
+        lo, hi = 0, self.count
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            side = self.side(mid)
+            if side == "good":
+                lo = mid
+            else:
+                hi = mid
+        return lo, hi
+
+    def side(self, i: int) -> str:
+        good, bad = self.rates[0], self.rates[self.count]
+        while True:
+            r = self.rate(i)
+            near_good, near_bad = not separated(r, good), not separated(r, bad)
+            if near_good != near_bad:
+                return "good" if near_good else "bad"
+            if self.batches[i] >= self.max_batches:
+                raise Inconclusive(i, str(i), f"{r.describe()} cannot be told from either end "
+                                              f"({good.describe()}; {bad.describe()})")
+            self.more(i)
+
+
 def series_candidates(base: str, series_spec: str, configs: tuple[str, ...]) -> tuple[list[build.BuildRequest], list[str]]:
     resolve_source(base)  # a base that does not exist is a usage error before anything is built
     series = load_series(series_spec)
@@ -103,7 +163,7 @@ def commit_candidates(tree: str, good: str, bad: str, configs: tuple[str, ...]) 
 
 def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
                describe: dict, build_kernel: Callable[[build.BuildRequest], Any] = build.build,
-               run_scenario: Callable[..., framework.Outcome] = framework.run) -> tuple[RunDir, dict]:
+               run_scenario: Callable[..., framework.Outcome] = framework.run, max_batches: int = 4) -> tuple[RunDir, dict]:
     """build_kernel and run_scenario are the lab's own; tests of the search logic pass others."""
     run_dir = RunDir.create("bisect", scenario)
     run_dir.update(scenario=scenario, options=describe)
@@ -111,7 +171,7 @@ def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.Bui
     summary: dict = {"scenario": scenario, **describe, "candidates": labels, "steps": [], "result": None}
 
     def save() -> None:
-        summary["steps"] = [vars(steps[i]) for i in sorted(steps)]
+        summary["steps"] = [dict(vars(steps[i])) for i in sorted(steps)]
         run_dir.write("bisect.json", json.dumps(summary, indent=2))
         run_dir.write("summary.txt", report(summary) + "\n")
 
@@ -121,7 +181,36 @@ def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.Bui
         step.signature = outcome.signature()
         step.runs.append(str(outcome.run_dir.path))
         step.run_dir = str(outcome.run_dir.path)
+        for section in outcome.results.get("subruns", {}).values():
+            rate = section.get("rate") or ({"failed": int(section["verdict"] == "FAIL"), "runs": 1}
+                                          if section["verdict"] in DECIDING else {"failed": 0, "runs": 0})
+            step.failed += rate["failed"]
+            step.repetitions += rate["runs"]
         return step.signature
+
+    def build_step(i: int) -> str | None:
+        """The step's kernel ref, or None when it does not build (BUILD-ERROR)."""
+        step = steps.setdefault(i, Step(i, labels[i]))
+        if step.kernel or step.signature == "BUILD-ERROR":
+            return step.kernel or None
+        info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
+        try:
+            step.kernel = build_kernel(requests[i]).ref
+            return step.kernel
+        except LabError as exc:
+            step.signature = "BUILD-ERROR"
+            step.error = str(exc).splitlines()[0]
+            save()
+            raise Inconclusive(i, labels[i], f"BUILD-ERROR ({step.error}): a flaky reproducer needs a kernel") from None
+
+    def measure(i: int) -> Rate:
+        ref = build_step(i)
+        assert ref is not None
+        run_once(i, ref)
+        step = steps[i]
+        info(f"bisect: {labels[i]}: {step.rate.describe()}")
+        save()
+        return step.rate
 
     def evaluate(i: int) -> str:
         step = steps.setdefault(i, Step(i, labels[i]))
@@ -146,12 +235,18 @@ def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.Bui
             raise Inconclusive(i, labels[i], signature)
         return signature
 
+    flaky = options.repeat > 1
+    summary["mode"] = f"failure rates, {options.repeat} repetitions a batch, at most {max_batches} batches a step" if flaky else "verdicts"
     status = "interrupted"
     try:
         try:
-            found = Search(len(labels) - 1, evaluate).run()
+            if flaky:
+                found = RateSearch(len(labels) - 1, measure, max_batches=max_batches).run()
+            else:
+                found = Search(len(labels) - 1, evaluate).run()
         except Inconclusive as exc:
-            summary["result"] = {"changed": None, "inconclusive": {"index": exc.index, "label": exc.label,
+            label = labels[exc.index] if exc.label == str(exc.index) else exc.label
+            summary["result"] = {"changed": None, "inconclusive": {"index": exc.index, "label": label,
                                                                    "signature": exc.signature}}
             status = "done"
         else:
@@ -177,14 +272,16 @@ def report(summary: dict) -> str:
     lines = [f"bisect of {summary['scenario']} over {len(summary['candidates']) - 1} step(s):"]
     for s in summary["steps"]:
         extra = f"  ({s['error']})" if s.get("error") else ""
-        lines.append(f"  {s['label'][:60]:60} {s['signature']}{extra}")
+        rate = f"  {Rate(s['failed'], s['repetitions']).describe()}" if s.get("repetitions", 0) > 1 else ""
+        lines.append(f"  {s['label'][:60]:60} {s['signature']}{rate}{extra}")
     result = summary.get("result")
     if result is None:
         lines.append("unfinished")
     elif result.get("inconclusive"):
         inc = result["inconclusive"]
-        lines.append(f"inconclusive at {inc['label']}: {inc['signature']} (only PASS, FAIL and BUILD-ERROR decide; "
-                     f"an ERROR was run twice)")
+        why = ("failure rates that do not separate, after every repetition allowed" if summary.get("mode", "").startswith("failure")
+               else "only PASS, FAIL and BUILD-ERROR decide; an ERROR was run twice")
+        lines.append(f"inconclusive at {inc['label']}: {inc['signature']} ({why})")
     elif not result["changed"]:
         lines.append(f"the verdict does not change: {result['verdict']} on the base and with every patch")
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -60,36 +61,99 @@ def create(run: Path, output: Path | None = None) -> Path:
         image = image or next(iter((sub.get("images") or {}).values()), None)
     verdicts = {label: {"_run": s["verdict"], **{name: c["verdict"] for name, c in s["cases"].items()}}
                 for label, s in results["subruns"].items()}
+    rates = {label: s["rate"] for label, s in results["subruns"].items() if s.get("rate")}
     meta = {
         "format": FORMAT, "run": run.name, "scenario": results["scenario"], "lab": m.get("lab"), "host": m.get("host"),
-        "options": results["options"], "kernels": kernels, "image": image, "verdicts": verdicts,
+        "options": results["options"], "kernels": kernels, "image": image, "verdicts": verdicts, "rates": rates,
         "topology": {"template": template_name, "params": params},
     }
+    carried = _carried_files(results)
+    meta["files"] = {option: [name for name, _, _ in entries] for option, entries in carried.items()}
+    modes = {name: mode for entries in carried.values() for name, _, mode in entries}
     output = output or run / f"{run.name}.bundle.tar.gz"
     files = {"bundle.json": json.dumps(meta, indent=2).encode(),
              "summary.txt": (run / "summary.txt").read_bytes() if (run / "summary.txt").exists() else b"",
              **_scenario_sources(results["scenario"])}
     if template_text is not None and template_name:
         files[f"topology/{template_name}"] = template_text.encode()
+    for entries in carried.values():
+        for name, data, _ in entries:
+            files[name] = data
+    if results.get("scenario_file"):
+        source = Path(results["scenario_file"])
+        if not source.is_file():
+            raise UsageError(f"{run.name} ran the scenario file {source}, which is gone: cannot bundle it")
+        files[f"scenario-file/{source.name}"] = source.read_bytes()
+        meta["scenario_file"] = source.name
+        files["bundle.json"] = json.dumps(meta, indent=2).encode()
     try:
         with tarfile.open(output, "w:gz") as tar:
             for name, data in files.items():
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
-                info.mode = 0o644
+                info.mode = modes.get(name, 0o644)
                 tar.addfile(info, io.BytesIO(data))
     except OSError as exc:
         raise UsageError(f"cannot write the bundle {output}: {exc.strerror}") from None
     return output
 
 
+def _carried_files(results: dict[str, Any]) -> dict[str, list[tuple[str, bytes, int]]]:
+    """Host files a run's options named (repro's --put, --fio): carried in the bundle as data, so a
+    replay elsewhere has them. Directories are carried file by file."""
+    from lab.scenarios import framework
+
+    cls = framework.scenarios().get(results["scenario"])
+    out: dict[str, list[tuple[str, bytes, int]]] = {}
+    for option in getattr(cls, "file_options", ()):
+        value = results["options"].get(option)
+        paths = value if isinstance(value, list) else [value] if value else []
+        for n, spec in enumerate(paths):
+            path = Path(spec).expanduser()
+            if not path.exists():
+                raise UsageError(f"{option} {spec}: gone since the run; cannot bundle it")
+            items = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for item in items:
+                rel = item.name if path.is_file() else f"{path.name}/{item.relative_to(path)}"
+                mode = 0o755 if os.access(item, os.X_OK) else 0o644
+                out.setdefault(option, []).append((f"files/{option}/{n}/{rel}", item.read_bytes(), mode))
+    return out
+
+
+def _restore_files(meta: dict[str, Any], files: dict[str, bytes], modes: dict[str, int], data: dict[str, Any],
+                   directory: Path) -> None:
+    """Write the carried files under `directory` and point the options at them."""
+    for option, names in (meta.get("files") or {}).items():
+        roots: dict[str, Path] = {}
+        for name in names:
+            if name not in files or ".." in Path(name).parts:
+                raise UsageError(f"bundle lists {name!r} but does not hold it")
+            _, _, n, rel = name.split("/", 3)
+            target = directory / option / n / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(files[name])
+            target.chmod(0o755 if modes.get(name, 0) & 0o100 else 0o644)  # executable or not, nothing else
+            roots[n] = directory / option / n / Path(rel).parts[0]
+        value = data.get(option)
+        if isinstance(value, list):
+            data[option] = [str(roots[str(i)]) for i in range(len(value)) if str(i) in roots]
+        elif value:
+            data[option] = str(roots["0"])
+
+
 def load(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    meta, files, _ = load_with_modes(bundle)
+    return meta, files
+
+
+def load_with_modes(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes], dict[str, int]]:
     """The bundle's metadata and files, read into memory (nothing is extracted to disk)."""
     if not bundle.is_file():
         raise UsageError(f"{bundle}: no such bundle")
     if bundle.stat().st_size > MAX_BUNDLE_BYTES:
         raise UsageError(f"{bundle}: {bundle.stat().st_size} bytes is too large for a lab bundle")
     files: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
     try:
         with tarfile.open(bundle, "r:gz") as tar:
             for member in tar.getmembers():
@@ -100,6 +164,7 @@ def load(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
                 handle = tar.extractfile(member)
                 if handle is not None:
                     files[member.name] = handle.read()
+                    modes[member.name] = member.mode
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # gzip's BadGzipFile is an OSError
         raise UsageError(f"{bundle}: not a lab bundle ({exc.__class__.__name__}: {exc})") from None
     if "bundle.json" not in files:
@@ -114,7 +179,7 @@ def load(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     for key, kind in (("scenario", str), ("options", dict), ("kernels", list), ("verdicts", dict)):
         if not isinstance(meta.get(key), kind):
             raise UsageError(f"{bundle}: bundle.json has no valid {key!r}")
-    return meta, files
+    return meta, files, modes
 
 
 @dataclass
@@ -126,6 +191,7 @@ class ReplayPlan:
     options: Any  # its validated options
     kernel_actions: dict[str, str] = field(default_factory=dict)  # ref -> what resolving it does on this host
     notes: list[str] = field(default_factory=list)
+    replaced_kernels: bool = False
 
 
 def kernel_action(ref: str) -> tuple[str, bool]:
@@ -150,25 +216,34 @@ def plan_replay(bundle: Path, allow_build: bool = False, kernels: list[str] | No
     from lab.scenarios.options import validate
     from lab.topology.render import check_params
 
-    meta, files = load(bundle)
+    meta, files, modes = load_with_modes(bundle)
+    directory = Path(tempfile.mkdtemp(prefix="lab-replay-"))
+    if meta.get("scenario_file"):
+        # A scenario written as a Python file is code that runs on this host: only with consent.
+        name = Path(str(meta["scenario_file"])).name
+        if not allow_build:
+            raise UsageError(f"{bundle}: replaying runs the bundle's Python scenario file {name} on this host; "
+                             f"read it (tar -xOf {bundle} scenario-file/{name}) and pass --allow-build")
+        (directory / name).write_bytes(files[f"scenario-file/{name}"])
+        framework.load_file(directory / name)
     cls = framework.get(meta["scenario"])
     data = dict(meta["options"])
     if kernels:
         data["kernels"] = kernels
+    _restore_files(meta, files, modes, data, directory)
     template = meta.get("topology", {}).get("template")
     notes: list[str] = []
     if template:
         name = Path(str(template)).name
         if f"topology/{name}" not in files or not name.endswith(".yaml.j2"):
             raise UsageError(f"{bundle}: bundle.json names template {name!r} but holds no such file")
-        directory = Path(tempfile.mkdtemp(prefix="lab-replay-"))
         (directory / name).write_bytes(files[f"topology/{name}"])
         data["topology"] = str(directory / name)
     if isinstance(data.get("params"), dict):
         check_params(data["params"])
     options = validate(cls.Options, data)
     cls(options).plan()  # renders the bundle's template in the sandbox and checks every option against it
-    plan = ReplayPlan(bundle, meta, files, cls, options, notes=notes)
+    plan = ReplayPlan(bundle, meta, files, cls, options, notes=notes, replaced_kernels=bool(kernels))
     refused = []
     for ref in cls(options).kernels:
         action, builds = kernel_action(ref)
@@ -229,6 +304,14 @@ def replay(plan: ReplayPlan) -> tuple[bool, list[str], Path]:
             notes.append(f"warning: {k['ref']} is now {kernel.release} ({kernel.sha256[:12]}), the bundle had "
                          f"{k.get('release')} ({k['sha256'][:12]})")
     outcome = framework.run(plan.scenario, plan.options)
+    recorded_rates = plan.meta.get("rates") or {}
+    for label, rate in recorded_rates.items():
+        notes.append(f"bundle  {label}: {_rate_text(rate)}")
+    for label, section in outcome.results["subruns"].items():
+        notes.append(f"now     {label}: {section['verdict']} {_rate_text(section.get('rate'))}".rstrip())
+    if plan.replaced_kernels:
+        # Other kernels than the bundle's: nothing to match label by label, the rates side by side say it.
+        return all(s["verdict"] != "ERROR" for s in outcome.results["subruns"].values()), notes, outcome.run_dir.path
     matched = True
     for label, cases in plan.meta["verdicts"].items():
         now = outcome.results["subruns"].get(label)
@@ -243,3 +326,8 @@ def replay(plan: ReplayPlan) -> tuple[bool, list[str], Path]:
                 notes.append(f"{label} {name if name != '_run' else '(sub-run)'}: bundle {verdict}, now {got}")
     return matched, notes, outcome.run_dir.path
 
+
+def _rate_text(rate: dict[str, Any] | None) -> str:
+    from lab.stats import Rate
+
+    return Rate(int(rate["failed"]), int(rate["runs"])).describe() if isinstance(rate, dict) and "failed" in rate else ""

@@ -295,13 +295,35 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     guest = Guest(name, machine["ssh_port"], Path(state["key_file"]))
     remote = [a for a in args.remote if a != "--"] if args.remote else []
     if remote:
-        res = guest.run(" ".join(remote), timeout=args.timeout)
-        sys.stdout.write(res.stdout)
-        sys.stderr.write(res.stderr)
-        return res.exit_code
+        # Piped or redirected input goes to the command (lab ssh vm -- 'cat > x' < x); a terminal does not.
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+        try:
+            return guest.stream(" ".join(remote), stdin, sys.stdout.buffer, sys.stderr.buffer, timeout=args.timeout)
+        finally:
+            guest.close()
     argv = guest.ssh_argv()
     os.execvp(argv[0], argv)
     return 0  # not reached
+
+
+def _guests(state: dict) -> dict:
+    from lab.ssh import Guest
+
+    return {name: Guest(name, m["ssh_port"], Path(state["key_file"])) for name, m in state["machines"].items()
+            if isinstance(m.get("ssh_port"), int)}
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from lab.transfer import copy
+
+    _, state = _live_state(args.lab)
+    guests = _guests(state)
+    try:
+        print(copy(guests, args.src, args.dst))
+    finally:
+        for g in guests.values():
+            g.close()
+    return 0
 
 
 def qmp_call(socket_path: str, command: str, arguments: dict, timeout: float = 10.0) -> dict:
@@ -427,11 +449,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_repro(args: argparse.Namespace) -> int:
+    words = [w for w in args.reproducer if w != "--"] if args.reproducer else []
+    if words:
+        if args.command:
+            raise UsageError("give the command either after -- or with --command, not both")
+        args.command = " ".join(words)
+    return cmd_run(args)
+
+
 def cmd_bisect(args: argparse.Namespace) -> int:
     from lab.bisect import commit_candidates, report, run_bisect, series_candidates
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
 
+    if not 1 <= args.max_batches <= 100:
+        raise UsageError("--max-batches must be between 1 and 100")
     if bool(args.series) == bool(args.good or args.bad):
         raise UsageError("bisect needs either --series S (patch by patch) or --good REF --bad REF (commits of a git --base)")
     if not args.series and not (args.good and args.bad):
@@ -455,7 +488,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     framework.get(args.scenario)(options.model_copy(update={"kernels": ["debian:7.3"]})).plan()
     ensure_host()
     reap_stale_runtimes()
-    run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe)
+    run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe, max_batches=args.max_batches)
     print(report(summary))
     print(f"results: {run_dir.path}")
     result = summary["result"] or {}
@@ -514,7 +547,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from lab import bundle
     from lab.host import ensure_host
 
-    plan = bundle.plan_replay(Path(args.bundle), allow_build=args.allow_build)
+    plan = bundle.plan_replay(Path(args.bundle), allow_build=args.allow_build, kernels=args.kernel)
     print(bundle.describe(plan))
     if args.dry_run:
         return 0
@@ -522,7 +555,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     matched, notes, run_dir = bundle.replay(plan)
     for note in notes:
         print(note)
-    print(f"{'verdicts match the bundle' if matched else 'verdicts DIFFER from the bundle'}; results: {run_dir}")
+    what = ("ran on other kernels" if plan.replaced_kernels else
+            "verdicts match the bundle" if matched else "verdicts DIFFER from the bundle")
+    print(f"{what}; results: {run_dir}")
     return 0 if matched else 1
 
 
@@ -628,8 +663,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ssh", parents=[lab_sel], help="a shell (or one command) on a machine of a running lab")
     p.add_argument("machine", nargs="?")
     p.add_argument("remote", nargs="*", help="command to run instead of a shell (put it after --)")
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--timeout", type=float, default=600, help="seconds for a command (default: 600)")
     p.set_defaults(func=cmd_ssh)
+
+    p = sub.add_parser("cp", parents=[lab_sel], help="copy files or directories into or out of a running lab's machines",
+                       description="lab cp FILE|DIR vm:/path, or lab cp vm:/path FILE|DIR; into a directory when the "
+                                   "target is one, like cp -r")
+    p.add_argument("src", help="[MACHINE:]PATH")
+    p.add_argument("dst", help="[MACHINE:]PATH")
+    p.set_defaults(func=cmd_cp)
 
     p = sub.add_parser("qmp", parents=[lab_sel], help="send a QMP command to a machine of a running lab")
     p.add_argument("machine")
@@ -649,16 +691,33 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stable-pages":
             stable_pages_parser = p
 
+    from lab.scenarios.repro import ReproOptions
+
+    p = sub.add_parser("repro", help="run any reproducer (a command or a fio job) on a topology per kernel, repeated; "
+                                     "failure rates side by side",
+                       description="lab repro [--topology T -p K=V] --kernel K [--kernel K2] [--put FILE] [--fio JOB] "
+                                   "[--repeat N | --until-fail [--max-time T]] [--reboot-each] [--expect-fail] -- COMMAND")
+    add_arguments(p, ReproOptions)
+    p.add_argument("--expect-fail", dest="expect", action="store_const", const="fail",
+                   help="the reproducer should fail on these kernels (same as --expect fail)")
+    p.add_argument("--expect-pass", dest="expect", action="store_const", const="pass", help="same as --expect pass")
+    p.add_argument("reproducer", nargs=argparse.REMAINDER, help="-- COMMAND: run in the guest with bash, in /root/repro")
+    p.set_defaults(func=cmd_repro, scenario="repro")
+
     p = sub.add_parser("bisect", help="the first patch of a series (or commit between two refs) where a scenario's verdict changes",
                        description="Builds the base and base + each prefix of the series (incrementally, cached) and runs the "
                                    "scenario on each, binary search. Scenario options go after --, e.g. "
-                                   "lab bisect --base linux-source-7.3 --series fix.mbox --scenario stable-pages -- --direction write")
+                                   "lab bisect --base linux-source-7.3 --series fix.mbox --scenario stable-pages -- --direction write. "
+                                   "With the scenario's --repeat N, steps are compared by failure rate (95 %% intervals).")
     p.add_argument("--base", required=True, metavar="SOURCE", help="linux-source-X.Y, a tarball, a tree, or a git tree (with --good/--bad)")
     p.add_argument("--series", metavar="FILE|DIR|MSGID")
     p.add_argument("--good", metavar="REF", help="with a git --base: a commit where the verdict is the old one")
     p.add_argument("--bad", metavar="REF", help="with a git --base: a later commit where it changed")
     p.add_argument("--config", action="append", metavar="FRAGMENT", help="extra config fragment, repeatable")
     p.add_argument("--scenario", required=True, choices=sorted(framework.scenarios()))
+    p.add_argument("--max-batches", type=_whole_number, default=4,
+                   help="with the scenario's --repeat N: run a step at most this many times N when its failure rate "
+                        "cannot be told from either end's (default: 4)")
     p.add_argument("scenario_args", nargs=argparse.REMAINDER, help="options of 'lab run SCENARIO' (after --)")
     p.set_defaults(func=cmd_bisect)
 
@@ -686,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-build", action="store_true",
                    help="let the bundle's kernel references build kernels from source or clone trees from URLs")
     p.add_argument("--dry-run", action="store_true", help="only show what would run")
+    p.add_argument("--kernel", action="append", metavar="REF", help="run it on these kernels instead of the bundle's "
+                   "(repeatable); the failure rates are printed side by side")
     p.set_defaults(func=cmd_replay)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
@@ -734,6 +795,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lab ... | head` ends quietly
     try:
         settings()  # every LAB_* variable is checked once, before anything else
+        if argv[:1] == ["run"] and len(argv) > 1 and argv[1].endswith(".py"):
+            # lab run ./my_scenario.py: the file's scenario joins the registry under its own name.
+            from lab.scenarios.framework import load_file
+
+            argv[1] = load_file(Path(argv[1]))
         args = build_parser().parse_args(argv)
         return args.func(args)
     except LabError as exc:

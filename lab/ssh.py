@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import select
 import shlex
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import paramiko
 from fabric import Config, Connection
@@ -116,6 +119,49 @@ class Guest:
             raise GuestCommandError(f"{self.name}: '{command[:120]}' exited {result.exit_code}: {' | '.join(detail)}")
         return result
 
+    def stream(self, command: str | Sequence[object], stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
+               timeout: float | None = None) -> int:
+        """Run a command with byte streams attached: `stdin` is copied until its end (then the
+        remote side sees EOF), output is copied as it comes. Returns the exit status. Ctrl-C closes
+        the channel at once."""
+        if not isinstance(command, str):
+            command = shell_join(command)
+        try:
+            transport = self._connection().client.get_transport()
+            assert transport is not None
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise GuestCommandError(f"{self.name}: SSH failed ({exc.__class__.__name__}: {exc}) running: {command[:120]}") from None
+
+        def feed() -> None:
+            try:
+                while stdin is not None and (data := stdin.read(1 << 16)):
+                    chan.sendall(data)
+            except (OSError, paramiko.SSHException):
+                return
+            chan.shutdown_write()
+
+        threading.Thread(target=feed, daemon=True).start()
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            while True:
+                select.select([chan], [], [], 0.5)
+                while chan.recv_ready():
+                    stdout.write(chan.recv(1 << 16))
+                while chan.recv_stderr_ready():
+                    stderr.write(chan.recv_stderr(1 << 16))
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if deadline and time.monotonic() > deadline:
+                    raise GuestCommandError(f"{self.name}: command timed out after {timeout:.0f} s: {command[:120]}")
+            stdout.flush()
+            stderr.flush()
+            return chan.recv_exit_status()
+        finally:
+            chan.close()
+
     def put(self, local: Path, remote: str) -> None:
         try:
             self._connection().put(str(local), remote)
@@ -123,6 +169,7 @@ class Guest:
             raise GuestCommandError(f"{self.name}: copying {local} to {remote} failed: {exc}") from None
 
     def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._connection().get(remote, str(local))
         except (OSError, paramiko.SSHException) as exc:

@@ -36,7 +36,8 @@ from lab.progress import info
 from lab.rundir import RunDir
 from lab.scenarios.expect import ERROR, INFO, NOT_APPLICABLE, PASS, expectation_for, outcome, outcome_ok
 from lab.scenarios.options import ScenarioOptions
-from lab.scenarios.verdict import ProgramResult, aggregate, parse_program_output
+from lab.scenarios.verdict import FAIL, ProgramResult, aggregate, parse_program_output
+from lab.stats import Rate
 from lab.ssh import Guest
 from lab.topology.render import Rendered, render
 
@@ -81,6 +82,8 @@ class Scenario:
     machines: ClassVar[tuple[str, ...]] = ()  # machine names exercise() drives; the topology must have them
     default_kernels: ClassVar[tuple[str, ...]] = ("debian:7.3",)
     expect_file: ClassVar[Path | None] = None
+    source_file: ClassVar[Path | None] = None  # set for a scenario loaded from a file (lab run ./mine.py)
+    file_options: ClassVar[tuple[str, ...]] = ()  # options naming host files a bundle must carry (repro's --put)
 
     def __init__(self, options: ScenarioOptions) -> None:
         self.options = options
@@ -102,8 +105,16 @@ class Scenario:
     def prepare(self) -> None:
         """Host-side work before the first boot (build a guest program, fetch a tree)."""
 
+    def setup(self, ctx: "Context") -> None:
+        """Once per boot, before the first repetition: put programs in place, start servers."""
+
     def exercise(self, ctx: "Context") -> None:
+        """One repetition of the scenario's cases (ctx.repetition counts from 1)."""
         raise NotImplementedError
+
+    def more(self, ctx: "Context", started: float) -> bool:
+        """Whether to run another repetition; by default --repeat of them."""
+        return ctx.repetition < self.options.repeat
 
     def table(self, results: dict[str, Any]) -> str:
         """The scenario's table; the default lists each sub-run's cases."""
@@ -136,7 +147,7 @@ class Scenario:
 # -- registry -------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Scenario]] = {}
 _LOADED = False
-BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests")
+BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "repro")
 
 
 def register(cls: type[Scenario]) -> type[Scenario]:
@@ -168,6 +179,32 @@ def scenarios() -> dict[str, type[Scenario]]:
     return dict(_REGISTRY)
 
 
+def load_file(path: Path) -> str:
+    """A Python file with one Scenario subclass (lab run ./my_scenario.py): imported and registered;
+    returns the scenario's name."""
+    import importlib.util
+
+    if not path.is_file():
+        raise UsageError(f"{path}: no such scenario file")
+    module_name = f"lab_user_scenario_{safe_label(path.stem, 40).replace('-', '_').replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file: its error, in one line
+        raise UsageError(f"{path}: importing it raised {exc.__class__.__name__}: {exc}") from None
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, Scenario) and obj.__module__ == module_name and hasattr(obj, "name")]
+    if len(found) != 1:
+        raise UsageError(f"{path}: defines {len(found)} Scenario subclasses with a name; lab run takes a file with one")
+    cls = found[0]
+    cls.source_file = path.resolve()
+    register(cls)
+    return cls.name
+
+
 def get(name: str) -> type[Scenario]:
     found = scenarios()
     if name not in found:
@@ -185,6 +222,11 @@ class Context:
     lab: Lab
     sub: RunDir
     section: dict[str, Any]
+    repetition: int = 1
+    resolved: dict[str, Kernel] = field(default_factory=dict)
+    boots: int = 1
+    failed_repetitions: set[int] = field(default_factory=set)
+    counted_repetitions: set[int] = field(default_factory=set)
 
     @property
     def topology(self):
@@ -206,19 +248,43 @@ class Context:
         info(f"{self.variant.label}: {message}")
 
     def case(self, name: str, verdict: str, reason: str, *, facets: dict[str, Any] | None = None,
-             machine: str | None = None, **data: Any) -> dict[str, Any]:
-        """Record one case. Its expectation comes from the scenario's expect.toml (by facets and
-        the kernel's version); without a rule, PASS is expected."""
+             machine: str | None = None, expected: str | None = None, **data: Any) -> dict[str, Any]:
+        """Record one case. Its expectation is `expected`, else the scenario's expect.toml rule for
+        its facets and the kernel's version, else PASS. Over several repetitions the case keeps a
+        tally, its first failure and its failure rate."""
         facets = {**self.variant.facets, **(facets or {})}
-        expected = None
-        if self.scenario.expect_file is not None:
-            expected = expectation_for(self.scenario.expect_file, facets, self.release(machine))
-        entry = {"verdict": verdict, "reason": reason, "expected": expected.verdict if expected else None,
-                 "expected_why": expected.why if expected else None,
-                 "outcome": outcome(verdict, expected.verdict if expected else None), "facets": facets, **data}
+        why = None
+        if expected is None and self.scenario.expect_file is not None:
+            rule = expectation_for(self.scenario.expect_file, facets, self.release(machine))
+            expected, why = (rule.verdict, rule.why) if rule else (None, None)
+        entry = {"verdict": verdict, "reason": reason, "expected": expected, "expected_why": why, "facets": facets, **data}
+        if verdict in (PASS, FAIL):
+            self.counted_repetitions.add(self.repetition)
+        if verdict == FAIL:
+            self.failed_repetitions.add(self.repetition)
+        previous = self.section["cases"].get(name)
+        if self.scenario.options.repeat > 1 or previous is not None:
+            entry = merge_repetition(previous, entry, self.repetition)
+        entry["outcome"] = outcome(entry["verdict"], expected)
         self.section["cases"][name] = entry
-        self.note(f"{name}: {verdict}: {reason}")
+        self.note(f"{name}: {verdict}: {reason}" + (f" (repetition {self.repetition})" if self.repetition > 1 else ""))
         return entry
+
+    def path(self, relative: str) -> str:
+        """Where a repetition keeps a file of its own in the sub-run directory."""
+        return f"rep{self.repetition}/{relative}" if self.scenario.options.repeat > 1 or self.repetition > 1 else relative
+
+    def reboot(self) -> None:
+        """Boot the sub-run's topology again from fresh overlays (a repetition across boots)."""
+        old = self.lab
+        old.stop()
+        self.boots += 1
+        new = Lab(old.rendered, kernel_ref=old.kernel_ref, accel=old.accel, run=self.sub.child(f"boot{self.boots}"),
+                  resolved=self.resolved)
+        self.lab = new
+        new.start()
+        self.section["boot"].setdefault("reboots", []).append({"boot": self.boots, "seconds": dict(new.boot_seconds),
+                                                             "retries": list(new.boot_retries)})
 
     def run_program(self, argv: Sequence[object], *, machine: str | None = None, timeout: float = 600,
                     save_as: str | None = None, required: Sequence[str] = ("ops", "ok", "short", "errno"),
@@ -319,6 +385,33 @@ class Context:
         return out
 
 
+def merge_repetition(previous: dict[str, Any] | None, entry: dict[str, Any], repetition: int) -> dict[str, Any]:
+    """One case over repetitions: FAIL when any repetition failed, PASS when some passed and none
+    failed, else the latest verdict (ERROR, N/A); the tally, the rate and the first failure kept."""
+    tally = dict((previous or {}).get("repetitions") or {"runs": 0, "passed": 0, "failed": 0, "other": 0})
+    tally["runs"] += 1
+    key = {PASS: "passed", FAIL: "failed"}.get(entry["verdict"], "other")
+    tally[key] += 1
+    merged = dict(entry)
+    merged["repetitions"] = tally
+    first_failure = (previous or {}).get("first_failure")
+    if first_failure is None and entry["verdict"] == FAIL:
+        first_failure = {"repetition": repetition, "reason": entry["reason"],
+                         **{k: v for k, v in entry.items() if k not in ("verdict", "reason", "repetitions", "first_failure")}}
+    merged["first_failure"] = first_failure
+    counted = tally["passed"] + tally["failed"]
+    rate = Rate(tally["failed"], counted)
+    if counted:
+        merged["rate"] = rate.to_dict()
+    if tally["failed"] and first_failure is not None:
+        merged["verdict"] = FAIL
+        merged["reason"] = f"{rate.describe()}; first (repetition {first_failure['repetition']}): {first_failure['reason']}"
+    elif tally["passed"]:
+        merged["verdict"] = PASS
+        merged["reason"] = f"passed {tally['passed']} of {tally['runs']} repetitions; last: {entry['reason']}"
+    return merged
+
+
 # -- running ----------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -377,6 +470,8 @@ def run(name: str | type[Scenario], options: ScenarioOptions) -> Outcome:
     run_dir = RunDir.create(cls.name, variants[0].topology)
     run_dir.update(scenario=cls.name, options=options.to_dict())
     results: dict[str, Any] = {"scenario": cls.name, "options": options.to_dict(), "subruns": {}}
+    if cls.source_file is not None:
+        results["scenario_file"] = str(cls.source_file)
     status = "interrupted"
     with to_file(run_dir.path / "lab.log"):
         try:
@@ -399,15 +494,29 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
     status = "interrupted"
     lab: Lab | None = None
     assert v.rendered is not None
+    ctx: Context | None = None
     try:
         lab = Lab(v.rendered, kernel_ref=v.kernel, accel=scenario.options.accel, run=sub, resolved=resolved)
-        with lab:
+        ctx = Context(scenario, v, lab, sub, section, resolved=resolved)
+        try:
+            lab.start()
             first = next(iter(lab.machines))
             section["release"] = lab.kernels[first].release
             section["boot"] = {"seconds": dict(lab.boot_seconds), "retries": list(lab.boot_retries)}
-            scenario.exercise(Context(scenario, v, lab, sub, section))
+            scenario.setup(ctx)
+            started_at = time.monotonic()
+            while True:
+                scenario.exercise(ctx)
+                if not scenario.more(ctx, started_at):
+                    break
+                ctx.repetition += 1
+        finally:
+            ctx.lab.stop()
         verdict, reason = aggregate(section["cases"])
         section.update(verdict=verdict, reason=reason)
+        if scenario.options.repeat > 1 or ctx.repetition > 1:
+            rate = Rate(len(ctx.failed_repetitions), len(ctx.counted_repetitions))
+            section["rate"] = rate.to_dict() | {"repetitions": ctx.repetition}
         status = "done"
     except NotApplicable as exc:
         section.update(verdict=NOT_APPLICABLE, reason=str(exc))
@@ -433,6 +542,8 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
             section["boot"]["retries"] = list(lab.boot_retries)
             if lab.kernels and "release" not in section:
                 section["release"] = next(iter(lab.kernels.values())).release
+        if ctx is not None:
+            section["boot"]["boots"] = ctx.boots
         section["seconds"] = round(time.monotonic() - started, 1)
         section["outcome"] = section_outcome(section)
         sub.write("verdict.json", json.dumps(section, indent=2, default=str))
@@ -463,6 +574,9 @@ def verdict_line(label: str, section: dict[str, Any]) -> str:
     line = f"{label}: {section['verdict']}"
     if section.get("outcome") not in ("as expected",) or section["verdict"] != PASS:
         line += f" ({section.get('outcome')})"
+    rate = section.get("rate")
+    if rate:
+        line += f" {Rate(rate['failed'], rate['runs']).describe()} over {rate.get('repetitions', rate['runs'])} repetitions"
     line += f" - {section['reason']}"
     retries = section.get("boot", {}).get("retries") or []
     if retries:

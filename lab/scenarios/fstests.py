@@ -252,7 +252,7 @@ class NfsFstests(Scenario):
     def prepare(self) -> None:
         self.tree = fetch_tree(self.options.fstests)
 
-    def exercise(self, ctx: Context) -> None:
+    def setup(self, ctx: Context) -> None:
         server, client = ctx.guest("server"), ctx.guest("client")
         nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
         local = ctx.sub.path / "fstests.tar.gz"
@@ -262,6 +262,9 @@ class NfsFstests(Scenario):
         client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
                    timeout=600, check=True)
         ctx.section["transports"] = {}
+
+    def exercise(self, ctx: Context) -> None:
+        client = ctx.guest("client")
         for transport in self.options.transports:
             try:
                 self._transport(ctx, client, transport)
@@ -278,10 +281,10 @@ class NfsFstests(Scenario):
         script = check_script(GUEST_TREE, local_config(server, opts), tests, self.options.timeout)
         res = client.run(script, timeout=self.options.timeout + 300)
         output = res.stdout + res.stderr
-        ctx.sub.write(f"{transport}/check.out", output)
+        ctx.sub.write(ctx.path(f"{transport}/check.out"), output)
         client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
         try:
-            client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / transport / "results.tar.gz")
+            client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / ctx.path(f"{transport}/results.tar.gz"))
         except LabError:  # the results tree is a bonus; the console output is kept anyway
             pass
         client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)

@@ -75,16 +75,18 @@ class NfsDio(Scenario):
             raise UsageError(f"--only {self.options.only!r} matches none of the {len(case_names())} cases "
                              f"(names look like '{case_names()[0]}')")
 
+    def setup(self, ctx: Context) -> None:
+        self.started = time.monotonic()
+        nfs.setup_server(ctx.guest("server"), f"/dev/{ctx.namespace_device('server')}")
+        self.program = ctx.put_scenario_file("nfs/nfs_dio.py", "client")
+        self.checksum = ctx.put_scenario_file("nfs/checksum.py", "server")
+        ctx.section["setup_seconds"] = round(time.monotonic() - self.started, 1)
+
     def exercise(self, ctx: Context) -> None:
-        started = time.monotonic()
         server, client = ctx.guest("server"), ctx.guest("client")
-        nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}")
-        program = ctx.put_scenario_file("nfs/nfs_dio.py", "client")
-        checksum = ctx.put_scenario_file("nfs/checksum.py", "server")
-        ctx.section["setup_seconds"] = round(time.monotonic() - started, 1)
         for transport in self.options.transports:
             try:
-                self._transport(ctx, server, client, program, checksum, transport, started)
+                self._transport(ctx, server, client, self.program, self.checksum, transport, self.started)
             except LabError as exc:  # one transport that cannot be mounted does not hide the others
                 ctx.case(transport, ERROR, str(exc).splitlines()[0], facets={"transport": transport})
 
@@ -102,7 +104,7 @@ class NfsDio(Scenario):
         if self.options.inject_corruption:
             result, injected = self._run_with_corruption(ctx, server, client, argv + ["--stop-before-verify", "/tmp/lab-pause"], transport)
         else:
-            result = ctx.run_program(argv, machine="client", timeout=1800, save_as=f"{transport}/nfs_dio.out",
+            result = ctx.run_program(argv, machine="client", timeout=1800, save_as=ctx.path(f"{transport}/nfs_dio.out"),
                                      required=("cases", "mib_per_s"), count="cases")
         after = nfs.vmstat_pins(client)
         client.run(f"sync; umount {nfs.MOUNT}", timeout=120)
@@ -123,10 +125,10 @@ class NfsDio(Scenario):
                           transport: str) -> dict[str, str] | None:
         assert result.data is not None
         wanted = [{"name": c["name"], "pos": c["pos"], "length": c["length"]} for c in result.data["cases"] if "sha256" in c]
-        local = ctx.sub.write(f"{transport}/server-cases.json", json.dumps(wanted))
+        local = ctx.sub.write(ctx.path(f"{transport}/server-cases.json"), json.dumps(wanted))
         server.put(local, "/tmp/lab-cases.json")
         res = server.run(["python3", checksum, "--file", f"{nfs.EXPORT}/{DATA_FILE}", "--cases", "/tmp/lab-cases.json"], timeout=300)
-        ctx.sub.write(f"{transport}/server-checksums.out", res.stdout + res.stderr)
+        ctx.sub.write(ctx.path(f"{transport}/server-checksums.out"), res.stdout + res.stderr)
         try:
             return json.loads(res.stdout.strip().splitlines()[-1])["cases"]
         except (ValueError, IndexError, KeyError):
@@ -140,7 +142,7 @@ class NfsDio(Scenario):
 
         def client_run() -> None:
             try:
-                holder["res"] = ctx.run_program(argv, machine="client", timeout=1800, save_as=f"{transport}/nfs_dio.out",
+                holder["res"] = ctx.run_program(argv, machine="client", timeout=1800, save_as=ctx.path(f"{transport}/nfs_dio.out"),
                                                 required=("cases", "mib_per_s"), count="cases")
             except BaseException as exc:  # handed to the main thread below
                 holder["exc"] = exc

@@ -64,15 +64,17 @@ class NfsP2p(Scenario):
     machines = ("server", "client")
     options: NfsP2pOptions
 
-    def exercise(self, ctx: Context) -> None:
+    def setup(self, ctx: Context) -> None:
         p2pmem = ctx.require_p2pmem("client")
-        bdf = next(iter(p2pmem.values()))["bdf"]
-        server, client = ctx.guest("server"), ctx.guest("client")
-        nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}")
-        program = ctx.put_scenario_file("nfs/nfs_p2p.py", "client")
+        self.bdf = next(iter(p2pmem.values()))["bdf"]
+        nfs.setup_server(ctx.guest("server"), f"/dev/{ctx.namespace_device('server')}")
+        self.program = ctx.put_scenario_file("nfs/nfs_p2p.py", "client")
+
+    def exercise(self, ctx: Context) -> None:
+        client = ctx.guest("client")
         for transport in self.options.transports:
             try:
-                self._transport(ctx, client, program, bdf, transport)
+                self._transport(ctx, client, self.program, self.bdf, transport)
             except LabError as exc:
                 ctx.case(transport, ERROR, str(exc).splitlines()[0], facets={"transport": transport})
 
@@ -83,10 +85,10 @@ class NfsP2p(Scenario):
         client.run("dmesg -C", timeout=30)
         result = ctx.run_program(["python3", program, "--provider", bdf, "--file", f"{nfs.MOUNT}/p2p.dat",
                                   "--fault", self.options.fault],
-                                 machine="client", timeout=600, save_as=f"{transport}/nfs_p2p.out",
+                                 machine="client", timeout=600, save_as=ctx.path(f"{transport}/nfs_p2p.out"),
                                  required=("write", "read"), count=None)
         dmesg = ctx.dmesg("client")
-        ctx.sub.write(f"{transport}/dmesg", dmesg)
+        ctx.sub.write(ctx.path(f"{transport}/dmesg"), dmesg)
         client.run(["umount", nfs.MOUNT], timeout=120)
         if result.error or result.data is None:
             ctx.case(transport, ERROR, result.error or "no result", facets={"transport": transport})

@@ -87,6 +87,8 @@ class ScenarioOptions(BaseModel):
     params: dict[str, Any] = opt({}, "topology parameter KEY=VALUE, repeatable", flag="-p", metavar="KEY=VALUE")
     accel: Accel = opt("auto", "auto boots a KVM probe once and falls back to TCG; kvm or tcg force one "
                        "(default: $LAB_ACCEL or auto)")
+    repeat: int = opt(1, "run the cases N times in each boot and report the failure rate with its 95 % interval "
+                      "(default: 1)", metavar="N", ge=1, le=10000)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -107,6 +109,9 @@ def _is_bool(annotation: Any) -> bool:
 
 def _choices(annotation: Any) -> list[str] | None:
     inner = typing.get_args(annotation)[0] if _is_list(annotation) else annotation
+    args = [a for a in typing.get_args(inner) if a is not type(None)]
+    if typing.get_origin(inner) is not Literal and len(args) == 1:  # X | None
+        inner = args[0]
     while typing.get_origin(inner) is Annotated:
         inner = typing.get_args(inner)[0]
     if typing.get_origin(inner) is Literal:
@@ -122,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser, options: type[ScenarioOptions
                                 help="topology parameter (pi, pif, ms, lba, ns_size, ...), repeatable")
             continue
         extra = _extra(field)
-        help_text = argparse.SUPPRESS if extra.get("hidden") else extra.get("help") or ""
+        help_text = argparse.SUPPRESS if extra.get("hidden") else (extra.get("help") or "").replace("%", "%%")
         if _is_bool(field.annotation):
             if extra.get("negate"):
                 parser.add_argument(extra["negate"], dest=name, action="store_const", const=False, help=help_text)

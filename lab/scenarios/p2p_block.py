@@ -73,11 +73,11 @@ class P2pBlock(Scenario):
                                    {"placement": placement}))
         return out
 
-    def exercise(self, ctx: Context) -> None:
+    def setup(self, ctx: Context) -> None:
         ctx.require_p2pmem()
         guest = ctx.guest()
         preflight = ctx.put_scenario_file("p2p/preflight.py")
-        program = ctx.put_scenario_file("p2p/p2p_dio.py")
+        self.program = ctx.put_scenario_file("p2p/p2p_dio.py")
         try:
             facts = json.loads(guest.run(["python3", preflight], timeout=120, check=True).stdout)
         except ValueError as exc:
@@ -94,7 +94,11 @@ class P2pBlock(Scenario):
         if not providers or not others:
             raise ScenarioError(f"needs a controller with P2P memory and a second one with a namespace; the guest has: "
                                 f"{', '.join(sorted(ctrls)) or 'none'}")
-        provider, other = ctrls[providers[0]], ctrls[others[0]]
+        self.facts, self.provider, self.other = facts, ctrls[providers[0]], ctrls[others[0]]
+
+    def exercise(self, ctx: Context) -> None:
+        guest, facts, program = ctx.guest(), self.facts, self.program
+        provider, other = self.provider, self.other
         for label, client in (("same-device", provider), ("other-device", other)):
             reachable, why = predict(provider, client, facts["cpu"], facts.get("host_bridge"))
             ns = f"/dev/{client['namespaces'][0]}"
@@ -103,9 +107,9 @@ class P2pBlock(Scenario):
                                   "--size", self.options.size << 10, "--offset", 8 << 20, "--fault", self.options.fault]
             if label == "other-device" and other["p2pmem"]:
                 argv += ["--provider2", other["bdf"]]
-            result = ctx.run_program(argv, timeout=300, save_as=f"cases/{label}.out", required=("cases",), count="cases")
+            result = ctx.run_program(argv, timeout=300, save_as=ctx.path(f"cases/{label}.out"), required=("cases",), count="cases")
             dmesg = ctx.dmesg()
-            ctx.sub.write(f"cases/{label}.dmesg", dmesg)
+            ctx.sub.write(ctx.path(f"cases/{label}.dmesg"), dmesg)
             if result.error or result.data is None:
                 ctx.case(label, "ERROR", result.error or "no result")
                 continue

@@ -142,7 +142,7 @@ class StablePages(Scenario):
     def prepare(self) -> None:
         self.program = guestprog.build(PROGRAM)
 
-    def exercise(self, ctx: Context) -> None:
+    def setup(self, ctx: Context) -> None:
         pi = ctx.require_integrity()
         self.device = f"/dev/{pi['device']}"
         ctx.section["integrity"] = pi
@@ -150,6 +150,9 @@ class StablePages(Scenario):
         guest.put(self.program, GUEST_PROGRAM)
         guest.run(["chmod", "+x", GUEST_PROGRAM], check=True)
         ctx.sub.write("guest-identity.txt", guest.run("uname -a; cat /proc/cmdline", timeout=30).stdout)
+
+    def exercise(self, ctx: Context) -> None:
+        guest = ctx.guest()
         for target in self.options.targets:
             path = self._prepare_target(ctx, target)
             for direction in self.options.directions:
@@ -177,9 +180,9 @@ class StablePages(Scenario):
                               "--size", self.options.size << 20, "--mutate", int(mode == "mutate")]
         if mode == "mutate" and self.options.fault == "no-mutation":
             argv += ["--fault", "no-mutation"]
-        result = ctx.run_program(argv, timeout=seconds + 300, save_as=f"cases/{label}/{mode}.out")
+        result = ctx.run_program(argv, timeout=seconds + 300, save_as=ctx.path(f"cases/{label}/{mode}.out"))
         dmesg = ctx.dmesg()
-        ctx.sub.write(f"cases/{label}/{mode}.dmesg", dmesg)
+        ctx.sub.write(ctx.path(f"cases/{label}/{mode}.dmesg"), dmesg)
         messages = kmsg.parse(dmesg)
         ctx.note(f"{label} {mode}: {describe(result)}; kernel: {messages.integrity_lines} integrity lines "
                  f"(+{messages.suppressed_total} suppressed)")

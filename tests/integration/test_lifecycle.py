@@ -99,6 +99,26 @@ def test_up_ssh_qmp_down(tmp_path):
         assert json.loads(qmp.stdout)["return"]["status"] == "running"
         bad = run("qmp", "vm", "no-such-command")
         assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["class"] == "CommandNotFound"
+        # Files in and out, directories too, and stdin through ssh.
+        tree = tmp_path / "tree"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "a.txt").write_text("alpha\n")
+        (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 64)
+        assert run("cp", str(tree), "vm:/root").returncode == 0
+        listing = run("ssh", "vm", "--", "find /root/tree -type f | sort; md5sum /root/tree/sub/b.bin")
+        assert "/root/tree/a.txt\n/root/tree/sub/b.bin" in listing.stdout
+        piped = subprocess.run(_lab_cmd("ssh", "vm", "--", "cat > /root/piped && wc -c < /root/piped"), env=env,
+                               input="x" * 100000, capture_output=True, text=True, timeout=120)
+        assert piped.returncode == 0 and piped.stdout.strip() == "100000", piped.stderr
+        back = tmp_path / "back"
+        back.mkdir()
+        assert run("cp", "vm:/root/tree", str(back)).returncode == 0
+        assert (back / "tree" / "sub" / "b.bin").read_bytes() == (tree / "sub" / "b.bin").read_bytes()
+        assert run("cp", "vm:/root/piped", str(back / "piped")).returncode == 0
+        assert (back / "piped").read_text() == "x" * 100000
+        assert run("ssh", "vm", "--", "exit 7").returncode == 7
+        missing = run("cp", "vm:/no/such/file", str(back))
+        assert missing.returncode == 2 and "vm:/no/such/file: no such file or directory" in missing.stderr
     finally:
         down = run("down")
     assert down.returncode == 0, down.stderr

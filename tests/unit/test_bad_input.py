@@ -45,6 +45,8 @@ def d(tmp_path_factory) -> Path:
     (d / "list.yaml.j2").write_text("- just\n- a list\n")
     (d / "passwd.yaml.j2").write_text("{% include '/etc/passwd' %}\n")
     (d / "notakernel").write_text("hello\n")
+    (d / "raises.py").write_text("raise RuntimeError('broken on import')\n")
+    (d / "empty.py").write_text("x = 1\n")
     (d / "results").mkdir()
     for name, files in {"badmanifest": {"manifest.json": "{\"id\": \"x\", "},
                         "badresults": {"manifest.json": "{}", "results.json": "[1, 2"},
@@ -73,6 +75,16 @@ def d(tmp_path_factory) -> Path:
         info.size = 1
         tar.addfile(info, io.BytesIO(data))
     return d
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="lb-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 CASES: list[tuple[list[str], dict[str, str], str]] = [
@@ -199,6 +211,22 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["qmp", "vm", "bad command!"], {}, "not a command name"),
     (["ssh", "vm", "--lab", "no-such-lab-id"], {}, "no running lab"),
     (["down", "no-such-lab"], {}, "no running lab matching"),
+    # reproducers and files
+    (["repro", "--kernel", "debian:7.3"], {}, "give a command (after --) or --fio JOB"),
+    (["repro", "--put", "/nonexistent/file", "--", "true"], {}, "/nonexistent/file: no such file or directory"),
+    (["repro", "--max-time", "5", "--", "true"], {}, "--max-time goes with --until-fail"),
+    (["repro", "--machine", "nope", "--", "true"], {}, "--machine nope: topology nvme-pi has vm"),
+    (["repro", "--command", "x", "--", "y"], {}, "not both"),
+    (["repro", "--repeat", "0", "--", "true"], {}, "--repeat: Input should be greater than or equal to 1"),
+    (["repro", "--timeout", "nan", "--", "true"], {}, "--timeout"),
+    (["repro", "--fio", "/nonexistent.fio"], {}, "/nonexistent.fio: no such file or directory"),
+    (["run", "{d}/nonexistent.py"], {}, "no such scenario file"),
+    (["run", "{d}/raises.py"], {}, "importing it raised RuntimeError: broken on import"),
+    (["run", "{d}/empty.py"], {}, "defines 0 Scenario subclasses"),
+    (["cp", "a", "b"], {}, "no running lab"),
+    (["replay", "{d}/oldformat.tar.gz", "--kernel", ""], {}, "bundle format 1"),
+    (["bisect", "--base", "/tmp", "--series", "x", "--scenario", "stable-pages", "--max-batches", "0"], {},
+     "--max-batches must be between 1 and 100"),
     # kernel builds and bisect
     (["kernel", "build", "--source", "/tmp", "--patches", "-1"], {}, "--patches must be 0 or more"),
     (["kernel", "build", "--source", "/tmp", "--series", "/nonexistent/fix.mbox"], {}, "no such file or directory"),
@@ -215,13 +243,14 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
 
 
 @pytest.mark.parametrize("argv,env,expected", CASES, ids=[" ".join(a)[:60] for a, _, _ in CASES])
-def test_bad_input_is_one_line_exit_2_and_nothing_started(argv, env, expected, d, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2_and_nothing_started(argv, env, expected, d, runtime, tmp_path, monkeypatch, capsys):
     def forbidden(*_a, **_k):
         raise AssertionError("bad input reached a boot or a run directory")
 
     monkeypatch.setattr(Lab, "start", forbidden)
     monkeypatch.setattr(RunDir, "create", classmethod(forbidden))
     monkeypatch.setenv("LAB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("LAB_RUNTIME", runtime)  # no lab of anyone else's is running here
     monkeypatch.delenv("LAB_FSTESTS", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value.replace("{d}", str(d)))

@@ -86,3 +86,30 @@ def test_an_error_twice_stops_the_bisect_inconclusive(tmp_path, monkeypatch) -> 
 def test_not_applicable_is_inconclusive_at_once(tmp_path, monkeypatch) -> None:
     summary, runs = _bisect(tmp_path, monkeypatch, {0: ["N/A"]})
     assert summary["result"]["inconclusive"]["label"] == "base" and runs == [0]
+
+
+def test_rate_search_finds_a_flaky_regression_with_more_runs_where_needed() -> None:
+    """0 % on the good side, 30 % from patch 4 on (a deterministic 3 in 10 per batch)."""
+    from lab.bisect import RateSearch
+    from lab.stats import Rate
+
+    counts: dict[int, list[int]] = {}
+
+    def measure(i: int) -> Rate:
+        counts.setdefault(i, []).append(3 if i >= 4 else 0)
+        return Rate(sum(counts[i]), 10 * len(counts[i]))
+
+    search = RateSearch(6, measure, max_batches=4)
+    assert search.run() == (3, 4)
+    assert search.batches[0] == 3 and search.batches[6] == 3  # the ends ran until their intervals separated
+    assert all(b <= 4 for b in search.batches.values())
+
+
+def test_rate_search_says_when_it_cannot_decide() -> None:
+    from lab.bisect import Inconclusive, RateSearch
+    from lab.stats import Rate
+
+    # 1 in 10 against 2 in 10 never separates within 4 batches.
+    with pytest.raises(Inconclusive, match="do not separate"):
+        RateSearch(3, lambda i: Rate(1 if i == 0 else 2, 10), max_batches=4).run()
+    assert RateSearch(3, lambda i: Rate(0, 10), max_batches=2).run() is None  # 0 % at both ends: no change

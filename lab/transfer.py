@@ -1,0 +1,88 @@
+"""Files in and out of a running guest (`lab cp`): single files over SFTP, directories as a tar
+stream over one SSH channel. Extraction on the host refuses what a tar of plain files would not
+hold (absolute paths, '..', devices, links leaving the tree)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import tarfile
+import tempfile
+from pathlib import Path
+
+from lab.errors import LabError, UsageError
+from lab.ssh import Guest
+
+
+def split_endpoint(spec: str, machines: list[str]) -> tuple[str | None, str]:
+    """'vm:/root/x' -> ('vm', '/root/x'); a local path (even one with a colon) -> (None, path)."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in machines:
+        if not rest:
+            raise UsageError(f"{spec}: give a path in the guest after '{head}:'")
+        return head, rest
+    return None, spec
+
+
+def _remote_is_dir(guest: Guest, path: str) -> bool:
+    return guest.run(["test", "-d", path], timeout=30).ok
+
+
+def upload(guest: Guest, local: Path, remote: str) -> str:
+    """Copy a file or a directory into the guest; like cp -r, into `remote` when it is a directory."""
+    if not local.exists():
+        raise UsageError(f"{local}: no such file or directory")
+    target = f"{remote.rstrip('/')}/{local.name}" if _remote_is_dir(guest, remote) else remote
+    if local.is_file():
+        guest.put(local, target)
+        return target
+    if not local.is_dir():
+        raise UsageError(f"{local}: not a file or a directory")
+    with tempfile.TemporaryFile() as buf:
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(str(local), arcname=".")
+        buf.seek(0)
+        err = io.BytesIO()
+        rc = guest.stream(f"mkdir -p {shlex.quote(target)} && tar -C {shlex.quote(target)} -xf -", buf, io.BytesIO(), err, timeout=3600)
+    if rc != 0:
+        raise LabError(f"{guest.name}: unpacking into {target} failed: {err.getvalue().decode(errors='replace').strip()[-200:]}")
+    return target
+
+
+def download(guest: Guest, remote: str, local: Path) -> Path:
+    """Copy a file or a directory out of the guest; into `local` when it is a directory."""
+    kind = guest.run(f"if [ -d {shlex.quote(remote)} ]; then echo dir; elif [ -e {shlex.quote(remote)} ]; then echo file; fi",
+                     timeout=30).stdout.strip()
+    if not kind:
+        raise UsageError(f"{guest.name}:{remote}: no such file or directory")
+    target = local / Path(remote.rstrip("/")).name if local.is_dir() else local
+    if kind == "file":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        guest.get(remote, target)
+        return target
+    with tempfile.TemporaryFile() as buf:
+        err = io.BytesIO()
+        rc = guest.stream(["tar", "-C", remote, "-cf", "-", "."], None, buf, err, timeout=3600)
+        if rc != 0:
+            raise LabError(f"{guest.name}: packing {remote} failed: {err.getvalue().decode(errors='replace').strip()[-200:]}")
+        buf.seek(0)
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=buf, mode="r") as tar:
+            # The 'data' filter refuses absolute names, '..', devices and links that leave the tree.
+            tar.extractall(target, filter="data")
+    return target
+
+
+def copy(guest_of: dict[str, Guest], src: str, dst: str) -> str:
+    machines = list(guest_of)
+    src_machine, src_path = split_endpoint(src, machines)
+    dst_machine, dst_path = split_endpoint(dst, machines)
+    if src_machine and dst_machine:
+        raise UsageError("copy between two guests through the host: lab cp vm1:SRC DIR && lab cp DIR vm2:DST")
+    if not src_machine and not dst_machine:
+        raise UsageError(f"neither {src!r} nor {dst!r} names a machine of this lab ({', '.join(machines)}): use MACHINE:PATH")
+    if dst_machine:
+        return f"{dst_machine}:{upload(guest_of[dst_machine], Path(src_path).expanduser(), dst_path)}"
+    assert src_machine
+    return str(download(guest_of[src_machine], src_path, Path(os.path.expanduser(dst_path))))

@@ -1,0 +1,136 @@
+"""The reviewer's path on generated series over linux-source-7.3 with the lab's full kernel config
+(NFS, RDMA, P2PDMA built in). Part of `tox -e kernel-full`: every step is a kernel build.
+
+1. The bug class the NFS direct-I/O series had in its v1: the middle patch makes the NFS O_DIRECT
+   write path ignore the offset of a user buffer inside its first page. nfs-dio fails on it, naming
+   the case and the file offset, passes without it, and bisect names that patch.
+2. A reproducer that fails 30 % of the time from one patch on and never before it: bisect finds the
+   patch by comparing failure rates, with more runs where the rates are close."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.bisect import run_bisect, series_candidates
+from lab.kernels import build, source as sources
+from lab.scenarios import framework
+from lab.scenarios.options import validate
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
+                                reason="needs the full fragment set: run `tox -e kernel-full`")
+
+BASE = "linux-source-7.3"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=Lab Test", "-c", "user.email=test@lab", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def make_series(out: Path, name: str, patches: list[tuple[str, dict[str, tuple[str, str]]]]) -> Path:
+    """An mbox of patches over the base, each a commit message and {file: (regex, replacement)}."""
+    src = sources.resolve_source(BASE)
+    tree = sources.tree_root(src) / "src"
+    base = build.build(build.BuildRequest(source=BASE)).meta["source"]["base_commit"]
+    work = out / f"{name}-work"
+    _git(out, "clone", "-q", "--shared", "--no-checkout", str(tree), str(work))
+    _git(work, "checkout", "-q", "--detach", base)
+    for message, edits in patches:
+        for rel, (pattern, replacement) in edits.items():
+            path = work / rel
+            # Group references (\g<1>) are expanded; anything else is inserted as it is (C has backslashes).
+            repl = replacement if "\\g<" in replacement else (lambda _m, r=replacement: r)
+            text, n = re.subn(pattern, repl, path.read_text(), count=1, flags=re.MULTILINE)
+            assert n == 1, f"{rel}: {pattern!r} not found in this tree"
+            path.write_text(text)
+            _git(work, "add", "-f", rel)
+        _git(work, "commit", "-q", "-m", message)
+    mbox = out / f"{name}.mbox"
+    mbox.write_text(_git(work, "format-patch", "--stdout", "--cover-letter", f"-{len(patches)}", "HEAD"))
+    return mbox
+
+
+# The write path's first request of every pinned batch starts at the user buffer's offset in its
+# page; the "bug" starts it at 0, as the v1 of the series did for its folios.
+NFS_BUG = (r"(\t\t\treq = nfs_page_create_from_page\(dreq->ctx, pagevec\[i\],\n\t\t\t\t\t\t\t)pgbase(, pos, req_len\);\n"
+           r"\t\t\tif \(IS_ERR\(req\)\) \{\n\t\t\t\tresult = PTR_ERR\(req\);\n\t\t\t\tbreak;\n\t\t\t\}\n\n\t\t\tif \(desc\.pg_error)")
+
+
+def test_nfs_intra_page_offset_bug_fails_nfs_dio_and_bisect_names_it(tmp_path):
+    mbox = make_series(tmp_path, "nfs-v1", [
+        ("nfs: direct: say what the write loop builds\n\nA comment only.",
+         {"fs/nfs/direct.c": (r"^\tNFS_I\(inode\)->write_io \+= iov_iter_count\(iter\);",
+                              "\t/* one nfs_page per page of the user buffer */\n\tNFS_I(inode)->write_io += iov_iter_count(iter);")}),
+        ("nfs: direct: start write requests at the page\n\nThe bug class of the series' v1: the offset of the user\n"
+         "buffer in its first page is lost.",
+         {"fs/nfs/direct.c": (NFS_BUG, r"\g<1>0\g<2>")}),
+        ("nfs: direct: another comment\n\nA comment only.",
+         {"fs/nfs/direct.c": (r"^\t\t\tpgbase = 0;\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes \+= req_len;\n\t\t\tpos \+= req_len;\n\n\t\t\tif \(defer\)",
+                              "\t\t\tpgbase = 0; /* later pages start at 0 */\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes += req_len;\n"
+                              "\t\t\tpos += req_len;\n\n\t\t\tif (defer)")}),
+    ])
+    cls = framework.get("nfs-dio")
+    options = validate(cls.Options, {"transports": ["tcp"], "only": "size=page off=aligned"})
+    # The whole series fails, naming a case whose buffer starts inside a page and the offset.
+    whole = build.build(build.BuildRequest(source=BASE, series=str(mbox)))
+    outcome = framework.run(cls, options.model_copy(update={"kernels": [whole.ref]}))
+    tcp = next(iter(outcome.results["subruns"].values()))["cases"]["tcp"]
+    assert tcp["verdict"] == "FAIL", tcp
+    failed = {c["name"] for c in tcp["failed"]}
+    assert "align=page size=page off=aligned" not in failed and "align=512 size=page off=aligned" in failed
+    assert "data differs at file offset" in tcp["failed"][0]["error"]
+    requests, labels = series_candidates(BASE, str(mbox), ())
+    run_dir, summary = run_bisect("nfs-dio", options, requests, labels, {"base": BASE, "series": str(mbox)})
+    result = summary["result"]
+    assert result["changed"] and result["first_bad"]["label"] == "patch 2/3 nfs: direct: start write requests at the page"
+    assert result["last_good"]["signature"] == "PASS" and result["first_bad"]["signature"] == "FAIL"
+
+
+FLAKY_C = r"""// SPDX-License-Identifier: GPL-2.0
+/* A reproducer target for the lab's flaky bisect: /proc/lab_flaky says "fail" LAB_FAIL_PERCENT % of the time. */
+#include <linux/init.h>
+#include <linux/proc_fs.h>
+#include <linux/random.h>
+#include <linux/seq_file.h>
+
+#define LAB_FAIL_PERCENT 0
+
+static int lab_flaky_show(struct seq_file *m, void *v)
+{
+	seq_puts(m, get_random_u32_below(100) < LAB_FAIL_PERCENT ? "fail\n" : "ok\n");
+	return 0;
+}
+
+static int __init lab_flaky_init(void)
+{
+	proc_create_single("lab_flaky", 0444, NULL, lab_flaky_show);
+	return 0;
+}
+late_initcall(lab_flaky_init);
+"""
+
+
+def test_a_flaky_regression_is_bisected_by_failure_rate(tmp_path):
+    # Patch 1 adds the file (0 %) by appending it to an existing init file; patch 3 makes it fail 30 %.
+    mbox = make_series(tmp_path, "flaky", [
+        ("init: add /proc/lab_flaky\n\nNever fails yet.", {"init/version.c": (r"\Z", "\n" + FLAKY_C.replace("#include <linux/init.h>\n", ""))}),
+        ("init: a comment\n\nNothing changes.", {"init/version.c": (r"^#define LAB_FAIL_PERCENT 0", "/* percent */\n#define LAB_FAIL_PERCENT 0")}),
+        ("init: make /proc/lab_flaky fail 30 % of the time\n\nThe flaky regression.",
+         {"init/version.c": (r"^#define LAB_FAIL_PERCENT 0", "#define LAB_FAIL_PERCENT 30")}),
+        ("init: another comment\n\nNothing changes.", {"init/version.c": (r"^/\* percent \*/", "/* percent of reads that fail */")}),
+    ])
+    cls = framework.get("repro")
+    options = validate(cls.Options, {"command": "test \"$(cat /proc/lab_flaky)\" = ok", "repeat": 20})
+    requests, labels = series_candidates(BASE, str(mbox), ())
+    run_dir, summary = run_bisect("repro", options, requests, labels, {"base": BASE, "series": str(mbox)}, max_batches=6)
+    result = summary["result"]
+    assert result["changed"], summary
+    assert result["first_bad"]["label"] == "patch 3/4 init: make /proc/lab_flaky fail 30 % of the time"
+    assert result["last_good"]["failed"] == 0
+    text = (run_dir.path / "summary.txt").read_text()
+    assert "first change: patch 3/4" in text and "failed (" in text
