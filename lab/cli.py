@@ -326,6 +326,46 @@ def cmd_cp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    from lab import faults
+    from lab.topology.model import Namespace
+
+    directory, state = _live_state(args.lab)
+    name, machine = _machine(state, args.machine)
+    socket_path = str(machine.get("qmp"))
+
+    def qmp_cmd(command: str, **arguments: Any) -> Any:
+        reply = qmp_call(socket_path, command, arguments)
+        if "error" in reply:
+            raise LabError(f"{name}: QMP {command}: {reply['error'].get('desc')}")
+        return reply["return"]
+
+    if args.kind == "link":
+        if not args.link or args.up == args.down:
+            raise UsageError("lab fault MACHINE link --link NAME (--down | --up)")
+        detail = faults.link(qmp_cmd, f"link-{args.link}", args.up)
+    elif args.kind == "remove":
+        if not args.device:
+            raise UsageError("lab fault MACHINE remove --device ID (an NVMe controller id of the topology, e.g. nvme0)")
+        detail = faults.remove_device(qmp_cmd, args.device)
+    elif args.kind == "pi":
+        namespaces = machine.get("namespaces") or {}
+        drive = args.drive or next(iter(namespaces), None)
+        if drive not in namespaces:
+            raise UsageError(f"--drive {drive}: {name} has {', '.join(namespaces) or 'no NVMe namespaces'}")
+        entry = namespaces[drive]
+        image = Path(entry["image"])
+        if not str(image).startswith(str(directory)):
+            raise UsageError(f"{image} is not in this lab's runtime directory")
+        detail = faults.corrupt_pi(image, Namespace.model_validate(entry["model"]), args.lba, args.field)
+    elif args.kind == "stop":
+        detail = faults.stop(qmp_cmd)
+    else:
+        detail = faults.cont(qmp_cmd)
+    print(json.dumps(faults.FaultRecord(name, args.kind, args.link or args.device or args.drive or name, detail=detail).to_dict()))
+    return 0
+
+
 def qmp_call(socket_path: str, command: str, arguments: dict, timeout: float = 10.0) -> dict:
     """One QMP command on a monitor socket, with a deadline on connecting and on the answer."""
     import asyncio
@@ -561,6 +601,82 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if matched else 1
 
 
+def _matrix(args: argparse.Namespace):
+    from lab import matrix
+
+    m = matrix.load(Path(args.file))
+    return m, matrix.select(m, args.cell)
+
+
+def cmd_matrix_plan(args: argparse.Namespace) -> int:
+    from lab import matrix
+    from lab.paths import results_dir
+
+    m, cells = _matrix(args)
+    problems = matrix.validate(cells)
+    if problems:
+        for line in problems:
+            print(f"lab: invalid cell {line}", file=sys.stderr)
+        raise UsageError(f"{len(problems)} of {len(cells)} cell(s) of {args.file} are invalid (listed above)")
+    print(matrix.plan_text(m, cells, matrix.known_durations(results_dir())))
+    return 0
+
+
+def cmd_matrix_run(args: argparse.Namespace) -> int:
+    from lab import matrix
+    from lab.host import ensure_host
+    from lab.lab import reap_stale_runtimes
+
+    m, cells = _matrix(args)
+    problems = matrix.validate(cells)
+    if problems:
+        for line in problems:
+            print(f"lab: invalid cell {line}", file=sys.stderr)
+        raise UsageError(f"{len(problems)} invalid cell(s); nothing was run")
+    ensure_host()
+    reap_stale_runtimes()
+    outcomes = matrix.run_cells(cells)
+    for cell, outcome in outcomes:
+        verdicts = ", ".join(s["verdict"] for s in outcome.results["subruns"].values())
+        print(f"{cell.id:70} {verdicts:6} {outcome.run_dir.path}")
+    return 0 if all(o.ok for _, o in outcomes) else 1
+
+
+def cmd_matrix_emit(args: argparse.Namespace) -> int:
+    from lab import ciemit, matrix
+
+    m = matrix.load(Path(args.file))
+    problems = matrix.validate(m.cells)
+    if problems:
+        for line in problems:
+            print(f"lab: invalid cell {line}", file=sys.stderr)
+        raise UsageError(f"{len(problems)} invalid cell(s); fix the matrix before emitting it")
+    sys.stdout.write(ciemit.github(m, cron=args.cron) if args.github else ciemit.gitlab(m))
+    return 0
+
+
+def cmd_results_merge(args: argparse.Namespace) -> int:
+    from lab import night
+
+    started = time.monotonic()
+    merged = night.merge([Path(d) for d in args.dirs], Path(args.output))
+    print(f"{args.output}: {len(merged['cells'])} cell(s), {len(merged['superseded'])} superseded, "
+          f"in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lab import report
+
+    started = time.monotonic()
+    index, regressions = report.write(Path(args.night), Path(args.output), Path(args.baseline) if args.baseline else None)
+    print(f"{index} ({time.monotonic() - started:.1f} s)")
+    if regressions:
+        print(f"lab: {len(regressions)} regression(s): {', '.join(regressions)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench_stable_pages(args: argparse.Namespace) -> int:
     """The A/B demo timed from the command to the table (target: under 3 minutes here)."""
     started = time.monotonic()
@@ -673,6 +789,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="[MACHINE:]PATH")
     p.set_defaults(func=cmd_cp)
 
+    p = sub.add_parser("fault", parents=[lab_sel], help="inject a fault into a machine of a running lab",
+                       description="lab fault vm link --link lan --down|--up; lab fault vm remove --device nvme0; "
+                                   "lab fault vm pi [--drive nvme0n1] --lba 5 [--field guard|ref|app]; lab fault vm stop|cont")
+    p.add_argument("machine")
+    p.add_argument("kind", choices=("link", "remove", "pi", "stop", "cont"))
+    p.add_argument("--link", metavar="NAME", help="link: the topology's link name")
+    updown = p.add_mutually_exclusive_group()
+    updown.add_argument("--down", action="store_true")
+    updown.add_argument("--up", action="store_true")
+    p.add_argument("--device", metavar="ID", help="remove: the NVMe controller's id")
+    p.add_argument("--drive", metavar="ID", help="pi: the namespace's drive id (default: the machine's first)")
+    p.add_argument("--lba", type=_whole_number, default=0, help="pi: the block whose PI is corrupted (default: 0)")
+    p.add_argument("--field", choices=("guard", "app", "ref"), default="guard", help="pi: which tag (default: guard)")
+    p.set_defaults(func=cmd_fault)
+
     p = sub.add_parser("qmp", parents=[lab_sel], help="send a QMP command to a machine of a running lab")
     p.add_argument("machine")
     p.add_argument("command", help="e.g. query-status, query-pci")
@@ -735,6 +866,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_results_junit)
 
+    p = res.add_parser("merge", help="join the run directories of a matrix's cells into one night (night.json, results.json, junit.xml)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or directories holding them (CI artifacts)")
+    p.add_argument("-o", "--output", required=True, metavar="NIGHT")
+    p.set_defaults(func=cmd_results_merge)
+
     p = res.add_parser("bundle", help="one file to replay a run elsewhere (lab replay)")
     p.add_argument("run", nargs="?", default="latest")
     p.add_argument("-o", "--output")
@@ -748,6 +884,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", action="append", metavar="REF", help="run it on these kernels instead of the bundle's "
                    "(repeatable); the failure rates are printed side by side")
     p.set_defaults(func=cmd_replay)
+
+    mat = sub.add_parser("matrix", help="nightly matrices: plan, run cells here, or emit a CI workflow that fans them out"
+                         ).add_subparsers(dest="sub", required=True, metavar="SUB")
+    for name, func, what in (("plan", cmd_matrix_plan, "list the cells with their expected duration; reject invalid ones"),
+                             ("run", cmd_matrix_run, "run cells on this host, one at a time")):
+        p = mat.add_parser(name, help=what)
+        p.add_argument("file", metavar="FILE")
+        p.add_argument("--cell", action="append", metavar="ID", help="only these cells (repeatable)")
+        p.set_defaults(func=func)
+    p = mat.add_parser("emit", help="a GitHub Actions workflow or a GitLab pipeline with one job per cell")
+    p.add_argument("file", metavar="FILE")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--github", action="store_true")
+    kind.add_argument("--gitlab", action="store_true")
+    p.add_argument("--cron", default="0 2 * * *", help="GitHub schedule (default: 0 2 * * *)")
+    p.set_defaults(func=cmd_matrix_emit)
+
+    p = sub.add_parser("report", help="a static HTML report of a night, against a baseline night; exits 1 on a regression")
+    p.add_argument("night", metavar="NIGHT")
+    p.add_argument("--baseline", metavar="NIGHT")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = bench.add_parser("boot", parents=[_topology_parent(), boot], help="time to the first guest command, and the lab's overhead over bare QEMU")

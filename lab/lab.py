@@ -78,6 +78,7 @@ class Lab:
     boot_seconds: dict[str, float] = field(default_factory=dict)
     runtime: Path | None = None
     boot_retries: list[dict[str, Any]] = field(default_factory=list)  # one entry per failed attempt retried
+    files: dict[str, BootFiles] = field(default_factory=dict)  # what each machine was started with (faults use it)
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -141,11 +142,18 @@ class Lab:
                 with open(ns_images[drive], "wb") as f:
                     f.truncate(size)  # sparse: costs nothing until the guest writes
             kernel = self.kernels[name]
+            shares = {}
+            for share in machine.shares:
+                # In the run directory: what the guest leaves there is kept with the run's results.
+                shares[share.tag] = self.run.path / "shares" / name / share.tag
+                shares[share.tag].mkdir(parents=True, exist_ok=True)
             files = BootFiles(
                 kernel=boot_image[name], initrd=initrds[name], root_overlay=overlay, modules_image=kernel.modules_image,
                 qmp_socket=rdir / "qmp.sock", console_log=mdir / "console.log", namespace_images=ns_images,
                 link_sockets=links.get(name, {}), ssh_pubkey_blob=key_blob, qmp_user_socket=rdir / "qmp-user.sock",
+                shares=shares,
             )
+            self.files[name] = files
             plan = machine_argv(topo, name, files, caps, self.chosen_accel)
             argvs[name] = plan.argv
             self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
@@ -253,11 +261,24 @@ class Lab:
             "key_file": str(ensure_key()[0]),
             "machines": {
                 n: {"pid": m.pid, "ssh_port": m.ssh_port, "qmp": str(m.qmp_socket.with_name("qmp-user.sock")),
-                    "console": str(m.console_log)}
+                    "console": str(m.console_log), "namespaces": self._namespaces(n)}
                 for n, m in self.machines.items()
             },
         }
         (self.runtime / "state.json").write_text(json.dumps(state, indent=2))
+
+    def _namespaces(self, name: str) -> dict[str, Any]:
+        """drive id -> backing image and the namespace's model (what `lab fault pi` needs)."""
+        files = self.files.get(name)
+        if files is None:
+            return {}
+        machine = self.rendered.topology.machines[name]
+        out = {}
+        for ctrl in machine.nvme:
+            for j, ns in enumerate(ctrl.namespaces):
+                drive = f"{ctrl.id}n{ns.nsid or j + 1}"
+                out[drive] = {"image": str(files.namespace_images[drive]), "model": ns.model_dump()}
+        return out
 
     # -- use ----------------------------------------------------------------------------------
     def guest(self, name: str):

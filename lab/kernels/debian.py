@@ -73,9 +73,17 @@ def update_lists(root: Path, force: bool = False) -> None:
     stamp = root / "lists/.stamp"
     if not force and stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
         return
-    with step("updating the lab's private apt lists (bookworm, trixie, trixie-backports, sid)") as st:
-        run_logged(["apt-get", *apt_options(root), "-q", "update"], root / "update.log", st, what="apt-get update")
-    stamp.touch()
+    # apt runs without its own locking here (Debug::NoLocking): two labs updating at once take turns.
+    asked = time.time()
+    with open(root / "update.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():
+            fresh = time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
+            if (fresh and not force) or stamp.stat().st_mtime >= asked:
+                return  # fresh enough, or another lab updated them while this one waited
+        with step("updating the lab's private apt lists (bookworm, trixie, trixie-backports, sid)") as st:
+            run_logged(["apt-get", *apt_options(root), "-q", "update"], root / "update.log", st, what="apt-get update")
+        stamp.touch()
 
 
 def _version_key(version: str) -> list:

@@ -7,6 +7,7 @@ kernel range holds the guest's version gives the expected verdict and why.
     kernel_below = "7.0"    # kernel_from <= MAJOR.MINOR of `uname -r` < kernel_below
     verdict = "FAIL"
     why = "..."
+    expect_mechanism = "pins"   # expect_* keys are further expectations a scenario reads (pin-audit)
 
 A case with no matching rule is expected to PASS. CI then reads a FAIL where FAIL was expected as
 expected, a FAIL where PASS was expected as a regression and a PASS where FAIL was as a finding."""
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ RULE_KEYS = ("verdict", "why", "kernel_from", "kernel_below")
 class Expectation:
     verdict: str
     why: str
+    extra: dict[str, Any] = field(default_factory=dict)  # the rule's expect_* values, without the prefix
 
 
 def kernel_version(release: str) -> tuple[int, int]:
@@ -61,13 +63,14 @@ def expectation_for(path: Path, facets: dict[str, Any], release: str) -> Expecta
     """The first rule whose facet keys equal the case's and whose kernel range holds `release`."""
     version = kernel_version(release)
     for rule in load_rules(path):
-        if any(str(facets.get(k)) != str(v) for k, v in rule.items() if k not in RULE_KEYS):
+        if any(str(facets.get(k)) != str(v) for k, v in rule.items() if k not in RULE_KEYS and not k.startswith("expect_")):
             continue
         if "kernel_from" in rule and version < kernel_version(rule["kernel_from"]):
             continue
         if "kernel_below" in rule and version >= kernel_version(rule["kernel_below"]):
             continue
-        return Expectation(rule["verdict"], rule.get("why", ""))
+        extra = {k.removeprefix("expect_"): v for k, v in rule.items() if k.startswith("expect_")}
+        return Expectation(rule["verdict"], rule.get("why", ""), extra)
     return None
 
 

@@ -147,7 +147,8 @@ class Scenario:
 # -- registry -------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Scenario]] = {}
 _LOADED = False
-BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "repro")
+BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "repro", "netfs", "fault_injection",
+                   "pin_audit")
 
 
 def register(cls: type[Scenario]) -> type[Scenario]:
@@ -457,8 +458,9 @@ def check_against_qemu(variants: Sequence[Variant]) -> None:
             machine_argv(topo, name, dry_run_files(topo, name), caps, Accel("tcg"))
 
 
-def run(name: str | type[Scenario], options: ScenarioOptions) -> Outcome:
-    """Validate everything, then run every sub-run and write the results as the run goes."""
+def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, Any] | None = None) -> Outcome:
+    """Validate everything, then run every sub-run and write the results as the run goes. `tags`
+    (a matrix cell's identity) go into the manifest and results.json."""
     from lab.log import to_file
 
     cls = get(name) if isinstance(name, str) else name
@@ -468,8 +470,8 @@ def run(name: str | type[Scenario], options: ScenarioOptions) -> Outcome:
     resolved = resolve_kernels([v.kernel for v in variants])
     scenario.prepare()
     run_dir = RunDir.create(cls.name, variants[0].topology)
-    run_dir.update(scenario=cls.name, options=options.to_dict())
-    results: dict[str, Any] = {"scenario": cls.name, "options": options.to_dict(), "subruns": {}}
+    run_dir.update(scenario=cls.name, options=options.to_dict(), **(tags or {}))
+    results: dict[str, Any] = {"scenario": cls.name, "options": options.to_dict(), "subruns": {}, **(tags or {})}
     if cls.source_file is not None:
         results["scenario_file"] = str(cls.source_file)
     status = "interrupted"
@@ -510,6 +512,14 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
                 if not scenario.more(ctx, started_at):
                     break
                 ctx.repetition += 1
+        except BootError:
+            raise
+        except LabError as exc:
+            # A command that failed because its machine stopped answering: say that, with evidence.
+            stalled = diagnose(ctx.lab, sub)
+            if stalled:
+                raise ScenarioError(stalled) from exc
+            raise
         finally:
             ctx.lab.stop()
         verdict, reason = aggregate(section["cases"])
@@ -550,6 +560,24 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
         sub.finish(status, verdict=section["verdict"])
     info(verdict_line(v.label, section))
     return section
+
+
+def diagnose(lab: Lab | None, sub: RunDir) -> str | None:
+    """After a guest command failed: a machine that stopped running (paused, crashed, gone) is the
+    reason, with its QMP status and console kept in the sub-run directory."""
+    if lab is None:
+        return None
+    for name, machine in lab.machines.items():
+        if not machine.alive():
+            return f"{name}: QEMU is gone (exit {machine.proc.returncode if machine.proc else '?'}); console kept"
+        try:
+            status = machine.qmp_cmd("query-status")
+        except LabError:
+            continue
+        sub.write(f"machines/{name}/query-status.json", json.dumps(status, indent=2))
+        if not status.get("running", True):
+            return f"{name} stopped answering: QMP says it is {status.get('status')!r} (console and query-status kept)"
+    return None
 
 
 def section_outcome(section: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ class BootFiles:
     link_sockets: dict[str, tuple[Path, Path]]  # link name -> (local, remote)
     ssh_pubkey_blob: str  # base64 part of the public key, passed on the kernel command line
     qmp_user_socket: Path | None = None  # a second monitor for `lab qmp` while the lab holds the first
+    shares: dict[str, Path] = field(default_factory=dict)  # 9p mount tag -> host directory
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def dry_run_files(topology: Topology, name: str) -> BootFiles:
         kernel=Path("$KERNEL"), initrd=Path("$INITRD"), root_overlay=run / name / "root.qcow2",
         modules_image=Path("$MODULES"), qmp_socket=run / name / "qmp.sock", console_log=run / name / "console.log",
         namespace_images={d: run / name / f"{d}.img" for d in namespace_drive_ids(machine)},
-        link_sockets=links, ssh_pubkey_blob="$KEY",
+        link_sockets=links, ssh_pubkey_blob="$KEY", shares={s.tag: run / "shares" / name / s.tag for s in machine.shares},
     )
 
 
@@ -178,6 +179,14 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
             "-netdev",
             f"dgram,id={netdev},local.type=unix,local.path={opt_path(local)},remote.type=unix,remote.path={opt_path(remote)}",
             "-device", f"virtio-net-pci,netdev={netdev},mac={mac_address(index, i)}",
+        ]
+
+    for share in machine.shares:
+        fsdev = f"fs-{share.tag}"
+        argv += [
+            "-fsdev", f"local,id={fsdev},path={opt_path(files.shares[share.tag])},security_model=none"
+                      + (",readonly=on" if share.readonly else ""),
+            "-device", f"virtio-9p-pci,fsdev={fsdev},mount_tag={share.tag}",
         ]
 
     chassis = 1

@@ -51,6 +51,10 @@ def check_references(topology: Topology) -> str | None:
             for j, ns in enumerate(ctrl.namespaces):
                 if ns.nsid and nsids.count(ns.nsid) > 1:
                     return f"{base}.nvme[{i}].namespaces[{j}].nsid: nsid {ns.nsid} is used twice"
+        tags = [sh.tag for sh in machine.shares]
+        for i, tag in enumerate(tags):
+            if tags.index(tag) != i:
+                return f"{base}.shares[{i}].tag: share {tag!r} is defined twice"
         links = [n.link for n in machine.nics]
         for i, link in enumerate(links):
             if links.index(link) != i:

@@ -135,6 +135,14 @@ class Nic(Strict):
         return str(iface)
 
 
+class Share(Strict):
+    """A host directory shared into the guest over virtio-9p (QEMU's -fsdev local). The lab makes
+    it in the run directory, so what the guest wrote there is kept and the host can check it."""
+
+    tag: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,30}$")]
+    readonly: bool = False
+
+
 class Machine(Strict):
     cpus: int = Field(default=2, ge=1, le=64)
     memory: Size = Field(default=2 << 30, ge=256 << 20, le=64 << 30)
@@ -154,6 +162,7 @@ class Machine(Strict):
     switches: list[Switch] = Field(default_factory=list, max_length=8)
     nvme: list[Nvme] = Field(default_factory=list, max_length=16)
     nics: list[Nic] = Field(default_factory=list, max_length=8)
+    shares: list[Share] = Field(default_factory=list, max_length=8)
 
 
 class Link(Strict):

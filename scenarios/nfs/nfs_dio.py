@@ -7,7 +7,8 @@ offsets, check the returned byte count, read it back with a fresh O_DIRECT pread
 aligned buffers that were poisoned first, and compare. Each case reports the sha256 of what it
 wrote, which the lab compares with a checksum of the same bytes computed on the server
 (scenarios/nfs/checksum.py). Any mismatch names the case, the file offset and the first differing
-byte. --list prints the case names and does nothing else. Prints one JSON object.
+byte. --buffered does the same through the page cache (written, fsynced, dropped from the cache,
+read back). --list prints the case names and does nothing else. Prints one JSON object.
 """
 import argparse
 import hashlib
@@ -76,6 +77,8 @@ def main():
     ap.add_argument("--only", help="run the cases whose name contains this")
     ap.add_argument("--stop-before-verify", help="pause file: wait until it is removed before verifying (fault injection)")
     ap.add_argument("--list", action="store_true", help="print the case names")
+    ap.add_argument("--file", default="nfs-dio.dat", help="data file name in --dir")
+    ap.add_argument("--buffered", action="store_true", help="buffered I/O instead of O_DIRECT")
     args = ap.parse_args()
     if args.list:
         print(json.dumps([name for name, _, _ in cases()]))
@@ -84,8 +87,9 @@ def main():
         ap.error("--dir is required")
     out = {"cases": [], "bytes": 0, "seconds": 0.0}
     start = time.monotonic()
-    path = os.path.join(args.dir, "nfs-dio.dat")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    path = os.path.join(args.dir, args.file)
+    direct = 0 if args.buffered else os.O_DIRECT
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | direct, 0o644)
     pos_base = 0
     written = []
     for name, segs, foff in cases():
@@ -115,8 +119,12 @@ def main():
         open(args.stop_before_verify, "w").close()
         while os.path.exists(args.stop_before_verify):
             time.sleep(0.1)
+    if args.buffered:
+        # The read-back must come from the file system, not from the pages just written.
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    fd = os.open(path, os.O_RDONLY | direct)
     for case, segs, data in written:
         if "error" in case:
             continue
@@ -135,6 +143,7 @@ def main():
     out["seconds"] = round(time.monotonic() - start, 3)
     out["mib_per_s"] = round(2 * out["bytes"] / (1 << 20) / max(out["seconds"], 1e-6), 2)
     out["path"] = path
+    out["mode"] = "buffered" if args.buffered else "direct"
     print(json.dumps(out))
 
 

@@ -1,0 +1,204 @@
+"""Nightly matrices: a TOML file of scenarios x topology parameter sets x kernels, expanded into
+cells with stable identities (the same cell in two nights is recognisably the same), every cell
+validated before anything boots, run here one at a time or fanned out by a CI engine.
+
+    [matrix]
+    name = "nightly"
+    kernels = ["debian:6.12", "debian:7.3"]      # default for every entry
+
+    [[entry]]
+    scenario = "stable-pages"
+    options = { direction = "write", duration = 10 }
+    params = { pi = [1, 3], pif = [0, 2] }        # lists are crossed; scalars are fixed
+    exclude = [{ pi = 1, pif = 2 }]                 # cells matching every key of one are dropped
+
+A cell is one scenario run on one kernel with one parameter set: the unit a CI job runs."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError, UsageError
+
+ENTRY_KEYS = {"scenario", "topology", "kernels", "params", "options", "exclude", "name"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    matrix: str
+    scenario: str
+    kernel: str
+    topology: str | None
+    params: dict[str, Any]
+    options: dict[str, Any]
+    entry: str  # the entry's name (or its scenario)
+
+    @property
+    def id(self) -> str:
+        """Readable and stable: scenario, kernel and parameters, plus a short hash of everything."""
+        identity = json.dumps({"scenario": self.scenario, "kernel": self.kernel, "topology": self.topology,
+                               "params": self.params, "options": self.options}, sort_keys=True)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:6]
+        params = "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
+        name = "_".join(p for p in (self.entry, self.kernel, params) if p)
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:90] + f"_{digest}"
+
+    def scenario_options(self) -> dict[str, Any]:
+        data = dict(self.options)
+        data["kernels"] = [self.kernel]
+        data["params"] = dict(self.params)
+        if self.topology:
+            data["topology"] = self.topology
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "matrix": self.matrix, "entry": self.entry, "scenario": self.scenario, "kernel": self.kernel,
+                "topology": self.topology, "params": self.params, "options": self.options}
+
+
+@dataclass
+class Matrix:
+    name: str
+    path: Path
+    cells: list[Cell] = field(default_factory=list)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def load(path: Path) -> Matrix:
+    """Parse and expand a matrix file. Structure errors are usage errors naming the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such matrix file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    head = data.get("matrix", {})
+    if not isinstance(head, dict):
+        raise UsageError(f"{path}: [matrix] must be a table")
+    name = str(head.get("name") or path.stem)
+    default_kernels = _list(head.get("kernels", ["debian:7.3"]))
+    entries = data.get("entry", [])
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{path}: no [[entry]] tables: a matrix names at least one scenario")
+    matrix = Matrix(name, path)
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries, start=1):
+        where = f"{path}: entry {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("scenario"), str):
+            raise UsageError(f"{where}: needs scenario = \"...\"")
+        unknown = set(entry) - ENTRY_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; keys: {', '.join(sorted(ENTRY_KEYS))}")
+        params = entry.get("params", {})
+        options = entry.get("options", {})
+        excludes = entry.get("exclude", [])
+        if not isinstance(params, dict) or not isinstance(options, dict) or not isinstance(excludes, list):
+            raise UsageError(f"{where}: params and options are tables, exclude a list of tables")
+        for reserved in ("kernels", "params", "topology"):
+            if reserved in options:
+                raise UsageError(f"{where}: options.{reserved}: set it with the entry's own '{reserved}' key")
+        keys = sorted(params)
+        for combo in itertools.product(*[_list(params[k]) for k in keys]) if keys else [()]:
+            chosen = dict(zip(keys, combo, strict=True))
+            if any(isinstance(x, dict) and all(chosen.get(k) == v for k, v in x.items()) for x in excludes):
+                continue
+            for kernel in _list(entry.get("kernels", default_kernels)):
+                cell = Cell(name, entry["scenario"], str(kernel), entry.get("topology"), chosen, options,
+                            str(entry.get("name") or entry["scenario"]))
+                if cell.id in seen:
+                    raise UsageError(f"{where}: cell {cell.id} is also made by entry {seen[cell.id]}")
+                seen[cell.id] = i
+                matrix.cells.append(cell)
+    return matrix
+
+
+def select(matrix: Matrix, ids: list[str] | None) -> list[Cell]:
+    if not ids:
+        return list(matrix.cells)
+    by_id = {c.id: c for c in matrix.cells}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise UsageError(f"no cell {unknown[0]!r} in {matrix.path} ('lab matrix plan' lists them)")
+    return [by_id[i] for i in ids]
+
+
+def validate(cells: list[Cell]) -> list[str]:
+    """Every cell's options, topology and kernel reference checked without booting: one line per
+    invalid cell."""
+    from lab.scenarios import framework
+    from lab.scenarios.options import validate as validate_options
+
+    problems = []
+    checked_topologies: set[str] = set()
+    for cell in cells:
+        try:
+            cls = framework.get(cell.scenario)
+            options = validate_options(cls.Options, cell.scenario_options())
+            variants = cls(options).plan()
+            key = json.dumps([cell.scenario, cell.topology, cell.params], sort_keys=True)
+            if key not in checked_topologies:
+                framework.check_against_qemu(variants)
+                checked_topologies.add(key)
+        except LabError as exc:
+            problems.append(f"{cell.id}: {str(exc).splitlines()[0]}")
+    return problems
+
+
+def known_durations(results: Path) -> dict[str, float]:
+    """Cell id -> seconds of its latest run in a results directory (for plan's estimates)."""
+    out: dict[str, tuple[str, float]] = {}
+    for manifest in results.glob("*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        cell, seconds, started = m.get("cell"), m.get("seconds"), str(m.get("started", ""))
+        if isinstance(cell, str) and isinstance(seconds, (int, float)) and (cell not in out or started > out[cell][0]):
+            out[cell] = (started, float(seconds))
+    return {k: v for k, (_, v) in out.items()}
+
+
+def plan_text(matrix: Matrix, cells: list[Cell], durations: dict[str, float]) -> str:
+    lines = [f"matrix {matrix.name}: {len(cells)} cell(s)"]
+    total, unknown = 0.0, 0
+    for cell in cells:
+        est = durations.get(cell.id)
+        if est is None:
+            unknown += 1
+        else:
+            total += est
+        shown = f"{est / 60:5.1f} min" if est is not None else "    ? min"
+        lines.append(f"  {cell.id:70} {shown}")
+    lines.append(f"expected: {total / 60:.1f} min for {len(cells) - unknown} cell(s) run before"
+                 + (f", {unknown} never run here" if unknown else ""))
+    return "\n".join(lines)
+
+
+def run_cells(cells: list[Cell]) -> list[tuple[Cell, Any]]:
+    """Run cells one after another on this host; every cell is a normal run directory tagged with
+    its identity."""
+    from lab.progress import info
+    from lab.scenarios import framework
+    from lab.scenarios.options import validate as validate_options
+
+    outcomes = []
+    for n, cell in enumerate(cells, start=1):
+        info(f"matrix: cell {n} of {len(cells)}: {cell.id}")
+        cls = framework.get(cell.scenario)
+        started = time.monotonic()
+        outcome = framework.run(cls, validate_options(cls.Options, cell.scenario_options()),
+                                tags={"cell": cell.id, "cell_spec": cell.to_dict()})
+        outcome.run_dir.update(seconds=round(time.monotonic() - started, 1))
+        outcomes.append((cell, outcome))
+    return outcomes

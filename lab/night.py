@@ -1,0 +1,127 @@
+"""One night from many cells: `lab results merge DIR... -o NIGHT` gathers the run directories of a
+matrix's cells (as the CI engine's artifacts bring them back) into one directory with night.json
+(one entry per cell identity, with its verdict, rate, figures and provenance), a merged
+results.json and one JUnit file. Each cell's run directory is copied under cells/<id>/ so a report
+can link its summary, consoles, kernel logs and program output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from lab import __version__
+from lab.errors import UsageError
+from lab.results import manifest, read_json
+
+NIGHT_FORMAT = 1
+
+
+def find_runs(sources: list[Path]) -> list[Path]:
+    """Run directories (manifest.json and results.json) at or below each source, a few levels deep."""
+    runs: list[Path] = []
+    for source in sources:
+        if not source.exists():
+            raise UsageError(f"{source}: no such directory")
+        candidates = [source] + [p.parent for depth in ("*", "*/*", "*/*/*") for p in source.glob(f"{depth}/results.json")]
+        for d in candidates:
+            if (d / "results.json").is_file() and (d / "manifest.json").is_file() and d not in runs and "subruns" not in d.parts[-3:-1]:
+                runs.append(d)
+    return runs
+
+
+def figures(section: dict[str, Any]) -> dict[str, float]:
+    """Numbers worth plotting from a sub-run: throughput per case, boot time."""
+    out: dict[str, float] = {}
+    for name, case in section.get("cases", {}).items():
+        runs = case.get("runs") or {}
+        mutate = runs.get("mutate") if isinstance(runs, dict) else None
+        if isinstance(mutate, dict) and "mib_per_s" in mutate:
+            out[f"{name} MiB/s"] = float(mutate["mib_per_s"])
+        if isinstance(case.get("mib_per_s"), (int, float)):
+            out[f"{name} MiB/s"] = float(case["mib_per_s"])
+    boot = section.get("boot", {}).get("seconds") or {}
+    if boot:
+        out["boot seconds"] = max(float(v) for v in boot.values())
+    return out
+
+
+def cell_entry(run: Path, results: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    subruns = results.get("subruns", {})
+    section: dict[str, Any] = next(iter(subruns.values()), {}) if subruns else {}
+    spec = results.get("cell_spec") or {}
+    return {
+        "spec": spec,
+        "scenario": results.get("scenario"),
+        "entry": spec.get("entry") or results.get("scenario"),
+        "kernel": spec.get("kernel") or section.get("kernel"),
+        "params": spec.get("params") or results.get("options", {}).get("params", {}),
+        "release": section.get("release"),
+        "verdict": section.get("verdict", "ERROR") if len(subruns) <= 1 else _worst([s["verdict"] for s in subruns.values()]),
+        "outcome": section.get("outcome", "error"),
+        "reason": section.get("reason", ""),
+        "rate": section.get("rate") or next((c["rate"] for c in section.get("cases", {}).values() if c.get("rate")), None),
+        "figures": figures(section),
+        "subruns": list(subruns),
+        "provenance": {"run": m.get("id"), "lab": m.get("lab"), "host": m.get("host"), "started": m.get("started"),
+                       "finished": m.get("finished"), "status": m.get("status"), "source": str(run)},
+    }
+
+
+def _worst(verdicts: list[str]) -> str:
+    for v in ("ERROR", "FAIL", "PASS", "N/A"):
+        if v in verdicts:
+            return v
+    return "ERROR"
+
+
+def merge(sources: list[Path], out: Path) -> dict[str, Any]:
+    runs = find_runs(sources)
+    if not runs:
+        raise UsageError(f"no run directories (manifest.json and results.json) in {', '.join(map(str, sources))}")
+    if out.exists() and any(out.iterdir()) and not (out / "night.json").exists():
+        raise UsageError(f"-o {out}: exists and is not a night; give a new directory")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    night: dict[str, Any] = {"format": NIGHT_FORMAT, "name": out.name, "merged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "lab": {"version": __version__}, "cells": {}, "superseded": []}
+    merged_results: dict[str, Any] = {"night": out.name, "cells": {}}
+    suites = ET.Element("testsuites", name=out.name)
+    for run in sorted(runs, key=lambda r: str(manifest(r).get("finished", ""))):
+        results = read_json(run / "results.json", "results")
+        m = manifest(run, strict=True)
+        cell_id = str(results.get("cell") or f"{results.get('scenario', 'run')}_{run.name}")
+        if cell_id in night["cells"]:
+            night["superseded"].append(night["cells"][cell_id]["provenance"])
+        entry = cell_entry(run, results, m)
+        target = out / "cells" / cell_id
+        if target.resolve() != run.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(run, target, ignore=shutil.ignore_patterns("*.bundle.tar.gz", "fstests.tar.gz"))
+        entry["run"] = f"cells/{cell_id}"
+        night["cells"][cell_id] = entry
+        merged_results["cells"][cell_id] = results
+        junit = run / "junit.xml"
+        if junit.exists():
+            try:
+                suite = ET.parse(junit).getroot()
+            except ET.ParseError as exc:
+                raise UsageError(f"{junit}: damaged JUnit XML ({exc})") from None
+            suite.set("name", cell_id)
+            suites.append(suite)
+    kernels = {c["kernel"]: c["release"] for c in night["cells"].values() if c.get("kernel")}
+    night["kernels"] = kernels
+    (out / "night.json").write_text(json.dumps(night, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps(merged_results, indent=2, default=str))
+    ET.indent(suites)
+    ET.ElementTree(suites).write(out / "junit.xml", encoding="unicode", xml_declaration=True)
+    return night
+
+
+def load(night: Path) -> dict[str, Any]:
+    data = read_json(night / "night.json", "night")
+    if data.get("format") != NIGHT_FORMAT or not isinstance(data.get("cells"), dict):
+        raise UsageError(f"{night}: not a night made by 'lab results merge' (format {data.get('format')!r})")
+    return data

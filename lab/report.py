@@ -1,0 +1,235 @@
+"""`lab report NIGHT [--baseline NIGHT] -o DIR`: a static HTML page a person reads in the morning.
+
+The matrix as a grid (rows: entry and topology parameters; columns: kernels), every cell coloured
+by its class and linked to its summary, consoles, kernel logs and program output; the scenarios'
+own A/B tables; plots (throughput per kernel and format, failure rates with their intervals, boot
+times across nights); a header with the kernels' identities and the lab version.
+
+Classes, against the baseline night when there is one:
+    pass, expected-failure, regression (a verdict that changed from PASS to FAIL or ERROR for the
+    same cell identity; without a baseline, a FAIL the expectations did not foresee), fixed (FAIL
+    to PASS; without a baseline an unexpected PASS), failing (an unforeseen FAIL the baseline had
+    too), flaky (some repetitions failed, some passed), error, na.
+The command exits non-zero when any cell is a regression, naming them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lab import __version__
+from lab.night import load as load_night
+from lab.stats import Rate
+
+CLASSES = ("pass", "expected-failure", "regression", "fixed", "failing", "flaky", "error", "na")
+COLOURS = {"pass": "#2e7d32", "expected-failure": "#7b8d3b", "regression": "#c62828", "fixed": "#1565c0",
+           "failing": "#ef6c00", "flaky": "#8e24aa", "error": "#424242", "na": "#9e9e9e"}
+
+
+def classify(cell: dict[str, Any], base: dict[str, Any] | None) -> str:
+    verdict = cell.get("verdict")
+    if verdict == "ERROR":
+        return "error"
+    if verdict == "N/A":
+        return "na"
+    rate = cell.get("rate")
+    if rate and 0 < rate.get("failed", 0) < rate.get("runs", 0):
+        return "flaky"
+    if base is not None and base.get("verdict") in ("PASS", "FAIL"):
+        if base["verdict"] == "PASS" and verdict == "FAIL":
+            return "regression"
+        if base["verdict"] == "FAIL" and verdict == "PASS":
+            return "fixed"
+        if verdict == "FAIL":
+            return "expected-failure" if cell.get("outcome") == "as expected" else "failing"
+        return "pass"
+    if verdict == "FAIL":
+        return "expected-failure" if cell.get("outcome") == "as expected" else "regression"
+    if verdict == "PASS" and cell.get("outcome", "").startswith("unexpected pass"):
+        return "fixed"
+    return "pass"
+
+
+def links(night_dir: Path, report_dir: Path, cell: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, relative href) for the files a person opens first."""
+    root = night_dir / cell["run"]
+    rel = os.path.relpath(root, report_dir)
+    out = []
+    for label, pattern in (("summary", "summary.txt"), ("results", "results.json"), ("lab.log", "lab.log"),
+                           ("console", "subruns/*/machines/*/console.log"), ("kernel log", "subruns/*/**/*dmesg*"),
+                           ("program output", "subruns/*/**/*.out"), ("stdout", "subruns/*/**/stdout")):
+        for found in sorted(root.glob(pattern))[:3]:
+            out.append((label if found.name == pattern else f"{label}: {found.relative_to(root)}", f"{rel}/{found.relative_to(root)}"))
+    return out
+
+
+def _plots(night: dict[str, Any], baseline: dict[str, Any] | None, out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[tuple[str, str]] = []
+    cells = night["cells"]
+    # Throughput per kernel and format.
+    series: dict[str, dict[str, float]] = {}
+    for c in cells.values():
+        label = f"{c['entry']} " + ",".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
+        for name, value in c.get("figures", {}).items():
+            if name.endswith("MiB/s"):
+                series.setdefault(f"{label} {name.removesuffix(' MiB/s')}", {})[c["kernel"]] = value
+    if series:
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(series) + 1.5))
+        kernels = sorted({k for s in series.values() for k in s})
+        height = 0.8 / max(1, len(kernels))
+        for i, kernel in enumerate(kernels):
+            ys = [j + i * height for j in range(len(series))]
+            ax.barh(ys, [series[s].get(kernel, 0) for s in series], height=height, label=kernel)
+        ax.set_yticks([j + 0.4 - height / 2 for j in range(len(series))], list(series), fontsize=7)
+        ax.set_xlabel("MiB/s (mutating runs; NFS matrices)")
+        ax.legend(fontsize=8)
+        ax.set_title("Throughput per kernel and format")
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=90)
+        plt.close(fig)
+        made.append(("Throughput per kernel and format", "throughput.png"))
+    # Failure rates with their 95 % intervals.
+    rated = [(cid, c["rate"]) for cid, c in cells.items() if c.get("rate")]
+    if rated:
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(rated) + 1.5))
+        for j, (_, rate) in enumerate(rated):
+            low, high = Rate(int(rate["failed"]), int(rate["runs"])).interval()
+            value = rate["failed"] / rate["runs"] if rate["runs"] else 0
+            ax.errorbar([100 * value], [j], xerr=[[100 * (value - low)], [100 * (high - value)]], fmt="o", capsize=3)
+        ax.set_yticks(range(len(rated)), [cid[:60] for cid, _ in rated], fontsize=7)
+        ax.set_xlim(-2, 102)
+        ax.set_xlabel("failure rate, % (95 % Wilson interval)")
+        ax.set_title("Failure rates")
+        fig.tight_layout()
+        fig.savefig(out / "rates.png", dpi=90)
+        plt.close(fig)
+        made.append(("Failure rates with their intervals", "rates.png"))
+    # Boot times across nights, per kernel (median over the night's cells).
+    nights = [n for n in (baseline, night) if n]
+    boots: dict[str, list[float | None]] = {}
+    for i, n in enumerate(nights):
+        per_kernel: dict[str, list[float]] = {}
+        for c in n["cells"].values():
+            if "boot seconds" in c.get("figures", {}):
+                per_kernel.setdefault(c["kernel"], []).append(c["figures"]["boot seconds"])
+        for kernel, seconds in per_kernel.items():
+            boots.setdefault(kernel, [None] * len(nights))[i] = sorted(seconds)[len(seconds) // 2]
+    if boots:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = [n["name"] for n in nights]
+        for kernel, medians in boots.items():
+            ax.plot(names, [v if v is not None else float("nan") for v in medians], marker="o", label=kernel)
+        ax.set_ylabel("seconds to ready (median)")
+        ax.set_title("Boot times across nights")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "boot.png", dpi=90)
+        plt.close(fig)
+        made.append(("Boot times across nights", "boot.png"))
+    return made
+
+
+def ab_tables(night_dir: Path, night: dict[str, Any]) -> list[tuple[str, str]]:
+    """The scenarios' own tables, kernels side by side, for cells that differ only by kernel."""
+    from lab.errors import LabError
+    from lab.scenarios import framework
+
+    groups: dict[str, dict[str, Any]] = {}
+    for c in night["cells"].values():
+        key = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
+        try:
+            results = json.loads((night_dir / c["run"] / "results.json").read_text())
+        except (OSError, ValueError):
+            continue
+        group = groups.setdefault(key, {"scenario": c["scenario"], "subruns": {}})
+        for label, section in results.get("subruns", {}).items():
+            group["subruns"][label] = section
+    out = []
+    for key, merged in groups.items():
+        try:
+            cls = framework.get(merged["scenario"])
+            out.append((key, framework.summary(cls(cls.Options.model_construct()), merged)))
+        except (LabError, KeyError, TypeError, ValueError) as exc:
+            out.append((key, f"(no table: {exc})"))
+    return out
+
+
+PAGE = jinja2.Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lab night {{ night.name }}</title>
+<style>
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table.grid { border-collapse: collapse; margin: 1em 0; }
+table.grid th, table.grid td { border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; vertical-align: top; }
+td.cell a { color: inherit; }
+{% for cls, colour in colours.items() %}td.{{ cls }} { background: {{ colour }}; color: white; }
+span.legend.{{ cls }} { background: {{ colour }}; color: white; padding: 2px 6px; margin-right: 4px; }
+{% endfor %}
+pre { background: #f5f5f5; padding: 8px; overflow-x: auto; font-size: 12px; }
+.regressions { color: #c62828; font-weight: bold; }
+details { margin: 2px 0; }
+</style></head><body>
+<h1>lab night {{ night.name }}</h1>
+<p>lab {{ version }} (cells made with {{ lab_versions | join(", ") }}); merged {{ night.merged }}{% if baseline %}; baseline: {{ baseline.name }}{% endif %}.</p>
+<table class="grid" id="kernels"><tr><th>kernel</th><th>release</th></tr>
+{% for ref, release in night.kernels.items() %}<tr><td>{{ ref }}</td><td>{{ release }}</td></tr>{% endfor %}</table>
+{% if regressions %}<p class="regressions" id="regressions">{{ regressions | length }} regression(s): {{ regressions | join(", ") }}</p>
+{% else %}<p id="regressions">No regressions.</p>{% endif %}
+<p>{% for cls in classes %}<span class="legend {{ cls }}">{{ cls }} {{ counts[cls] }}</span>{% endfor %}</p>
+<table class="grid" id="grid"><tr><th>entry / parameters</th>{% for k in kernels %}<th>{{ k }}</th>{% endfor %}</tr>
+{% for row, by_kernel in rows.items() %}<tr><th>{{ row }}</th>
+{% for k in kernels %}{% set c = by_kernel.get(k) %}{% if c %}<td class="cell {{ c.cls }}" id="cell-{{ c.id }}" data-class="{{ c.cls }}" title="{{ c.reason }}">
+<a href="{{ c.summary }}">{{ c.verdict }}</a>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}
+<details><summary>files</summary>{% for label, href in c.links %}<div><a href="{{ href }}">{{ label }}</a></div>{% endfor %}</details></td>
+{% else %}<td></td>{% endif %}{% endfor %}</tr>
+{% endfor %}</table>
+{% for title, image in plots %}<h2>{{ title }}</h2><img src="{{ image }}" alt="{{ title }}">{% endfor %}
+<h2>Tables</h2>
+{% for key, text in tables %}<h3>{{ key }}</h3><pre>{{ text }}</pre>{% endfor %}
+</body></html>
+""", autoescape=True)
+
+
+def write(night_dir: Path, out: Path, baseline_dir: Path | None = None) -> tuple[Path, list[str]]:
+    """The report in `out`; returns its index and the cell ids that regressed."""
+    night = load_night(night_dir)
+    baseline = load_night(baseline_dir) if baseline_dir else None
+    out.mkdir(parents=True, exist_ok=True)
+    kernels = sorted({c["kernel"] for c in night["cells"].values()})
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    counts = dict.fromkeys(CLASSES, 0)
+    regressions = []
+    for cid, c in sorted(night["cells"].items()):
+        base = (baseline or {}).get("cells", {}).get(cid)
+        cls = classify(c, base)
+        counts[cls] += 1
+        if cls == "regression":
+            regressions.append(cid)
+        row = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
+        cell_links = links(night_dir, out, c)
+        rate = c.get("rate")
+        rows.setdefault(row.strip(), {})[c["kernel"]] = {
+            "id": cid, "cls": cls, "verdict": c["verdict"], "reason": c.get("reason", ""),
+            "rate": Rate(int(rate["failed"]), int(rate["runs"])).describe() if rate else "",
+            "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
+            "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,
+        }
+    plots = _plots(night, baseline, out)
+    lab_versions = sorted({str((c.get("provenance", {}).get("lab") or {}).get("version")) for c in night["cells"].values()})
+    text = PAGE.render(night=night, baseline=baseline, version=__version__, lab_versions=lab_versions, kernels=kernels,
+                       rows=rows, counts=counts, classes=CLASSES, colours=COLOURS, regressions=regressions,
+                       plots=plots, tables=ab_tables(night_dir, night))
+    index = out / "index.html"
+    index.write_text(text)
+    shutil.copy(night_dir / "night.json", out / "night.json")
+    return index, regressions
+
