@@ -6,9 +6,10 @@ import select
 import shlex
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import paramiko
 from fabric import Config, Connection
@@ -18,6 +19,7 @@ from invoke.exceptions import CommandTimedOut
 from lab.errors import LabError
 
 DEFAULT_TIMEOUT = 120.0
+WATCHDOG_GRACE = 15.0  # beyond a command's own timeout, for connecting and opening the channel
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,36 @@ class Guest:
             self.close()
             return False
 
+    @contextmanager
+    def _watchdog(self, seconds: float, what: str) -> Iterator[None]:
+        """A guest that stops answering (paused, wedged) leaves paramiko waiting forever for a channel
+        to open; past the deadline the connection is closed under it and the call fails."""
+        fired = threading.Event()
+
+        def abort() -> None:
+            fired.set()
+            self.close()
+
+        timer = threading.Timer(seconds, abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except (OSError, paramiko.SSHException, EOFError, GuestCommandError) as exc:
+            if fired.is_set():
+                raise GuestCommandError(f"{self.name}: no answer within {seconds:.0f} s (the guest stopped responding): "
+                                        f"{what[:120]}") from None
+            raise exc
+        finally:
+            timer.cancel()
+
     def run(self, command: str | Sequence[object], timeout: float = DEFAULT_TIMEOUT, check: bool = False) -> Result:
         """Run a shell command line, or an argument list (quoted here), in the guest."""
         if not isinstance(command, str):
             command = shell_join(command)
         try:
-            res = self._connection().run(command, hide=True, warn=True, timeout=timeout)
+            with self._watchdog(timeout + WATCHDOG_GRACE, command):
+                res = self._connection().run(command, hide=True, warn=True, timeout=timeout)
         except CommandTimedOut:
             raise GuestCommandError(f"{self.name}: command timed out after {timeout:.0f} s: {command[:120]}") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -162,16 +188,18 @@ class Guest:
         finally:
             chan.close()
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, timeout: float = 600.0) -> None:
         try:
-            self._connection().put(str(local), remote)
+            with self._watchdog(timeout, f"copying {local} to {remote}"):
+                self._connection().put(str(local), remote)
         except (OSError, paramiko.SSHException) as exc:
             raise GuestCommandError(f"{self.name}: copying {local} to {remote} failed: {exc}") from None
 
     def get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._connection().get(remote, str(local))
+            with self._watchdog(600.0, f"copying {remote} to {local}"):
+                self._connection().get(remote, str(local))
         except (OSError, paramiko.SSHException) as exc:
             raise GuestCommandError(f"{self.name}: copying {remote} to {local} failed: {exc}") from None
 

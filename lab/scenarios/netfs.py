@@ -159,7 +159,7 @@ class NetfsDio(Scenario):
             result = ctx.run_program(argv, machine="client", timeout=1800, save_as=save, required=("cases", "mib_per_s"), count="cases")
         client.run(f"sync; umount {MOUNTS[fs]}", timeout=120)
         sums = self._witness(ctx, fs, result, name) if not result.error else None
-        verdict, reason = judge_transport(result, sums, "not audited here")
+        verdict, reason = judge_transport(result, sums, "not audited here", witness="the host" if fs == "9p" else "the server")
         data = result.data or {}
         ctx.case(name, verdict, reason, facets={"fs": fs, "transport": transport, "mode": mode}, mount=line, injected=injected,
                  cases=len(data.get("cases", [])), mib_per_s=data.get("mib_per_s"), seconds=round(time.monotonic() - t0, 1),

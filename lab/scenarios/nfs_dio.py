@@ -42,8 +42,10 @@ class NfsDioOptions(ScenarioOptions):
     inject_corruption: bool = opt(False, "flip a byte of the file on the server between write and verify: the run must FAIL")
 
 
-def judge_transport(result: ProgramResult, server_sums: dict[str, str] | None, pins: str) -> tuple[str, str]:
-    """PASS when every case was written, read back equal and checksummed equal on the server."""
+def judge_transport(result: ProgramResult, server_sums: dict[str, str] | None, pins: str,
+                    witness: str = "the server") -> tuple[str, str]:
+    """PASS when every case was written, read back equal and checksummed equal by the witness (the
+    server's own file system, or the host for a 9p share)."""
     if result.error or result.data is None:
         return ERROR, result.error or "no result"
     cases = result.data["cases"]
@@ -51,14 +53,14 @@ def judge_transport(result: ProgramResult, server_sums: dict[str, str] | None, p
     if bad:
         return FAIL, f"{len(bad)} of {len(cases)} cases failed; first: {bad[0]['name']}: {bad[0]['error']}"
     if server_sums is None:
-        return ERROR, "the server's checksums could not be computed"
+        return ERROR, f"{witness}'s checksums could not be computed"
     differ = [c["name"] for c in cases if server_sums.get(c["name"]) != c["sha256"]]
     if differ:
-        return FAIL, (f"{len(differ)} of {len(cases)} cases differ on the server (its own checksum of the written "
+        return FAIL, (f"{len(differ)} of {len(cases)} cases differ at {witness} (its own checksum of the stored "
                       f"bytes); first: {differ[0]}")
     if pins.startswith("UNBALANCED"):
         return FAIL, pins
-    return PASS, f"{len(cases)} cases verified by read-back and by the server's checksum, {result.data['mib_per_s']} MiB/s"
+    return PASS, f"{len(cases)} cases verified by read-back and by {witness}'s checksum, {result.data['mib_per_s']} MiB/s"
 
 
 @register

@@ -4,8 +4,9 @@ references, per file system and kernel, and whether the pins are balanced at res
 For every row (XFS and ext4 on NVMe with and without PI, the raw block devices, NFS over TCP and
 RDMA, 9p, cifs, FUSE when the image has a FUSE file system) the guest program does O_DIRECT writes
 and reads while the lab counts, for that program only, the calls of the kernel's page-taking
-helpers through kprobes with hist triggers (iov_iter_extract_pages pins pages of a user buffer;
-iov_iter_get_pages2 and iov_iter_get_pages_alloc2 take references), and reads
+helpers through kprobes with hist triggers (pin_user_pages_fast, which iov_iter_extract_pages uses
+to pin a user buffer; get_user_pages_fast, which iov_iter_get_pages2 and _alloc2 use to take
+references), and reads
 nr_foll_pin_acquired/released from /proc/vmstat before, after the I/O and at rest (unmounted and
 synced). Unbalanced pins are FAIL; a row where neither pins nor references moved although I/O was
 done is ERROR (the probes missed the path). `scenarios/pin-audit/expect.toml` records which
@@ -15,6 +16,7 @@ that changed."""
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 from lab import guestprog
@@ -31,7 +33,10 @@ from lab.ssh import Guest
 NAME = "pin-audit"
 PROGRAM = "/usr/local/bin/dio_mutate"
 COMM = "dio_mutate"
-PROBES = {"extract": "iov_iter_extract_pages", "get_pages": "iov_iter_get_pages2", "get_pages_alloc": "iov_iter_get_pages_alloc2"}
+# iov_iter_extract_pages() pins a user buffer through pin_user_pages_fast(); iov_iter_get_pages2() and
+# _alloc2() take references through get_user_pages_fast(). The iov_iter helpers themselves are notrace
+# (no kprobes), the gup entry points are not.
+PROBES = {"pin": "pin_user_pages_fast", "get": "get_user_pages_fast"}
 LOCAL = ("xfs-pi", "xfs-nopi", "ext4-pi", "ext4-nopi", "raw-pi", "raw-nopi")
 REMOTE = ("nfs-tcp", "nfs-rdma", "9p", "cifs-tcp", "fuse")
 ROWS = LOCAL + REMOTE
@@ -46,10 +51,15 @@ grep -q '^p:labpin/' kprobe_events && sed -n 's/^p:labpin\\/\\([^ ]*\\).*/-:labp
 """
 
 
-def hist_counts(text: str) -> int:
-    """Hits of the audited program in a hist trigger's output ('{ common_comm: dio_mutate } hitcount: 12')."""
-    m = re.search(rf"common_comm:\s*{COMM}\s*\}}\s*hitcount:\s*(\d+)", text)
-    return int(m.group(1)) if m else 0
+def trace_counts(text: str, keys: list[str]) -> dict[str, int]:
+    """Hits per probe in the trace buffer ('dio_mutate-229 [001] ..... 12.95: pin: (pin_user_pages_fast+0x4/0x60)');
+    the events are filtered on the audited program's comm when they are recorded."""
+    counts = dict.fromkeys(keys, 0)
+    for line in text.splitlines():
+        m = re.search(r"\s(\w+): \(", line)
+        if m and m.group(1) in counts and not line.startswith("#"):
+            counts[m.group(1)] += 1
+    return counts
 
 
 def mechanism(pins: int, references: int) -> str:
@@ -106,8 +116,8 @@ class PinAudit(Scenario):
         client.run(TRACING_SETUP, timeout=60, check=True)
         symbols = client.run("cat /proc/kallsyms", timeout=60).stdout
         self.probes = {key: fn for key, fn in PROBES.items() if re.search(rf" [Tt] {fn}$", symbols, re.MULTILINE)}
-        lines = "\n".join(f"p:labpin/{key} {fn}" for key, fn in self.probes.items())
-        client.run(f"printf '%s\\n' {lines!r} >> /sys/kernel/tracing/kprobe_events", timeout=30, check=True)
+        for key, fn in self.probes.items():
+            client.run(f"echo {shlex.quote(f'p:labpin/{key} {fn}')} >> /sys/kernel/tracing/kprobe_events", timeout=30, check=True)
         ctx.section["probes"] = self.probes
         if {"nfs-tcp", "nfs-rdma", "cifs-tcp"} & set(self.options.rows):
             nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}")
@@ -158,13 +168,16 @@ class PinAudit(Scenario):
             client.run(f"sync; umount {where}", timeout=120)
 
     def _arm(self, client: Guest) -> None:
-        script = "cd /sys/kernel/tracing\n" + "".join(
-            f"echo '!hist:keys=common_comm' > events/labpin/{k}/trigger 2>/dev/null; "
-            f"echo 'hist:keys=common_comm' > events/labpin/{k}/trigger; echo 1 > events/labpin/{k}/enable\n" for k in self.probes)
-        client.run(script + "echo 1 > tracing_on\n", timeout=30, check=True)
+        # A filter on the program's comm when recording (hist triggers keyed on common_comm need 6.10+).
+        script = "cd /sys/kernel/tracing\necho 8192 > buffer_size_kb\n" + "".join(
+            f"echo 'comm == \"{COMM}\"' > events/labpin/{k}/filter; echo 1 > events/labpin/{k}/enable\n" for k in self.probes)
+        client.run(script + "echo > trace\necho 1 > tracing_on\n", timeout=30, check=True)
 
     def _counts(self, client: Guest) -> dict[str, int]:
-        return {k: hist_counts(client.run(f"cat /sys/kernel/tracing/events/labpin/{k}/hist", timeout=30).stdout) for k in self.probes}
+        text = client.run("cat /sys/kernel/tracing/trace; grep -h overrun /sys/kernel/tracing/per_cpu/cpu*/stats", timeout=60).stdout
+        if any(int(n) for n in re.findall(r"^overrun: (\d+)", text, re.MULTILINE)):
+            raise LabError("the trace buffer overran: the call counts would be short (use fewer --seconds)")
+        return trace_counts(text, list(self.probes))
 
     def _row(self, ctx: Context, row: str) -> None:
         client = ctx.guest("client")
@@ -188,7 +201,7 @@ class PinAudit(Scenario):
         at_rest = nfs.vmstat_pins(client)
         pins = {"acquired": at_rest.get("nr_foll_pin_acquired", 0) - before.get("nr_foll_pin_acquired", 0),
                 "released": at_rest.get("nr_foll_pin_released", 0) - before.get("nr_foll_pin_released", 0)}
-        refs = calls.get("get_pages", 0) + calls.get("get_pages_alloc", 0)
+        refs = calls.get("get", 0)
         verdict, reason = judge(row, pins, refs, ops, pins["acquired"] == pins["released"])
         kind = mechanism(pins["acquired"], refs)
         rule = expectation_for(self.expect_file, {"row": row}, ctx.release("client")) if self.expect_file else None
@@ -215,7 +228,7 @@ class PinAudit(Scenario):
                 mark = " CHANGED" if c.get("mechanism_changed") else ""
                 pins = c.get("pins") or {}
                 cells.append(f"{c['verdict']} {c.get('mechanism', '')} pins {pins.get('acquired', '?')}/{pins.get('released', '?')} "
-                             f"refs {sum((c.get('calls') or {}).get(k, 0) for k in ('get_pages', 'get_pages_alloc'))}{mark}")
+                             f"gup {(c.get('calls') or {}).get('get', 0)}{mark}")
             rows.append([name, *cells])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows)

@@ -44,21 +44,18 @@ def test_corrupt_pi_flips_the_field_in_the_file(tmp_path):
     assert record == {"lba": 3, "field": "ref", "offset": offset, "before": "00000000", "after": "ffffffff"}
 
 
-HIST = """# event histogram
+TRACE = """# tracer: nop
 #
-# trigger info: hist:keys=common_comm:vals=hitcount:sort=hitcount:size=2048 [active]
-#
-
-{ common_comm: kworker/u8:2    } hitcount:          3
-{ common_comm: dio_mutate      } hitcount:        412
-
-Totals:
-    Hits: 415
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+              dio_mutate-229     [001] .....    12.955315: pin: (pin_user_pages_fast+0x4/0x60)
+              dio_mutate-229     [001] .....    12.963938: pin: (pin_user_pages_fast+0x4/0x60)
+              dio_mutate-229     [000] .....    12.965647: get: (get_user_pages_fast+0x4/0x60)
 """
 
 
 def test_pin_audit_reads_and_judges():
-    assert pin_audit.hist_counts(HIST) == 412 and pin_audit.hist_counts("") == 0
+    assert pin_audit.trace_counts(TRACE, ["pin", "get"]) == {"pin": 2, "get": 1}
+    assert pin_audit.trace_counts("", ["pin"]) == {"pin": 0}
     assert pin_audit.mechanism(10, 0) == "pins" and pin_audit.mechanism(0, 7) == "references"
     assert pin_audit.mechanism(3, 4) == "both" and pin_audit.mechanism(0, 0) == "none"
     balanced = {"acquired": 100, "released": 100}
