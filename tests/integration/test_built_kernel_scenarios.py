@@ -11,8 +11,8 @@ import pytest
 from lab.scenarios import framework
 from lab.scenarios.options import validate
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
-                                reason="needs the full fragment set: run `tox -e kernel-full`")
+pytestmark = [pytest.mark.timeout(3600), pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
+                                reason="needs the full fragment set: run `tox -e kernel-full`")]
 
 KERNEL = "lab-7.3"
 

@@ -22,6 +22,9 @@ from lab.kernels import build, source as sources
 from lab.scenarios.options import validate
 from lab.scenarios.stable_pages import StablePagesOptions
 
+# The first test waits for the cold build (in the background since the session started).
+pytestmark = pytest.mark.timeout(3600)
+
 BASE = "linux-source-7.3"
 FRAGMENTS = tuple(os.environ["LAB_TEST_FRAGMENTS"].split(",")) if os.environ.get("LAB_TEST_FRAGMENTS") else None
 

@@ -112,7 +112,7 @@ def check_in_browser(index: Path, night: dict, out: Path) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(index.as_uri())
         for cid, cls in expected.items():
-            cell = page.locator(f"#cell-{cid}")
+            cell = page.locator(f"[id=\"cell-{cid}\"]")
             assert cell.get_attribute("data-class") == cls, cid
             assert cls in (cell.get_attribute("class") or "")
         assert "regression" in page.locator("#regressions").inner_text()
@@ -120,7 +120,7 @@ def check_in_browser(index: Path, night: dict, out: Path) -> None:
         page.screenshot(path=str(out / "report.png"), full_page=True)
         # A cell's summary link opens the run's summary.
         regression = next(cid for cid, cls in expected.items() if cls == "regression")
-        page.locator(f"#cell-{regression} > a").click()
+        page.locator(f"[id=\"cell-{regression}\"] > a").click()
         page.wait_for_load_state()
         assert "debian-6.12" in page.content() and page.url.endswith("summary.txt")
         browser.close()

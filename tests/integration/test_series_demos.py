@@ -21,8 +21,8 @@ from lab.kernels import build, source as sources
 from lab.scenarios import framework
 from lab.scenarios.options import validate
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
-                                reason="needs the full fragment set: run `tox -e kernel-full`")
+pytestmark = [pytest.mark.timeout(5400), pytest.mark.skipif(bool(os.environ.get("LAB_TEST_FRAGMENTS")),
+                                reason="needs the full fragment set: run `tox -e kernel-full`")]
 
 BASE = "linux-source-7.3"
 
