@@ -15,7 +15,7 @@ import paramiko
 
 from lab.images import create_overlay
 from lab.lab import Lab
-from lab.machine import READY_MARKER, die_with_parent
+from lab.machine import READY_MARKER, boot_phases, die_with_parent
 from lab.paths import runtime_root
 from lab.rundir import RunDir
 from lab.sshkeys import ensure_key
@@ -55,8 +55,19 @@ def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: P
         proc.wait()
 
 
+def print_phases(phases: list[dict[str, float]]) -> None:
+    """Median seconds per boot phase over the runs (a phase missing in a run is left out of its median)."""
+    names = list(dict.fromkeys(name for run in phases for name in run))
+    print(f"boot phases, median of {len(phases)} run(s):")
+    for name in names:
+        values = [run[name] for run in phases if name in run]
+        print(f"  {name:30} {statistics.median(values):6.2f} s  [{min(values):.2f}-{max(values):.2f}]")
+
+
 def bench_boot(template: Lab, runs: int = 3) -> int:
-    lab_times, bare_times = [], []
+    lab_times: list[float] = []
+    bare_times: list[float] = []
+    phases: list[dict[str, float]] = []
     key, _ = ensure_key()
     run = RunDir.create("bench", "boot")
     for i in range(runs):
@@ -67,6 +78,7 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
             lab.guest(name).run("true", check=True)
             lab_times.append(time.monotonic() - started)
             launch_to_cmd = time.monotonic() - lab.machines[name].launched_at
+            phases.append(boot_phases(lab.machines[name].boot_record(), launch_to_cmd))
             argv = lab.machines[name].argv
             overlay = Path(next(a for a in argv if "root.qcow2" in a).split("file=")[1].split(",")[0])
             base = lab.images[lab.rendered.topology.machines[name].image].path
@@ -88,6 +100,8 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
         print(f"run {i + 1}: lab {lab_times[-1]:.1f} s (launch to first command {launch_to_cmd:.1f} s), bare QEMU {bare_times[-1]:.1f} s", flush=True)
     lab_med, bare_med = statistics.median(lab_times), statistics.median(bare_times)
     overhead = 100.0 * (lab_med - bare_med) / bare_med
+    print_phases(phases)
     print(f"first guest command: lab {lab_med:.1f} s (median of {runs}), bare QEMU {bare_med:.1f} s; lab overhead {overhead:+.1f} %")
-    run.finish("done", bench={"lab_seconds": lab_times, "bare_seconds": bare_times, "overhead_percent": overhead})
+    run.finish("done", bench={"lab_seconds": lab_times, "bare_seconds": bare_times, "overhead_percent": overhead,
+                              "phases": phases})
     return 0

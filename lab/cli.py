@@ -196,7 +196,7 @@ def _lab_for(args: argparse.Namespace, run=None, die_with_parent: bool = True):
     check_against_qemu([Variant("x", kernel or "", args.topology, {}, rendered=rendered)])
     ensure_host()
     refs = [kernel] if kernel else [m.kernel or "debian:7.3" for m in rendered.topology.machines.values()]
-    resolved = resolve_kernels(refs)
+    resolved = resolve_kernels(refs, [m.image for m in rendered.topology.machines.values()])
     reap_stale_runtimes()
     return Lab(rendered, kernel_ref=kernel, accel=accel, run=run, die_with_parent=die_with_parent, resolved=resolved)
 
@@ -461,6 +461,8 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
     if not 1 <= args.runs <= 100:
         raise UsageError("--runs must be between 1 and 100")
+    if args.kvm:
+        args.accel = "kvm"
     return bench_boot(_lab_for(args), runs=args.runs)
 
 
@@ -821,6 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_run, scenario=name)
         if name == "stable-pages":
             stable_pages_parser = p
+        if name == "dio-bench":
+            dio_bench_parser = p
 
     from lab.scenarios.repro import ReproOptions
 
@@ -910,6 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = bench.add_parser("boot", parents=[_topology_parent(), boot], help="time to the first guest command, and the lab's overhead over bare QEMU")
     p.add_argument("--runs", type=_whole_number, default=3)
+    p.add_argument("--kvm", action="store_true",
+                   help="measure under KVM (same as --accel kvm): fails with the probe's reason where KVM cannot run guests")
     p.set_defaults(func=cmd_bench_boot)
     p = bench.add_parser("nfs", help="NFS pair: time to the RDMA mount, and O_DIRECT MiB/s per transport")
     p.add_argument("--kernel", metavar="REF", help="default: debian:7.3")
@@ -919,6 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("stable-pages", parents=[stable_pages_parser], add_help=False,
                          help="time the default A/B stable-pages run from the command to the table")
     p.set_defaults(func=cmd_bench_stable_pages)
+    p = bench.add_parser("dio", parents=[dio_bench_parser], add_help=False,
+                         help="seed 003's table: io_uring QD16 reads and writes, zero copy vs bounce on XFS, as ratios")
+    p.set_defaults(func=cmd_run, scenario="dio-bench")
     return parser
 
 

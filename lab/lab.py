@@ -23,7 +23,7 @@ from lab.kernels.initramfs import ensure_initramfs
 from lab.kernels.kernel import Kernel
 from lab.kernels.pvh import pvh_image
 from lab.kernels.resolve import DEFAULT_KERNEL, resolve
-from lab.machine import QemuMachine
+from lab.machine import QemuMachine, boot_phases
 from lab.paths import runtime_root
 from lab.progress import info, step, warn
 from lab.qemu_caps import probe
@@ -199,7 +199,7 @@ class Lab:
         boots = self.run.manifest().get("boots", [])
         boots.append({
             "attempt": attempt,
-            "machines": {n: {**m.boot_record(), "ready_seconds": self.boot_seconds.get(n) if n not in failures else None,
+            "machines": {n: {**m.boot_record(), "phases": boot_phases(m.boot_record()), "ready_seconds": self.boot_seconds.get(n) if n not in failures else None,
                              "failure": vars(failures[n].evidence) | {"argv": None} if n in failures else None}
                          for n, m in self.machines.items()},
         })

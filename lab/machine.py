@@ -32,6 +32,10 @@ _STAGE_RE = re.compile(r"lab-init: \[(\d+\.\d+)\] (.+)")
 # The one emulator fault the lab retries (multi-threaded TCG in QEMU 7.2 patching kernel text).
 _INT3_OOPS = re.compile(r"Oops: int3\b")
 _INT3_RIP = re.compile(r"RIP: \S*?\bsched_clock_cpu\b")
+# The same fault elsewhere: the trap came from an int3 the kernel's text patching (static keys,
+# alternatives) had put in and already replaced, so the byte before RIP is no longer 0xcc. A real
+# int3 left in kernel text still reads "cc <..>".
+_STALE_INT3_CODE = re.compile(r"^.*Code: (?:[0-9a-f]{2} )*([0-9a-f]{2}) <[0-9a-f]{2}>", re.MULTILINE)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -74,8 +78,14 @@ def console_tail(text: str, lines: int = 25) -> str:
 def classify_console(text: str) -> tuple[str, str] | None:
     """(phase, detail) when the console shows the guest kernel died before the lab's ready marker."""
     before_ready = text.split(READY_MARKER, 1)[0]
-    if _INT3_OOPS.search(before_ready) and _INT3_RIP.search(before_ready):
-        return "tcg-int3", "guest kernel oopsed on int3 in sched_clock_cpu during early boot (the known multi-threaded TCG fault)"
+    if _INT3_OOPS.search(before_ready):
+        if _INT3_RIP.search(before_ready):
+            return "tcg-int3", "guest kernel oopsed on int3 in sched_clock_cpu during early boot (the known multi-threaded TCG fault)"
+        code = _STALE_INT3_CODE.search(before_ready)
+        if code and code.group(1) != "cc":
+            rip = re.search(r"RIP: \S+:(\S+)", before_ready)
+            return "tcg-int3", (f"guest kernel oopsed on an int3 already patched away at {rip.group(1) if rip else '?'} "
+                                "during early boot (the known multi-threaded TCG fault)")
     m = re.search(r"Kernel panic - not syncing: ([^\n]*)", before_ready)
     if m:
         return "panic", f"guest kernel panicked: {m.group(1).strip()[:120]}"
@@ -88,6 +98,35 @@ def guest_stages(text: str) -> dict[str, float]:
     for m in _STAGE_RE.finditer(text):
         out.setdefault(m.group(2).strip(), float(m.group(1)))
     return out
+
+
+# The guest's stage lines in boot order, each phase named after the work that ends at that line.
+GUEST_PHASES = (("stage 1: init", "kernel to /init"), ("stage 1: modules loaded", "stage 1 modules"),
+                ("stage 1: switching root", "root disk and switch_root"), ("stage 2", "exec stage 2"),
+                ("drivers loaded", "stage 2 drivers and network"), ("sshd started", "sshd"),
+                ("ready", "late set-up (RDMA links)"))
+
+
+def boot_phases(record: dict[str, Any], first_command: float | None = None) -> dict[str, float]:
+    """Seconds per phase of one boot, in order, from its manifest record: host events are seconds
+    since QEMU was launched, guest stages are the guest's uptime; the ready marker ties both clocks."""
+    events, stages = record.get("events", {}), record.get("guest_stages", {})
+    phases: dict[str, float] = {}
+    if "qmp" in events:
+        phases["QEMU start to QMP"] = events["qmp"]
+    if "ready-marker" in events and "ready" in stages:
+        kernel_start = events["ready-marker"] - stages["ready"]  # host time at guest uptime 0
+        phases["firmware and kernel load"] = kernel_start - phases.get("QEMU start to QMP", 0.0)
+        previous = 0.0
+        for stage, phase in GUEST_PHASES:
+            if stage in stages:
+                phases[phase] = stages[stage] - previous
+                previous = stages[stage]
+        if "ssh" in events:
+            phases["SSH connect"] = events["ssh"] - events["ready-marker"]
+    if first_command is not None and "ssh" in events:
+        phases["first command"] = first_command - events["ssh"]
+    return {k: round(v, 3) for k, v in phases.items()}
 
 
 class QemuMachine:

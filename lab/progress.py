@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -36,7 +37,9 @@ def step(title: str) -> Iterator["Step"]:
     """A titled piece of work; shows a spinner with the latest detail on a terminal."""
     started = time.monotonic()
     st = Step(title, started)
-    if console.is_terminal:
+    # One live display at a time: work in a helper thread (an image built while kernels download)
+    # prints plain lines above the main thread's spinner.
+    if console.is_terminal and threading.current_thread() is threading.main_thread():
         with console.status(title) as status:
             st._status = status
             yield st

@@ -69,9 +69,36 @@ def download(guest: Guest, remote: str, local: Path) -> Path:
         buf.seek(0)
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=buf, mode="r") as tar:
-            # The 'data' filter refuses absolute names, '..', devices and links that leave the tree.
-            tar.extractall(target, filter="data")
+            safe_extract(tar, target)
     return target
+
+
+def checked_members(tar: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+    """What a guest's tar may put on the host: regular files, directories and links that stay
+    under target. Absolute names, '..', devices and escaping links are refused."""
+    root = target.resolve()
+    members = []
+    for m in tar.getmembers():
+        dest = (root / m.name).resolve()
+        if m.name.startswith("/") or not dest.is_relative_to(root):
+            raise LabError(f"refusing {m.name!r} from the guest: it would land outside {target}")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise LabError(f"refusing {m.name!r} from the guest: not a file, directory or link")
+        if m.issym() or m.islnk():
+            link = (dest.parent / m.linkname) if m.issym() else (root / m.linkname)
+            if m.linkname.startswith("/") or not link.resolve().is_relative_to(root):
+                raise LabError(f"refusing link {m.name!r} -> {m.linkname!r} from the guest: it leaves {target}")
+        m.mode &= 0o755  # no set-id bits or world-writable files from a guest
+        members.append(m)
+    return members
+
+
+def safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """tarfile's 'data' filter where Python has it (3.11.4+), the same rules by hand before."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+    else:
+        tar.extractall(target, members=checked_members(tar, target))
 
 
 def copy(guest_of: dict[str, Guest], src: str, dst: str) -> str:

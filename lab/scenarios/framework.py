@@ -148,7 +148,7 @@ class Scenario:
 _REGISTRY: dict[str, type[Scenario]] = {}
 _LOADED = False
 BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "repro", "netfs", "fault_injection",
-                   "pin_audit")
+                   "pin_audit", "dio_bench")
 
 
 def register(cls: type[Scenario]) -> type[Scenario]:
@@ -433,15 +433,51 @@ class Outcome:
         return ", ".join(parts)
 
 
-def resolve_kernels(refs: Sequence[str]) -> dict[str, Kernel]:
+def resolve_kernels(refs: Sequence[str], images: Sequence[str] = ()) -> dict[str, Kernel]:
     """Every kernel of the run, fetched or built before the first boot: a bad second kernel is
-    found before the first one boots, and nothing waits for a download between sub-runs."""
+    found before the first one boots, and nothing waits for a download between sub-runs. Guest
+    images missing from the cache are built meanwhile in a helper thread (mmdebstrap and the kernel
+    downloads do not depend on each other: a first run overlaps them)."""
     from lab.kernels.resolve import resolve
 
+    builder = _ImagePrefetch(images)
     out: dict[str, Kernel] = {}
     for ref in dict.fromkeys(refs):
-        out[ref] = resolve(ref)
+        out[ref] = resolve(ref)  # an error here leaves the image to finish in its daemon thread
+    builder.join()
     return out
+
+
+class _ImagePrefetch:
+    """Builds the images a run needs in a daemon thread; join() re-raises its error in the caller.
+    A daemon thread: an interrupted lab exits at once, and mmdebstrap dies with it (its parent
+    death signal)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        import threading
+
+        from lab.images import image_path, load_recipe
+
+        self.error: BaseException | None = None
+        missing = [n for n in dict.fromkeys(names) if not image_path(load_recipe(n)).exists()]
+        self.thread = threading.Thread(target=self._build, args=(missing,), name="image-prefetch", daemon=True) if missing else None
+        if self.thread:
+            self.thread.start()
+
+    def _build(self, names: list[str]) -> None:
+        from lab.images import ensure_image
+
+        try:
+            for name in names:
+                ensure_image(name)
+        except BaseException as exc:  # noqa: B036 - handed to the main thread by join()
+            self.error = exc
+
+    def join(self) -> None:
+        if self.thread:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def check_against_qemu(variants: Sequence[Variant]) -> None:
@@ -467,7 +503,8 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
     scenario = cls(options)
     variants = scenario.plan()
     check_against_qemu(variants)
-    resolved = resolve_kernels([v.kernel for v in variants])
+    images = [m.image for v in variants if v.rendered for m in v.rendered.topology.machines.values()]
+    resolved = resolve_kernels([v.kernel for v in variants], images)
     scenario.prepare()
     run_dir = RunDir.create(cls.name, variants[0].topology)
     run_dir.update(scenario=cls.name, options=options.to_dict(), **(tags or {}))

@@ -187,6 +187,20 @@ def results_from(output: str, tests: list[str]) -> dict:
     return {"statuses": statuses, "check_exit": int(exit_m.group(1)) if exit_m else None, "source": "xunit" if xunit else "console"}
 
 
+_FATAL_RE = re.compile(r"(not found|[Ee]rror|cannot|failed|[Nn]o such|must be|not set|not supported|[Uu]sage)")
+
+
+def startup_failure(output: str) -> str:
+    """The message check stopped with when it ran no test at all ("bc not found", "common/config:
+    Error: ..."): the first line that reads like an error, else the last line it printed."""
+    console = output.split("LAB-CHECK-EXIT", 1)[0]
+    lines = [ln.strip() for ln in console.splitlines() if ln.strip() and not ln.startswith("LAB-")]
+    for line in lines:
+        if _FATAL_RE.search(line):
+            return line[:200]
+    return lines[-1][:200] if lines else "check printed nothing"
+
+
 def tree_tarball(path: Path) -> bytes:
     """The tree without git metadata or old results, as a gzip tarball for the client."""
     buf = io.BytesIO()
@@ -291,6 +305,13 @@ class NfsFstests(Scenario):
         parsed = results_from(output, tests)
         parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
         ctx.section["transports"][transport] = parsed
+        if all(status == "not reported" for status in parsed["statuses"].values()):
+            # check stopped before its first test: one ERROR with its own words, not a column of "not reported"
+            fatal = startup_failure(output)
+            parsed["fatal"] = fatal
+            ctx.case(f"check ({transport})", ERROR, f"fstests did not start (check exited {parsed['check_exit']}): {fatal}",
+                     facets={"transport": transport})
+            return
         for test in tests:
             verdict, reason = test_verdict(parsed["statuses"][test])
             ctx.case(f"{test} ({transport})", verdict, reason, facets={"transport": transport, "test": test},

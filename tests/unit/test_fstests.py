@@ -150,3 +150,14 @@ def test_git_url_is_cloned_into_the_cache(tmp_path: Path, monkeypatch) -> None:
     assert tree.is_relative_to(tmp_path / "cache") and (tree / "check").is_file()
     assert fstests.fetch_tree(f"file://{repo}") == tree  # the second time from the cache
     assert fstests.is_url("git://git.kernel.org/pub/scm/fs/xfs/xfstests-dev.git") and not fstests.is_url("/srv/fstests")
+
+
+def test_a_check_that_stopped_at_once_reports_its_own_message():
+    from lab.scenarios.fstests import results_from, startup_failure
+
+    output = "SECTION       -- nfs\nbc not found\nLAB-CHECK-EXIT 1\n"
+    parsed = results_from(output, ["generic/001", "generic/091"])
+    assert set(parsed["statuses"].values()) == {"not reported"}
+    assert startup_failure(output) == "bc not found"
+    assert startup_failure("common/config: Error: $TEST_DEV is not a block device\nLAB-CHECK-EXIT 1") .startswith("common/config: Error")
+    assert startup_failure("LAB-CHECK-EXIT 1\n") == "check printed nothing"

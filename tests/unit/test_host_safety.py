@@ -8,6 +8,7 @@ import signal
 import tempfile
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -151,3 +152,48 @@ def test_a_failed_build_step_names_apts_error_line(tmp_path):
     first = str(info.value).splitlines()[0]
     assert first.startswith("mmdebstrap failed (exit 25): E: Unable to locate package no-such-package; log: ")
     assert "E: setup failed" in str(info.value)
+
+
+def _tar_with(tmp_path, *infos):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in infos:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    buf.seek(0)
+    return tarfile.open(fileobj=buf, mode="r")
+
+
+@pytest.mark.parametrize("name,kind,linkname,message", [
+    ("../evil", tarfile.REGTYPE, "", "outside"),
+    ("/etc/evil", tarfile.REGTYPE, "", "outside"),
+    ("dev", tarfile.CHRTYPE, "", "not a file"),
+    ("ln", tarfile.SYMTYPE, "/etc/passwd", "leaves"),
+    ("ln", tarfile.SYMTYPE, "../../x", "leaves"),
+])
+def test_a_guest_tar_cannot_write_outside_the_target(tmp_path, name, kind, linkname, message):
+    from lab.errors import LabError
+    from lab.transfer import checked_members
+
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    data = b"x" if kind == tarfile.REGTYPE else None
+    info.size = len(data or b"")
+    with _tar_with(tmp_path, (info, data)) as tar, pytest.raises(LabError, match=message):
+        checked_members(tar, tmp_path)
+
+
+def test_a_guest_tar_of_files_and_inner_links_is_accepted(tmp_path):
+    from lab.transfer import checked_members
+
+    f = tarfile.TarInfo("./sub/a.txt")
+    f.size, f.mode = 1, 0o4777
+    link = tarfile.TarInfo("./sub/l")
+    link.type, link.linkname = tarfile.SYMTYPE, "a.txt"
+    with _tar_with(tmp_path, (f, b"a"), (link, None)) as tar:
+        members = checked_members(tar, tmp_path)
+        assert [m.name for m in members] == ["./sub/a.txt", "./sub/l"] and members[0].mode == 0o755
+        tar.extractall(tmp_path, members=members)
+    assert (tmp_path / "sub/l").read_text() == "a"

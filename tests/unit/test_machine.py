@@ -81,6 +81,14 @@ def test_console_classification():
     assert classify_console(int3)[0] == "tcg-int3"
     # An int3 elsewhere is the kernel under test: a panic, not retried.
     assert classify_console(int3.replace("sched_clock_cpu", "ext4_fill_super"))[0] == "panic"
+    # The same emulator fault at another patched site: the byte before RIP is no longer int3.
+    stale = ("[    1.90] Oops: int3: 0000 [#1] SMP NOPTI\n[    1.91] RIP: 0010:set_next_task_fair+0x609/0x780\n"
+             "[    1.91] Code: 0f 84 42 01 00 00 48 0f 47 c2 eb 6d 0f <1f> 44 00 00 48 8b 3c 24\n"
+             "[    1.91] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    phase, detail = classify_console(stale)
+    assert phase == "tcg-int3" and "set_next_task_fair+0x609/0x780" in detail
+    # An int3 still in the text (cc before RIP) is the kernel under test.
+    assert classify_console(stale.replace("eb 6d 0f <1f>", "eb 6d cc <1f>"))[0] == "panic"
     # After the ready marker nothing counts as an early-boot fault.
     assert classify_console("LAB-READY\n" + int3) is None
     assert classify_console("lab-init: [1.0] stage 1\n") is None
@@ -142,3 +150,18 @@ def test_launch_of_a_missing_binary(tmp_path):
         m.launch()
     assert info.value.phase == "qemu-exit" and "cannot start" in str(info.value)
     assert os.path.basename(info.value.evidence.argv[0]) == "no-such-qemu"
+
+
+def test_boot_phases_tie_the_guest_clock_to_the_host_clock():
+    from lab.machine import boot_phases
+
+    record = {"events": {"qmp": 0.3, "ready-marker": 9.0, "ssh": 10.2},
+              "guest_stages": {"stage 1: init": 3.1, "stage 1: modules loaded": 4.0, "stage 1: switching root": 5.0,
+                               "stage 2": 5.2, "drivers loaded": 6.5, "sshd started": 7.0, "ready": 7.5}}
+    phases = boot_phases(record, first_command=10.6)
+    assert phases["QEMU start to QMP"] == 0.3
+    assert phases["firmware and kernel load"] == 1.2  # 9.0 - 7.5 - 0.3
+    assert phases["kernel to /init"] == 3.1 and phases["stage 1 modules"] == 0.9
+    assert phases["SSH connect"] == 1.2 and phases["first command"] == 0.4
+    assert list(phases)[:3] == ["QEMU start to QMP", "firmware and kernel load", "kernel to /init"]
+    assert sum(v for k, v in phases.items()) == pytest.approx(10.6)

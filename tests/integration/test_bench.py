@@ -1,0 +1,23 @@
+"""lab bench dio, small: one block size and direction, one short run per arrangement, on debian:7.3
+in a real guest. Every arrangement is proven by the bounce kprobe before it is measured."""
+
+from __future__ import annotations
+
+from lab.scenarios import framework
+from lab.scenarios.options import validate
+
+
+def test_dio_bench_measures_zero_copy_and_bounce_each_proven():
+    cls = framework.get("dio-bench")
+    options = validate(cls.Options, {"kernels": ["debian:7.3"], "runs": 1, "seconds": 1, "size_mib": 64,
+                                     "directions": ["write"], "blocks": ["64k"]})
+    outcome = framework.run(cls, options)
+    section = outcome.results["subruns"]["debian-7.3"]
+    assert section["verdict"] == "PASS", section["reason"]
+    assert section["bounce_in_kernel"] is True
+    for arrangement in ("zero-copy", "bounce", "pi-bounce"):
+        case = section["cases"][f"{arrangement}-write-64k"]
+        assert case["verdict"] == "PASS" and case["bandwidth"]["median"] > 0, case
+    ratio = section["ratios"]["write-64k"]
+    assert ratio["bounce"] is not None and 0 < ratio["bounce"] < 5, ratio
+    assert "bounce/zc" in outcome.table and "seed 003" in outcome.table
