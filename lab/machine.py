@@ -101,10 +101,10 @@ def guest_stages(text: str) -> dict[str, float]:
 
 
 # The guest's stage lines in boot order, each phase named after the work that ends at that line.
-GUEST_PHASES = (("stage 1: init", "kernel to /init"), ("stage 1: modules loaded", "stage 1 modules"),
-                ("stage 1: switching root", "root disk and switch_root"), ("stage 2", "exec stage 2"),
-                ("drivers loaded", "stage 2 drivers and network"), ("sshd started", "sshd"),
-                ("ready", "late set-up (RDMA links)"))
+GUEST_PHASES = {"stage 1: init": "kernel to /init", "stage 1: modules loaded": "stage 1 modules",
+                "stage 1: root mounted": "root disk found and mounted", "stage 2": "switch_root to stage 2",
+                "sshd started": "stage 2 to sshd", "drivers loaded": "stage 2 drivers and network",
+                "ready": "late set-up (RDMA links)"}
 
 
 def boot_phases(record: dict[str, Any], first_command: float | None = None) -> dict[str, float]:
@@ -118,10 +118,10 @@ def boot_phases(record: dict[str, Any], first_command: float | None = None) -> d
         kernel_start = events["ready-marker"] - stages["ready"]  # host time at guest uptime 0
         phases["firmware and kernel load"] = kernel_start - phases.get("QEMU start to QMP", 0.0)
         previous = 0.0
-        for stage, phase in GUEST_PHASES:
-            if stage in stages:
-                phases[phase] = stages[stage] - previous
-                previous = stages[stage]
+        # In the order the guest reached them (stage 2 loads drivers while sshd starts).
+        for stage in sorted((st for st in GUEST_PHASES if st in stages), key=lambda st: stages[st]):
+            phases[GUEST_PHASES[stage]] = stages[stage] - previous
+            previous = stages[stage]
         if "ssh" in events:
             phases["SSH connect"] = events["ssh"] - events["ready-marker"]
     if first_command is not None and "ssh" in events:

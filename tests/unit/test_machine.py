@@ -156,12 +156,15 @@ def test_boot_phases_tie_the_guest_clock_to_the_host_clock():
     from lab.machine import boot_phases
 
     record = {"events": {"qmp": 0.3, "ready-marker": 9.0, "ssh": 10.2},
-              "guest_stages": {"stage 1: init": 3.1, "stage 1: modules loaded": 4.0, "stage 1: switching root": 5.0,
-                               "stage 2": 5.2, "drivers loaded": 6.5, "sshd started": 7.0, "ready": 7.5}}
+              "guest_stages": {"stage 1: init": 3.1, "stage 1: modules loaded": 4.0, "stage 1: root mounted": 5.0,
+                               "stage 2": 5.2, "drivers loaded": 7.1, "sshd started": 7.0, "ready": 7.5}}
     phases = boot_phases(record, first_command=10.6)
     assert phases["QEMU start to QMP"] == 0.3
     assert phases["firmware and kernel load"] == 1.2  # 9.0 - 7.5 - 0.3
     assert phases["kernel to /init"] == 3.1 and phases["stage 1 modules"] == 0.9
     assert phases["SSH connect"] == 1.2 and phases["first command"] == 0.4
     assert list(phases)[:3] == ["QEMU start to QMP", "firmware and kernel load", "kernel to /init"]
+    # Stages are taken in the order the guest reached them: no negative phase.
+    assert list(phases).index("stage 2 to sshd") < list(phases).index("stage 2 drivers and network")
+    assert min(phases.values()) >= 0
     assert sum(v for k, v in phases.items()) == pytest.approx(10.6)
