@@ -8,6 +8,7 @@ kernel range holds the guest's version gives the expected verdict and why.
     verdict = "FAIL"
     why = "..."
     expect_mechanism = "pins"   # expect_* keys are further expectations a scenario reads (pin-audit)
+    link = "https://lore.kernel.org/..."   # optional: where the known issue is discussed
 
 A case with no matching rule is expected to PASS. CI then reads a FAIL where FAIL was expected as
 expected, a FAIL where PASS was expected as a regression and a PASS where FAIL was as a finding."""
@@ -24,7 +25,7 @@ from typing import Any
 from lab.errors import UsageError
 
 PASS, FAIL, ERROR, NOT_APPLICABLE, INFO = "PASS", "FAIL", "ERROR", "N/A", "INFO"
-RULE_KEYS = ("verdict", "why", "kernel_from", "kernel_below")
+RULE_KEYS = ("verdict", "why", "kernel_from", "kernel_below", "link")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Expectation:
     verdict: str
     why: str
     extra: dict[str, Any] = field(default_factory=dict)  # the rule's expect_* values, without the prefix
+    link: str = ""  # where the known issue is discussed (a mailing-list thread, a bug)
 
 
 def kernel_version(release: str) -> tuple[int, int]:
@@ -70,7 +72,7 @@ def expectation_for(path: Path, facets: dict[str, Any], release: str) -> Expecta
         if "kernel_below" in rule and version >= kernel_version(rule["kernel_below"]):
             continue
         extra = {k.removeprefix("expect_"): v for k, v in rule.items() if k.startswith("expect_")}
-        return Expectation(rule["verdict"], rule.get("why", ""), extra)
+        return Expectation(rule["verdict"], rule.get("why", ""), extra, str(rule.get("link", "")))
     return None
 
 

@@ -20,12 +20,16 @@ from pydantic import model_validator
 
 from lab.errors import LabError, UsageError
 from lab.scenarios import nfs
+from lab.paths import scenarios_dir
+from lab.scenarios.expect import load_rules, expectation_for
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 from lab.settings import settings
 
 NAME = "nfs-fstests"
+# Shipped known issues per kernel (the same [[expect]] format as every scenario's expect.toml).
+KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
 # The list the NFS direct-I/O series (seed 000) was tested with, over RDMA and TCP.
 PRESETS = {
     "nfs-dio": ("generic/091 generic/130 generic/139 generic/143 generic/154 generic/155 generic/183 generic/188 "
@@ -216,6 +220,31 @@ def tree_tarball(path: Path) -> bytes:
 
 STATUS_VERDICT = {PASS_S: PASS, FAIL_S: FAIL, NOTRUN_S: NOT_APPLICABLE}
 
+# Each result read against the known issues, as a kdevops baseline reads it.
+PASSED, KNOWN, NEW, FIXED, FLAKY, NOTRUN, UNREPORTED = ("pass", "known failure", "new failure", "fixed", "flaky",
+                                                       "notrun", "not reported")
+
+
+def classify(status: str, known_failure: bool, rerun: str | None = None) -> str:
+    """A test's class from its status, whether a known-issues entry says it fails on this kernel,
+    and its status when a failure nobody knew of was run again."""
+    if status == NOTRUN_S:
+        return NOTRUN
+    if status == PASS_S:
+        return FIXED if known_failure else PASSED
+    if status == FAIL_S:
+        if known_failure:
+            return KNOWN
+        return FLAKY if rerun == PASS_S else NEW
+    return UNREPORTED
+
+
+def class_verdict(cls: str) -> tuple[str, str]:
+    """(verdict, expected verdict) so that CI's outcome follows the class: a known failure is an
+    expected FAIL, a new failure a regression, a fix a finding, a flake a PASS that says so."""
+    return {PASSED: (PASS, PASS), KNOWN: (FAIL, FAIL), NEW: (FAIL, PASS), FIXED: (PASS, FAIL), FLAKY: (PASS, PASS),
+            NOTRUN: (NOT_APPLICABLE, PASS), UNREPORTED: (ERROR, PASS)}[cls]
+
 
 def test_verdict(status: str) -> tuple[str, str]:
     """A test's verdict: pass and fail as they are, notrun not applicable, unreported an ERROR."""
@@ -234,6 +263,11 @@ class FstestsOptions(ScenarioOptions):
                                           min_length=1)
     nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
     timeout: Seconds = opt(3600.0, "seconds for the whole check run per transport (default: 3600)", metavar="SECONDS")
+    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport, kernel_from, "
+                                  "kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the shipped one",
+                                  flag="--known-issues", metavar="FILE")
+    rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
+                     ge=0, le=5)
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +294,11 @@ class NfsFstests(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
+        for f in self.options.known_issues:
+            path = Path(f).expanduser()
+            if not path.is_file():
+                raise UsageError(f"--known-issues {f}: no such file")
+            load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
         if not is_url(self.options.fstests):
             check_tree(Path(self.options.fstests).expanduser())
 
@@ -296,15 +335,19 @@ class NfsFstests(Scenario):
         res = client.run(script, timeout=self.options.timeout + 300)
         output = res.stdout + res.stderr
         ctx.sub.write(ctx.path(f"{transport}/check.out"), output)
+        parsed = results_from(output, tests)
+        ctx.section["transports"][transport] = parsed
         client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
         try:
             client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / ctx.path(f"{transport}/results.tar.gz"))
         except LabError:  # the results tree is a bonus; the console output is kept anyway
             pass
+        known = {t: self._known(ctx, t, transport) for t in tests}
+        rerun_status = self._rerun(ctx, client, transport, server, opts,
+                                   [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
+        parsed["rerun"] = rerun_status
         client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
-        parsed = results_from(output, tests)
         parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
-        ctx.section["transports"][transport] = parsed
         if all(status == "not reported" for status in parsed["statuses"].values()):
             # check stopped before its first test: one ERROR with its own words, not a column of "not reported"
             fatal = startup_failure(output)
@@ -312,10 +355,44 @@ class NfsFstests(Scenario):
             ctx.case(f"check ({transport})", ERROR, f"fstests did not start (check exited {parsed['check_exit']}): {fatal}",
                      facets={"transport": transport})
             return
+        parsed["classes"] = {}
         for test in tests:
-            verdict, reason = test_verdict(parsed["statuses"][test])
+            status = parsed["statuses"][test]
+            entry = known[test]
+            cls = classify(status, entry is not None, rerun_status.get(test))
+            parsed["classes"][test] = cls
+            verdict, expected = class_verdict(cls)
+            reason = test_verdict(status)[1] if cls in (PASSED, NOTRUN, UNREPORTED) else cls
+            if entry is not None:
+                reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
+            if cls == FLAKY:
+                reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
             ctx.case(f"{test} ({transport})", verdict, reason, facets={"transport": transport, "test": test},
-                     status=parsed["statuses"][test])
+                     expected=expected, status=status, classification=cls)
+
+    def _known(self, ctx: Context, test: str, transport: str):
+        """The known-issues entry saying this test fails here: the user's files first, then the shipped one."""
+        facets = {"transport": transport, "test": test}
+        for path in [Path(f).expanduser() for f in self.options.known_issues] + [KNOWN_ISSUES]:
+            rule = expectation_for(path, facets, ctx.release("client"))
+            if rule is not None:
+                return rule if rule.verdict == FAIL else None
+        return None
+
+    def _rerun(self, ctx: Context, client, transport: str, server: str, opts: str, failed: list[str]) -> dict[str, str]:
+        """Failures nobody knew of, run again: a test that passes now is a flake, not a regression."""
+        status: dict[str, str] = {t: FAIL_S for t in failed}
+        for attempt in range(1, self.options.rerun + 1):
+            still = [t for t, s in status.items() if s != PASS_S]
+            if not still:
+                break
+            ctx.note(f"{transport}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
+            res = client.run(check_script(GUEST_TREE, local_config(server, opts), still, self.options.timeout),
+                             timeout=self.options.timeout + 300)
+            output = res.stdout + res.stderr
+            ctx.sub.write(ctx.path(f"{transport}/rerun{attempt}.out"), output)
+            status.update(results_from(output, still)["statuses"])
+        return status
 
     def table(self, results: dict[str, Any]) -> str:
         lines = []
@@ -327,7 +404,8 @@ class NfsFstests(Scenario):
             tests = list(next(iter(transports.values())).get("statuses", {}))
             lines.append(f"  {'test':14}" + "".join(f"{t:>14}" for t in transports))
             for test in tests:
-                lines.append(f"  {test:14}" + "".join(f"{transports[t]['statuses'].get(test, '-'):>14}" for t in transports))
+                lines.append(f"  {test:14}" + "".join(
+                    f"{transports[t].get('classes', transports[t]['statuses']).get(test, '-'):>14}" for t in transports))
             totals = []
             for t, v in transports.items():
                 values = list(v["statuses"].values())

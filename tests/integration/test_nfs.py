@@ -68,22 +68,41 @@ def test_other_nfs_versions_mount_and_verify(version):
         assert f"vers={version}" in mount and f"proto={transport}" in mount, mount
 
 
-def test_fstests_runner_in_the_pair_with_the_fake_tree():
+def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
     """The runner end to end: the tree is copied in, check runs against TEST_DEV mounted over each
-    transport; the fake 001 does O_DIRECT on the NFS mount and passes, 002 fails, 003 does not run."""
+    transport; the fake 001 does O_DIRECT on the NFS mount and passes, 002 fails and is a known issue,
+    003 does not run, 004 fails once and passes when run again (a flake), 005 fails every time and
+    nothing knows it (a regression)."""
     from pathlib import Path
 
     fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
-    outcome = run("nfs-fstests", fstests=str(fake), test=["generic/001", "generic/002", "generic/003"],
-                  kernels=["debian:7.3"], transports=["tcp", "rdma"], timeout=600)
+    known = tmp_path / "known-issues.toml"
+    known.write_text('[[expect]]\ntest = "generic/002"\nverdict = "FAIL"\nwhy = "fails on purpose"\n'
+                     'link = "https://example.org/fake-002"\n')
+    tests = ["generic/001", "generic/002", "generic/003", "generic/004", "generic/005"]
+    outcome = run("nfs-fstests", fstests=str(fake), test=tests, kernels=["debian:7.3"], transports=["tcp", "rdma"],
+                  timeout=600, known_issues=[str(known)])
     section = outcome.results["subruns"]["debian-7.3"]
-    assert section["verdict"] == "FAIL", section["reason"]  # 002 fails on purpose
+    assert section["verdict"] == "FAIL", section["reason"]
+    assert section["outcome"] == "unexpected failure (regression)"  # 005, and only 005
     for transport in ("tcp", "rdma"):
         t = section["transports"][transport]
         assert f"proto={transport}" in t["mount"]
-        assert t["statuses"] == {"generic/001": "pass", "generic/002": "fail", "generic/003": "notrun"}, t
+        assert t["statuses"] == {"generic/001": "pass", "generic/002": "fail", "generic/003": "notrun",
+                                 "generic/004": "fail", "generic/005": "fail"}, t
+        assert t["classes"] == {"generic/001": "pass", "generic/002": "known failure", "generic/003": "notrun",
+                                "generic/004": "flaky", "generic/005": "new failure"}, t
+        assert t["rerun"] == {"generic/004": "pass", "generic/005": "fail"}, t
         assert t["source"] == "xunit"
-        assert section["cases"][f"generic/003 ({transport})"]["verdict"] == "N/A"
+        cases = section["cases"]
+        assert cases[f"generic/003 ({transport})"]["verdict"] == "N/A"
+        assert cases[f"generic/002 ({transport})"]["outcome"] == "as expected"
+        assert "https://example.org/fake-002" in cases[f"generic/002 ({transport})"]["reason"]
+        assert cases[f"generic/004 ({transport})"]["outcome"] == "as expected"
+        assert "flaky" in cases[f"generic/004 ({transport})"]["reason"]
+        assert cases[f"generic/005 ({transport})"]["outcome"] == "unexpected failure (regression)"
         assert (outcome.run_dir.path / f"subruns/debian-7.3/{transport}/check.out").exists()
+        assert (outcome.run_dir.path / f"subruns/debian-7.3/{transport}/rerun1.out").exists()
     table = (outcome.run_dir.path / "summary.txt").read_text()
-    assert "tcp: 1 pass, 1 fail, 1 notrun" in table and "rdma: 1 pass, 1 fail, 1 notrun" in table
+    assert "known failure" in table and "new failure" in table and "flaky" in table
+    assert "tcp: 1 pass, 3 fail, 1 notrun" in table

@@ -161,3 +161,51 @@ def test_a_check_that_stopped_at_once_reports_its_own_message():
     assert startup_failure(output) == "bc not found"
     assert startup_failure("common/config: Error: $TEST_DEV is not a block device\nLAB-CHECK-EXIT 1") .startswith("common/config: Error")
     assert startup_failure("LAB-CHECK-EXIT 1\n") == "check printed nothing"
+
+
+def test_each_result_is_read_against_the_known_issues():
+    from lab.scenarios.fstests import classify, class_verdict
+    from lab.scenarios.expect import outcome
+
+    cases = {
+        ("pass", False, None): ("pass", "as expected"),
+        ("fail", True, None): ("known failure", "as expected"),
+        ("fail", False, "fail"): ("new failure", "unexpected failure (regression)"),
+        ("fail", False, None): ("new failure", "unexpected failure (regression)"),
+        ("fail", False, "pass"): ("flaky", "as expected"),
+        ("pass", True, None): ("fixed", "unexpected pass (finding)"),
+        ("notrun", True, None): ("notrun", "not applicable"),
+        ("not reported", False, None): ("not reported", "error"),
+    }
+    for (status, known, rerun), (cls, read_as) in cases.items():
+        assert classify(status, known, rerun) == cls, (status, known, rerun)
+        verdict, expected = class_verdict(cls)
+        assert outcome(verdict, expected) == read_as, cls
+
+
+def test_a_known_issue_matches_by_test_transport_and_kernel_and_keeps_its_link(tmp_path):
+    from lab.scenarios.expect import expectation_for, load_rules
+
+    f = tmp_path / "known.toml"
+    f.write_text('[[expect]]\ntest = "generic/095"\nkernel_below = "7.0"\nverdict = "FAIL"\n'
+                 'why = "mmap and splice mix"\nlink = "https://lore.kernel.org/x"\n')
+    load_rules.cache_clear()
+    rule = expectation_for(f, {"test": "generic/095", "transport": "tcp"}, "6.12.117+deb13-amd64")
+    assert rule is not None and rule.verdict == "FAIL" and rule.link == "https://lore.kernel.org/x"
+    assert expectation_for(f, {"test": "generic/095", "transport": "tcp"}, "7.3.4") is None
+    assert expectation_for(f, {"test": "generic/091", "transport": "tcp"}, "6.12.1") is None
+
+
+def test_a_known_issues_file_that_is_missing_or_broken_stops_before_boot(tmp_path):
+    from lab.errors import UsageError
+    from lab.scenarios import framework
+    from lab.scenarios.options import validate
+
+    fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
+    cls = framework.get("nfs-fstests")
+    with pytest.raises(UsageError, match="no such file"):
+        cls(validate(cls.Options, {"fstests": str(fake), "test": ["generic/001"], "known_issues": [str(tmp_path / "nope.toml")]})).plan()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[expect]]\ntest = 'generic/001'\n")
+    with pytest.raises(UsageError, match="verdict"):
+        cls(validate(cls.Options, {"fstests": str(fake), "test": ["generic/001"], "known_issues": [str(bad)]})).plan()
