@@ -227,8 +227,8 @@ def _build_locked(p: Plan, root: Path, jobs: int) -> Kernel:
     key = kernel_key(p.source.identity, p.series_digest, final_config, p.compiler)
     entry = kernels_root() / f"build-{key[:16]}"
     if not (entry / "kernel.json").exists():
-        _compile(p, src, obj, log, jobs)
-        _store(p, key, entry, src, obj, log, base, time.monotonic() - started)
+        stats = _compile(p, src, obj, log, jobs)
+        _store(p, key, entry, src, obj, log, base, time.monotonic() - started, stats)
     else:
         info(f"same kernel already built (identical sources, series and .config): {entry.name}")
     (kernels_root() / "requests" / p.request_key[:32]).write_text(entry.name)
@@ -236,7 +236,36 @@ def _build_locked(p: Plan, root: Path, jobs: int) -> Kernel:
     return Kernel.load(entry)
 
 
-def _compile(p: Plan, src: Path, obj: Path, log: Path, jobs: int) -> None:
+def ccache_counters() -> dict[str, int]:
+    """ccache's hit and miss counters for the lab's cache (empty without ccache)."""
+    if not shutil.which("ccache"):
+        return {}
+    res = subprocess.run(["ccache", "--print-stats"], env=_env(), capture_output=True, text=True)
+    return parse_ccache_stats(res.stdout) if res.returncode == 0 else {}
+
+
+def parse_ccache_stats(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("\t")
+        if key in ("direct_cache_hit", "preprocessed_cache_hit", "cache_miss") and value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def ccache_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, float] | None:
+    """Hits and misses of one build, and its hit rate in percent (None without ccache or compiles)."""
+    if not before or not after:
+        return None
+    hits = sum(after.get(k, 0) - before.get(k, 0) for k in ("direct_cache_hit", "preprocessed_cache_hit"))
+    misses = after.get("cache_miss", 0) - before.get("cache_miss", 0)
+    if hits + misses <= 0:
+        return None
+    return {"hits": hits, "misses": misses, "hit_rate": round(100.0 * hits / (hits + misses), 1)}
+
+
+def _compile(p: Plan, src: Path, obj: Path, log: Path, jobs: int) -> dict[str, float] | None:
+    counters = ccache_counters()
     counted = obj / "lab-objects"
     expected = int(counted.read_text()) if counted.exists() else 0
     done = 0
@@ -263,9 +292,15 @@ def _compile(p: Plan, src: Path, obj: Path, log: Path, jobs: int) -> None:
         raise LabError(f"kernel build failed (exit {rc}); log: {log}; last errors: {_tail(log, 4)}")
     if not p.series and (not expected or done > expected):
         counted.write_text(str(done))
+    # Concurrent builds share the cache, so the figure is the cache's, over this build's time.
+    stats = ccache_delta(counters, ccache_counters())
+    if stats:
+        info(f"ccache: {stats['hits']:.0f} hits, {stats['misses']:.0f} misses ({stats['hit_rate']} % hit rate)")
+    return stats
 
 
-def _store(p: Plan, key: str, entry: Path, src: Path, obj: Path, log: Path, base: str, seconds: float) -> None:
+def _store(p: Plan, key: str, entry: Path, src: Path, obj: Path, log: Path, base: str, seconds: float,
+           ccache: dict[str, float] | None = None) -> None:
     release = (obj / "include/config/kernel.release").read_text().strip()
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
     try:
@@ -289,6 +324,7 @@ def _store(p: Plan, key: str, entry: Path, src: Path, obj: Path, log: Path, base
             "compiler": p.compiler,
             "key": key,
             "build_seconds": round(seconds, 1),
+            "ccache": ccache,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_meta(tmp, meta)

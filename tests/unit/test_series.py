@@ -100,3 +100,13 @@ def test_am_failure_names_patch_and_file() -> None:
     assert describe_am_failure(out) == (2, "init: change a line", "init/main.c (hunk at line 1 does not match)")
     assert describe_am_failure("error: fs/x.c: does not exist in index\nPatch failed at 0001 x")[2] == "fs/x.c (file does not exist)"
     assert describe_am_failure("Patch failed at 0003 y")[:2] == (3, "y")
+
+
+def test_ccache_hit_rate_of_one_build():
+    from lab.kernels.build import ccache_delta, parse_ccache_stats
+
+    before = parse_ccache_stats("cache_miss\t100\ndirect_cache_hit\t10\npreprocessed_cache_hit\t0\nlocal_storage_hit\t9\n")
+    after = parse_ccache_stats("cache_miss\t110\ndirect_cache_hit\t100\npreprocessed_cache_hit\t0\n")
+    assert ccache_delta(before, after) == {"hits": 90, "misses": 10, "hit_rate": 90.0}
+    assert ccache_delta(before, before) is None  # nothing compiled
+    assert ccache_delta({}, after) is None  # no ccache
