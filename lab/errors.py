@@ -39,7 +39,7 @@ BOOT_PHASES = (
     "ssh",  # the ready marker came but SSH did not answer
 )
 # Failures of the emulator or host, not of the kernel under test: a fresh boot is allowed.
-INFRASTRUCTURE_PHASES = ("console", "tcg-int3")
+INFRASTRUCTURE_PHASES = ("console", "tcg-int3", "nvme-timeout")
 
 
 @dataclass

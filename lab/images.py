@@ -10,10 +10,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from lab.errors import LabError, UsageError
 from lab.paths import cache_dir, images_dir
@@ -93,6 +95,33 @@ def ensure_image(name: str) -> Image:
         if not (path.exists() and meta_path.exists()):
             _build(recipe, path, meta_path)
     return Image(recipe, path, json.loads(meta_path.read_text()))
+
+
+class ImagesInBackground:
+    """Builds the images missing from the cache in a helper thread while the caller does other work
+    (a first run fetches its kernels meanwhile); join() waits and re-raises the build's error. The
+    thread is a daemon, so a lab that stops on an error or a signal does not wait for mmdebstrap;
+    the image lock keeps a later build from using a half-made image."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.error: BaseException | None = None
+        missing = [n for n in dict.fromkeys(names) if not image_path(load_recipe(n)).exists()]
+        self.thread = threading.Thread(target=self._build, args=(missing,), name="images", daemon=True) if missing else None
+        if self.thread:
+            self.thread.start()
+
+    def _build(self, names: list[str]) -> None:
+        try:
+            for name in names:
+                ensure_image(name)
+        except BaseException as exc:  # noqa: B036 - handed to the caller by join()
+            self.error = exc
+
+    def join(self) -> None:
+        if self.thread:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _build(recipe: Recipe, path: Path, meta_path: Path) -> None:

@@ -199,7 +199,7 @@ class Lab:
         boots = self.run.manifest().get("boots", [])
         boots.append({
             "attempt": attempt,
-            "machines": {n: {**m.boot_record(), "phases": boot_phases(m.boot_record()), "ready_seconds": self.boot_seconds.get(n) if n not in failures else None,
+            "machines": {n: {**(record := m.boot_record()), "phases": boot_phases(record), "ready_seconds": self.boot_seconds.get(n) if n not in failures else None,
                              "failure": vars(failures[n].evidence) | {"argv": None} if n in failures else None}
                          for n, m in self.machines.items()},
         })

@@ -36,6 +36,10 @@ _INT3_RIP = re.compile(r"RIP: \S*?\bsched_clock_cpu\b")
 # alternatives) had put in and already replaced, so the byte before RIP is no longer 0xcc. A real
 # int3 left in kernel text still reads "cc <..>".
 _STALE_INT3_CODE = re.compile(r"^.*Code: (?:[0-9a-f]{2} )*([0-9a-f]{2}) <[0-9a-f]{2}>", re.MULTILINE)
+# An emulated NVMe controller that never answered its first admin command (the Identify times out
+# after the kernel's 60 s admin timeout and the probe fails with -4): seen now and then under
+# multi-threaded TCG with two controllers; the topology's device is missing, so the boot failed.
+_NVME_IDENTIFY_TIMEOUT = re.compile(r"(nvme nvme\d+): Identify Controller failed \(-4\)")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -86,6 +90,10 @@ def classify_console(text: str) -> tuple[str, str] | None:
             rip = re.search(r"RIP: \S+:(\S+)", before_ready)
             return "tcg-int3", (f"guest kernel oopsed on an int3 already patched away at {rip.group(1) if rip else '?'} "
                                 "during early boot (the known multi-threaded TCG fault)")
+    m = _NVME_IDENTIFY_TIMEOUT.search(before_ready)
+    if m:
+        return "nvme-timeout", (f"{m.group(1)} of the topology never answered its Identify command (timed out in the "
+                                "guest, the emulated controller did not respond)")
     m = re.search(r"Kernel panic - not syncing: ([^\n]*)", before_ready)
     if m:
         return "panic", f"guest kernel panicked: {m.group(1).strip()[:120]}"
@@ -296,6 +304,9 @@ class QemuMachine:
             # only meet slirp, which accepts and then waits out the SSH banner timeout.
             if READY_MARKER in tail:
                 self._event("ready-marker")
+                died = classify_console(read_text(self.console_log))
+                if died:  # ready, but a device the topology promised never came up
+                    raise BootError(self._evidence(*died))
                 if self.guest.try_connect(min(10.0, left)):
                     self._event("ssh")
                     self.ready_at = time.monotonic()

@@ -21,18 +21,21 @@ import json
 import shlex
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lab.errors import LabError, UsageError
 from lab.scenarios.framework import Context, Scenario, register
+from lab.scenarios.kprobes import Kprobes
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, NOT_APPLICABLE, PASS
 from lab.ssh import Guest
 
 NAME = "dio-bench"
 ARRANGEMENTS = ("zero-copy", "bounce", "pi-bounce")
-DIRECTIONS = ("read", "write")
-BLOCKS = ("4k", "64k", "1m")
+Direction = Literal["read", "write"]
+Block = Literal["4k", "64k", "1m"]
+DIRECTIONS: tuple[Direction, ...] = ("read", "write")
+BLOCKS: tuple[Block, ...] = ("4k", "64k", "1m")
 MOUNT = "/mnt/diobench"
 FILE = f"{MOUNT}/dio-bench.dat"
 PROBE = "bio_iov_iter_bounce"
@@ -60,11 +63,12 @@ def seed_ratio(direction: str, block: str) -> float:
     return bounce[0] / zero[0]
 
 
-def fio_argv(path: str, direction: str, block: str, *, seconds: float, size_mib: int, output: str) -> list[str]:
+def fio_argv(path: str, direction: str, block: str, *, seconds: float, size_mib: int, output: str,
+             ramp: float = 1) -> list[str]:
     """One fio job as the seed ran it: sequential, io_uring, queue depth 16, O_DIRECT."""
     return ["fio", "--name=dio", f"--filename={path}", f"--rw={direction}", f"--bs={block}", "--iodepth=16",
             "--ioengine=io_uring", "--direct=1", f"--size={size_mib}M", "--time_based", f"--runtime={seconds:g}",
-            "--ramp_time=1", "--output-format=json", f"--output={output}"]
+            f"--ramp_time={ramp:g}", "--output-format=json", f"--output={output}"]
 
 
 def parse_fio(text: str, direction: str) -> Sample:
@@ -102,6 +106,7 @@ def ratios(cells: dict[str, dict[str, Any]], direction: str, block: str) -> dict
 
 def render_table(section: dict[str, Any]) -> str:
     cells = section["cases"]
+    measured = {(d, b) for d in DIRECTIONS for b in BLOCKS if any(f"{a}-{d}-{b}" in cells for a in ARRANGEMENTS)}
 
     def cell(name: str) -> str:
         c = cells.get(name, {})
@@ -111,10 +116,10 @@ def render_table(section: dict[str, Any]) -> str:
         return f"{b['median']:6.0f} [{b['min']:.0f}-{b['max']:.0f}] ({b['usr']:4.1f}/{b['sys']:4.1f}%)"
 
     lines = []
-    for direction in DIRECTIONS:
+    for direction in [d for d in DIRECTIONS if any(d == m[0] for m in measured)]:
         lines.append(f"Sequential {direction}s, io_uring QD 16, MiB/s median [min-max] (guest usr/sys CPU of fio)")
         lines.append(f"  {'size':5} {'zero copy':>30} {'bounce':>30} {'pi-bounce':>30}  bounce/zc  seed  pi/zc")
-        for block in BLOCKS:
+        for block in [b for b in BLOCKS if (direction, b) in measured]:
             r = ratios(cells, direction, block)
             fmt = lambda x: f"{100 * x:5.0f}%" if x is not None else "    -"  # noqa: E731
             lines.append(f"  {block:5} {cell(f'zero-copy-{direction}-{block}'):>30} {cell(f'bounce-{direction}-{block}'):>30} "
@@ -127,8 +132,8 @@ class DioBenchOptions(ScenarioOptions):
     runs: int = opt(3, "measured runs per cell, interleaved across arrangements (default: 3)", ge=1, le=50)
     seconds: float = opt(4.0, "seconds per fio run after 1 s of ramp (default: 4)", gt=0, le=600, metavar="SECONDS")
     size_mib: int = opt(256, "file size in MiB (default: 256)", ge=16, le=768, metavar="MIB")
-    directions: list[str] = opt(list(DIRECTIONS), "read and/or write (default: both)", flag="--direction", min_length=1)
-    blocks: list[str] = opt(list(BLOCKS), "block sizes among 4k, 64k, 1m (default: all)", flag="--block", min_length=1)
+    directions: list[Direction] = opt(list(DIRECTIONS), "read and/or write (default: both)", flag="--direction", min_length=1)
+    blocks: list[Block] = opt(list(BLOCKS), "block sizes among 4k, 64k, 1m (default: all)", flag="--block", min_length=1)
 
 
 @register
@@ -148,12 +153,6 @@ class DioBench(Scenario):
         return variants
 
     def check(self, variant) -> None:
-        for d in self.options.directions:
-            if d not in DIRECTIONS:
-                raise UsageError(f"--direction {d!r}: choose read or write")
-        for b in self.options.blocks:
-            if b not in BLOCKS:
-                raise UsageError(f"--block {b!r}: choose from {', '.join(BLOCKS)}")
         assert variant.rendered is not None
         nvme = variant.rendered.topology.machines["vm"].nvme
         if len(nvme) < 2 or nvme[1].namespaces[0].pi:
@@ -167,10 +166,9 @@ class DioBench(Scenario):
         self.has_bounce = vm.run(f"grep -qw {PROBE} /proc/kallsyms", timeout=60).ok
         ctx.section["bounce_in_kernel"] = self.has_bounce
         vm.run(["mkdir", "-p", MOUNT], check=True)
+        self.kprobes = Kprobes(vm, "labdio")
         if self.has_bounce:
-            vm.run("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; cd /sys/kernel/tracing; "
-                   f"grep -q '^p:labdio/bounce ' kprobe_events || echo 'p:labdio/bounce {PROBE}' >> kprobe_events",
-                   timeout=60, check=True)
+            self.kprobes.install({"bounce": PROBE})
         for device in self.devices.values():
             vm.run(["mkfs.xfs", "-f", "-q", device], timeout=300, check=True)
         self.samples: dict[str, list[Sample]] = {}
@@ -196,16 +194,12 @@ class DioBench(Scenario):
         """None when the arrangement really does what it says, else the reason it does not."""
         if not self.has_bounce:
             return None if arrangement == "zero-copy" else f"this kernel has no {PROBE}() (bounced direct I/O is 7.0+)"
-        tracing = "/sys/kernel/tracing"
-        vm.run(f"echo 0 > {tracing}/tracing_on; echo > {tracing}/trace; echo 1 > {tracing}/events/labdio/bounce/enable; "
-               f"echo 1 > {tracing}/tracing_on", timeout=30, check=True)
-        res = vm.run(fio_argv(FILE, "write", "64k", seconds=0.5, size_mib=self.options.size_mib, output="/dev/null")
-                     + ["--ramp_time=0"], timeout=300)
-        hits = vm.run(f"echo 0 > {tracing}/tracing_on; echo 0 > {tracing}/events/labdio/bounce/enable; "
-                      f"grep -c 'bounce: (' {tracing}/trace", timeout=60).stdout.strip()
+        self.kprobes.arm()  # no comm filter: io_uring may issue from its io-wq workers
+        res = vm.run(fio_argv(FILE, "write", "64k", seconds=1, size_mib=self.options.size_mib, output="/dev/null", ramp=0),
+                     timeout=300)
+        count = self.kprobes.counts()["bounce"]
         if not res.ok:
             return f"fio failed: {res.stderr.strip()[-200:]}"
-        count = int(hits or 0)
         if arrangement == "zero-copy" and count:
             return f"{PROBE}() ran {count} times on the zero-copy arrangement"
         if arrangement != "zero-copy" and not count:

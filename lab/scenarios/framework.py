@@ -346,7 +346,10 @@ class Context:
         nsid = ctrl.namespaces[namespace].nsid or namespace + 1
         script = (f'for c in /sys/class/nvme/nvme*; do [ "$(cat $c/serial 2>/dev/null | tr -d " ")" = {serial} ] '
                   f'&& basename $c; done')
-        found = self.guest(machine).run(script, timeout=30).stdout.split()
+        # The nvme driver probes asynchronously: a controller may register just after the guest is ready.
+        deadline = time.monotonic() + 30
+        while not (found := self.guest(machine).run(script, timeout=30).stdout.split()) and time.monotonic() < deadline:
+            time.sleep(1)
         if not found:
             raise ScenarioError(f"{machine}: no NVMe controller with serial {serial} ({ctrl.id} of the topology)")
         return f"{found[0]}n{nsid}"
@@ -438,46 +441,15 @@ def resolve_kernels(refs: Sequence[str], images: Sequence[str] = ()) -> dict[str
     found before the first one boots, and nothing waits for a download between sub-runs. Guest
     images missing from the cache are built meanwhile in a helper thread (mmdebstrap and the kernel
     downloads do not depend on each other: a first run overlaps them)."""
+    from lab.images import ImagesInBackground
     from lab.kernels.resolve import resolve
 
-    builder = _ImagePrefetch(images)
+    builder = ImagesInBackground(images)
     out: dict[str, Kernel] = {}
     for ref in dict.fromkeys(refs):
-        out[ref] = resolve(ref)  # an error here leaves the image to finish in its daemon thread
+        out[ref] = resolve(ref)
     builder.join()
     return out
-
-
-class _ImagePrefetch:
-    """Builds the images a run needs in a daemon thread; join() re-raises its error in the caller.
-    A daemon thread: an interrupted lab exits at once, and mmdebstrap dies with it (its parent
-    death signal)."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        import threading
-
-        from lab.images import image_path, load_recipe
-
-        self.error: BaseException | None = None
-        missing = [n for n in dict.fromkeys(names) if not image_path(load_recipe(n)).exists()]
-        self.thread = threading.Thread(target=self._build, args=(missing,), name="image-prefetch", daemon=True) if missing else None
-        if self.thread:
-            self.thread.start()
-
-    def _build(self, names: list[str]) -> None:
-        from lab.images import ensure_image
-
-        try:
-            for name in names:
-                ensure_image(name)
-        except BaseException as exc:  # noqa: B036 - handed to the main thread by join()
-            self.error = exc
-
-    def join(self) -> None:
-        if self.thread:
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def check_against_qemu(variants: Sequence[Variant]) -> None:

@@ -4,7 +4,7 @@ references, per file system and kernel, and whether the pins are balanced at res
 For every row (XFS and ext4 on NVMe with and without PI, the raw block devices, NFS over TCP and
 RDMA, 9p, cifs, FUSE when the image has a FUSE file system) the guest program does O_DIRECT writes
 and reads while the lab counts, for that program only, the calls of the kernel's page-taking
-helpers through kprobes with hist triggers (pin_user_pages_fast, which iov_iter_extract_pages uses
+helpers through kprobe events (lab/scenarios/kprobes.py: pin_user_pages_fast, which iov_iter_extract_pages uses
 to pin a user buffer; get_user_pages_fast, which iov_iter_get_pages2 and _alloc2 use to take
 references), and reads
 nr_foll_pin_acquired/released from /proc/vmstat before, after the I/O and at rest (unmounted and
@@ -15,8 +15,6 @@ that changed."""
 
 from __future__ import annotations
 
-import re
-import shlex
 from typing import Any
 
 from lab import guestprog
@@ -25,6 +23,7 @@ from lab.paths import scenarios_dir
 from lab.scenarios import nfs
 from lab.scenarios.expect import expectation_for
 from lab.scenarios.framework import Context, Scenario, register
+from lab.scenarios.kprobes import Kprobes
 from lab.scenarios.netfs import MOUNTS, mount_9p, mount_cifs, setup_smb_server
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
@@ -41,26 +40,6 @@ LOCAL = ("xfs-pi", "xfs-nopi", "ext4-pi", "ext4-nopi", "raw-pi", "raw-nopi")
 REMOTE = ("nfs-tcp", "nfs-rdma", "9p", "cifs-tcp", "fuse")
 ROWS = LOCAL + REMOTE
 MOUNT = "/mnt/pin"
-
-TRACING_SETUP = """set -e
-mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-cd /sys/kernel/tracing
-echo 0 > tracing_on
-for e in $(ls events/labpin 2>/dev/null); do [ -d events/labpin/$e ] && echo 0 > events/labpin/$e/enable; done
-grep -q '^p:labpin/' kprobe_events && sed -n 's/^p:labpin\\/\\([^ ]*\\).*/-:labpin\\/\\1/p' kprobe_events >> kprobe_events || true
-"""
-
-
-def trace_counts(text: str, keys: list[str]) -> dict[str, int]:
-    """Hits per probe in the trace buffer ('dio_mutate-229 [001] ..... 12.95: pin: (pin_user_pages_fast+0x4/0x60)');
-    the events are filtered on the audited program's comm when they are recorded."""
-    counts = dict.fromkeys(keys, 0)
-    for line in text.splitlines():
-        m = re.search(r"\s(\w+): \(", line)
-        if m and m.group(1) in counts and not line.startswith("#"):
-            counts[m.group(1)] += 1
-    return counts
-
 
 def mechanism(pins: int, references: int) -> str:
     if pins and not references:
@@ -113,12 +92,8 @@ class PinAudit(Scenario):
         client, server = ctx.guest("client"), ctx.guest("server")
         client.put(self.binary, PROGRAM)
         client.run(["chmod", "+x", PROGRAM], check=True)
-        client.run(TRACING_SETUP, timeout=60, check=True)
-        symbols = client.run("cat /proc/kallsyms", timeout=60).stdout
-        self.probes = {key: fn for key, fn in PROBES.items() if re.search(rf" [Tt] {fn}$", symbols, re.MULTILINE)}
-        for key, fn in self.probes.items():
-            client.run(f"echo {shlex.quote(f'p:labpin/{key} {fn}')} >> /sys/kernel/tracing/kprobe_events", timeout=30, check=True)
-        ctx.section["probes"] = self.probes
+        self.kprobes = Kprobes(client, "labpin")
+        ctx.section["probes"] = self.kprobes.install(PROBES)
         if {"nfs-tcp", "nfs-rdma", "cifs-tcp"} & set(self.options.rows):
             nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}")
         if "cifs-tcp" in self.options.rows:
@@ -167,18 +142,6 @@ class PinAudit(Scenario):
         if not row.startswith("raw-"):
             client.run(f"sync; umount {where}", timeout=120)
 
-    def _arm(self, client: Guest) -> None:
-        # A filter on the program's comm when recording (hist triggers keyed on common_comm need 6.10+).
-        script = "cd /sys/kernel/tracing\necho 8192 > buffer_size_kb\n" + "".join(
-            f"echo 'comm == \"{COMM}\"' > events/labpin/{k}/filter; echo 1 > events/labpin/{k}/enable\n" for k in self.probes)
-        client.run(script + "echo > trace\necho 1 > tracing_on\n", timeout=30, check=True)
-
-    def _counts(self, client: Guest) -> dict[str, int]:
-        text = client.run("cat /sys/kernel/tracing/trace; grep -h overrun /sys/kernel/tracing/per_cpu/cpu*/stats", timeout=60).stdout
-        if any(int(n) for n in re.findall(r"^overrun: (\d+)", text, re.MULTILINE)):
-            raise LabError("the trace buffer overran: the call counts would be short (use fewer --seconds)")
-        return trace_counts(text, list(self.probes))
-
     def _row(self, ctx: Context, row: str) -> None:
         client = ctx.guest("client")
         path = self._target(ctx, row)
@@ -186,7 +149,7 @@ class PinAudit(Scenario):
             ctx.case(row, NOT_APPLICABLE, "no FUSE file system in this image", facets={"row": row})
             return
         before = nfs.vmstat_pins(client)
-        self._arm(client)
+        self.kprobes.arm(comm=COMM)
         ops = 0
         for direction in ("write", "read"):
             result = ctx.run_program([PROGRAM, "--path", path, "--direction", direction, "--bs", 65536, "--duration",
@@ -196,7 +159,7 @@ class PinAudit(Scenario):
                 raise LabError(f"{direction}: {result.error}")
             ops += result.data["ops"] if result.data else 0
         after = nfs.vmstat_pins(client)
-        calls = self._counts(client)
+        calls = self.kprobes.counts()
         self._unmount(client, row)
         at_rest = nfs.vmstat_pins(client)
         pins = {"acquired": at_rest.get("nr_foll_pin_acquired", 0) - before.get("nr_foll_pin_acquired", 0),

@@ -7,7 +7,7 @@ import pytest
 
 from lab import faults
 from lab.errors import UsageError
-from lab.scenarios import pin_audit
+from lab.scenarios import kprobes, pin_audit
 from lab.topology.model import Namespace
 
 
@@ -54,8 +54,8 @@ TRACE = """# tracer: nop
 
 
 def test_pin_audit_reads_and_judges():
-    assert pin_audit.trace_counts(TRACE, ["pin", "get"]) == {"pin": 2, "get": 1}
-    assert pin_audit.trace_counts("", ["pin"]) == {"pin": 0}
+    assert kprobes.trace_counts(TRACE, ["pin", "get"]) == {"pin": 2, "get": 1}
+    assert kprobes.trace_counts("", ["pin"]) == {"pin": 0}
     assert pin_audit.mechanism(10, 0) == "pins" and pin_audit.mechanism(0, 7) == "references"
     assert pin_audit.mechanism(3, 4) == "both" and pin_audit.mechanism(0, 0) == "none"
     balanced = {"acquired": 100, "released": 100}

@@ -76,6 +76,11 @@ def test_the_tcg_int3_oops_is_recognised_exactly(machine):
     assert err.phase == "tcg-int3" and err.infrastructure
 
 
+def test_a_controller_that_never_answered_fails_the_boot_for_the_emulator(machine):
+    err = boot(machine("nvme-timeout"))
+    assert err.phase == "nvme-timeout" and err.infrastructure and "nvme nvme0" in err.evidence.detail
+
+
 def test_console_classification():
     int3 = "Oops: int3: 0000 [#1]\nRIP: 0010:sched_clock_cpu+0x10/0x1a0\nKernel panic - not syncing: Fatal exception\n"
     assert classify_console(int3)[0] == "tcg-int3"
@@ -89,6 +94,10 @@ def test_console_classification():
     assert phase == "tcg-int3" and "set_next_task_fair+0x609/0x780" in detail
     # An int3 still in the text (cc before RIP) is the kernel under test.
     assert classify_console(stale.replace("eb 6d 0f <1f>", "eb 6d cc <1f>"))[0] == "panic"
+    # An emulated controller that never answered: the boot failed for the emulator, retried.
+    timeout = "[   68.57] nvme nvme0: Identify Controller failed (-4)\nlab-init: [68.72] ready\nLAB-READY\n"
+    phase, detail = classify_console(timeout)
+    assert phase == "nvme-timeout" and "nvme nvme0" in detail
     # After the ready marker nothing counts as an early-boot fault.
     assert classify_console("LAB-READY\n" + int3) is None
     assert classify_console("lab-init: [1.0] stage 1\n") is None
