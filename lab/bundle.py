@@ -266,10 +266,12 @@ def plan_replay(bundle: Path, allow_build: bool = False, kernels: list[str] | No
 
 def host_actions(cls: Any, options: Any) -> list[str]:
     """Option values that make the host clone or build something (an fstests git URL)."""
-    from lab.scenarios.fstests import is_url
+    from lab.suites.source import is_url, split_ref
 
     value = getattr(options, "fstests", None)
-    return [f"clone and build fstests from {value}"] if isinstance(value, str) and is_url(value) else []
+    if isinstance(value, str) and is_url(split_ref(value)[0]):
+        return [f"clone and build fstests from {value}"]
+    return []
 
 
 def describe(plan: ReplayPlan) -> str:

@@ -121,6 +121,26 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite_build(args: argparse.Namespace) -> int:
+    from lab.host import ensure_host
+    from lab.suites.build import build_suite
+
+    ensure_host()
+    built = build_suite(args.suite, args.source, args.image, rebuild=args.rebuild)
+    seconds = built.meta.get("build_seconds")
+    print(f"{built.path}  {built.meta['source_key']}  for {built.meta['image']} ({built.meta['image_key'][:8]})"
+          + (f"  built in {seconds} s" if seconds is not None else ""))
+    return 0
+
+
+def cmd_suite_list(args: argparse.Namespace) -> int:
+    from lab.suites.build import list_suites
+
+    for s in list_suites():
+        print(f"{s['suite']:9} {s['source_key']:28} {s['image']}  {s['built']}  {s['build_seconds']:6.1f} s  {s['path']}")
+    return 0
+
+
 def cmd_kernel_fetch(args: argparse.Namespace) -> int:
     from lab.host import ensure_host
     from lab.kernels.resolve import resolve
@@ -750,6 +770,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_image_build)
     p = img.add_parser("list", help="cached base images")
     p.set_defaults(func=cmd_image_list)
+
+    su = sub.add_parser("suite", help="test suites (fstests, blktests) built for the guest").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = su.add_parser("build", help="build a suite's source in the guest image's build root (or find it in the cache); prints the tree's path",
+                      description="The source is a tree, a git repository PATH[@REF] or a git URL[@REF]. It is built in a "
+                                  "Debian chroot of the guest image's suite, so its programs link the guest's libraries.")
+    p.add_argument("suite", choices=("fstests", "blktests"))
+    p.add_argument("--source", required=True, metavar="PATH|URL[@REF]")
+    p.add_argument("--image", default="lab-trixie", metavar="RECIPE", help="the guest image recipe it runs in (default: lab-trixie)")
+    p.add_argument("--rebuild", action="store_true", help="build again even when the cache has it")
+    p.set_defaults(func=cmd_suite_build)
+    p = su.add_parser("list", help="built suites in the cache")
+    p.set_defaults(func=cmd_suite_list)
 
     ker = sub.add_parser("kernel", help="kernels").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = ker.add_parser("fetch", help="fetch packaged kernels into the cache (debian:6.12, debian:7.3, ...)")

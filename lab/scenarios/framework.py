@@ -87,6 +87,7 @@ class Scenario:
 
     def __init__(self, options: ScenarioOptions) -> None:
         self.options = options
+        self.guest_images: tuple[str, ...] = ("lab-trixie",)  # the run's image recipes, set before prepare()
 
     @property
     def kernels(self) -> list[str]:
@@ -103,7 +104,8 @@ class Scenario:
         Raise UsageError; runs before anything boots."""
 
     def prepare(self) -> None:
-        """Host-side work before the first boot (build a guest program, fetch a tree)."""
+        """Host-side work before the first boot (build a guest program, fetch a tree); the guests'
+        image recipes are in self.guest_images."""
 
     def setup(self, ctx: "Context") -> None:
         """Once per boot, before the first repetition: put programs in place, start servers."""
@@ -477,6 +479,7 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
     check_against_qemu(variants)
     images = [m.image for v in variants if v.rendered for m in v.rendered.topology.machines.values()]
     resolved = resolve_kernels([v.kernel for v in variants], images)
+    scenario.guest_images = tuple(dict.fromkeys(images))
     scenario.prepare()
     run_dir = RunDir.create(cls.name, variants[0].topology)
     run_dir.update(scenario=cls.name, options=options.to_dict(), **(tags or {}))

@@ -26,6 +26,10 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 from lab.settings import settings
+from lab.suites.build import SUITES, check_layout, suite_tree
+from lab.suites.libcheck import check_libraries
+from lab.suites.monitor import kill_tree_command, run_monitored
+from lab.suites.source import is_url, split_ref
 
 NAME = "nfs-fstests"
 # Shipped known issues per kernel (the same [[expect]] format as every scenario's expect.toml).
@@ -41,51 +45,9 @@ DEFAULT_PRESET = "nfs-dio"
 GUEST_TREE = "/root/fstests"
 TEST_DIR = "/mnt/fstests-test"
 SCRATCH_MNT = "/mnt/fstests-scratch"
-PASS_S, FAIL_S, NOTRUN_S = "pass", "fail", "notrun"
+PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S = "pass", "fail", "notrun", "timeout"
 _TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
 _LINE_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})\s+(.*)$")
-
-
-def check_tree(path: Path) -> None:
-    """A built fstests tree: the check script, common/rc, and the compiled helpers."""
-    if not path.is_dir():
-        raise UsageError(f"--fstests {path}: no such directory")
-    if not (path / "check").is_file() or not (path / "common/rc").is_file():
-        raise UsageError(f"--fstests {path}: not an fstests tree (no check script and common/rc)")
-    if not (path / "ltp/fsstress").is_file():
-        raise UsageError(f"--fstests {path}: not built (no ltp/fsstress); run 'make' in it first")
-
-
-def is_url(spec: str) -> bool:
-    return bool(re.match(r"^(git|https?|ssh|file)://", spec)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", spec))
-
-
-def fetch_tree(spec: str) -> Path:
-    """A local tree as it is, or a git URL cloned (once per URL) into the cache and built with make."""
-    if not is_url(spec):
-        path = Path(spec).expanduser().resolve()
-        check_tree(path)
-        return path
-    import hashlib
-    import subprocess
-
-    from lab.paths import cache_dir
-    from lab.progress import run_logged, step
-
-    dest = cache_dir() / "fstests" / hashlib.sha256(spec.encode()).hexdigest()[:16]
-    if not (dest / "check").is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-        with step(f"cloning fstests from {spec}") as st:
-            run_logged(["git", "clone", "-q", "--depth", "1", spec, str(tmp)], dest.parent / f"{dest.name}.log", st, what="git clone")
-        tmp.rename(dest)
-    if not (dest / "ltp/fsstress").is_file():
-        with step(f"building fstests in {dest} (make)") as st:
-            run_logged(["make", "-j2"], dest / "lab-build.log", st, what="make (fstests needs xfslibs-dev, uuid-dev, "
-                       "libattr1-dev, libacl1-dev, libaio-dev, liburing-dev, libtool, autoconf on the host)", cwd=dest)
-    check_tree(dest)
-    return dest
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
@@ -116,14 +78,15 @@ def local_config(server: str, mount_options: str) -> str:
     ])
 
 
-def check_script(tree: str, config: str, tests: list[str], section_timeout: float) -> str:
-    """What runs in the client: write local.config, run check with an xunit report, print it."""
+def check_script(tree: str, config: str, tests: list[str]) -> str:
+    """What runs in the client (detached, watched by lab.suites.monitor): write local.config, run
+    check with an xunit report, print it."""
     return f"""cd {shlex.quote(tree)} || exit 97
 cat > local.config <<'LAB_EOF'
 {config}LAB_EOF
 mkdir -p {TEST_DIR} {SCRATCH_MNT}
 rm -rf results
-timeout {int(section_timeout)} ./check -R xunit {shlex.join(tests)}
+./check -R xunit {shlex.join(tests)}
 rc=$?
 echo "LAB-CHECK-EXIT $rc"
 for x in results/result.xml results/*/result.xml; do
@@ -142,6 +105,8 @@ def parse_check_output(text: str) -> dict[str, str]:
         m = _LINE_RE.match(line)
         if m:
             test, rest = m.group(1), m.group(2)
+            if "no such test" in rest:  # a name the tree does not have: left "not reported" (an ERROR)
+                continue
             if rest.startswith("[not run]") or rest.startswith("[expunged]"):
                 status[test] = NOTRUN_S
             elif (rest.startswith("- output mismatch") or rest.startswith("[failed") or "inconsistent" in rest
@@ -205,13 +170,33 @@ def startup_failure(output: str) -> str:
     return lines[-1][:200] if lines else "check printed nothing"
 
 
+class FstestsConsole:
+    """What check's console says while it runs: it prints a test's name when the test starts and the
+    rest of the line when it ends, so an unfinished last line names the running test."""
+
+    def running(self, output: str) -> str | None:
+        last = output.split("LAB-CHECK-EXIT", 1)[0].rsplit("\n", 1)[-1].strip()
+        m = re.match(r"^([a-z0-9_-]+/\d{3,})\b", last)
+        return m.group(1) if m else None
+
+    def counts(self, output: str) -> dict[str, int]:
+        values = list(parse_check_output(output.split("LAB-CHECK-EXIT", 1)[0]).values())
+        return {s: values.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S)}
+
+    def kill_test(self, test: str) -> str:
+        # check runs each test as `bash -c "...; exec ./tests/generic/091"`: bash execs it by its full path
+        return kill_tree_command(f"/tests/{test}$")
+
+
 def tree_tarball(path: Path) -> bytes:
     """The tree without git metadata or old results, as a gzip tarball for the client."""
     buf = io.BytesIO()
 
     def keep(info_: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info_.name).parts
-        return None if len(parts) > 1 and parts[1] in (".git", "results") else info_
+        if len(parts) > 1 and parts[1] in (".git", "results") or info_.name.endswith((".o", ".lo")):
+            return None  # object files are build leftovers the guest never runs
+        return info_
 
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         tar.add(str(path), arcname="fstests", filter=keep)
@@ -221,8 +206,8 @@ def tree_tarball(path: Path) -> bytes:
 STATUS_VERDICT = {PASS_S: PASS, FAIL_S: FAIL, NOTRUN_S: NOT_APPLICABLE}
 
 # Each result read against the known issues, as a kdevops baseline reads it.
-PASSED, KNOWN, NEW, FIXED, FLAKY, NOTRUN, UNREPORTED = ("pass", "known failure", "new failure", "fixed", "flaky",
-                                                       "notrun", "not reported")
+PASSED, KNOWN, NEW, FIXED, FLAKY, NOTRUN, UNREPORTED, HUNG = ("pass", "known failure", "new failure", "fixed", "flaky",
+                                                             "notrun", "not reported", "timed out")
 
 
 def classify(status: str, known_failure: bool, rerun: str | None = None) -> str:
@@ -236,6 +221,8 @@ def classify(status: str, known_failure: bool, rerun: str | None = None) -> str:
         if known_failure:
             return KNOWN
         return FLAKY if rerun == PASS_S else NEW
+    if status == TIMEOUT_S:  # killed after --test-timeout: a hang is a failure unless it is known
+        return KNOWN if known_failure else HUNG
     return UNREPORTED
 
 
@@ -243,7 +230,7 @@ def class_verdict(cls: str) -> tuple[str, str]:
     """(verdict, expected verdict) so that CI's outcome follows the class: a known failure is an
     expected FAIL, a new failure a regression, a fix a finding, a flake a PASS that says so."""
     return {PASSED: (PASS, PASS), KNOWN: (FAIL, FAIL), NEW: (FAIL, PASS), FIXED: (PASS, FAIL), FLAKY: (PASS, PASS),
-            NOTRUN: (NOT_APPLICABLE, PASS), UNREPORTED: (ERROR, PASS)}[cls]
+            NOTRUN: (NOT_APPLICABLE, PASS), UNREPORTED: (ERROR, PASS), HUNG: (FAIL, PASS)}[cls]
 
 
 def test_verdict(status: str) -> tuple[str, str]:
@@ -254,7 +241,8 @@ def test_verdict(status: str) -> tuple[str, str]:
 
 
 class FstestsOptions(ScenarioOptions):
-    fstests: str = opt(None, "a built fstests tree, or a git URL to clone and build (default: $LAB_FSTESTS)",
+    fstests: str = opt(None, "an fstests source tree, git repository[@REF] or git URL[@REF], built for the guest "
+                       "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_FSTESTS)",
                        metavar="PATH|URL", min_length=1, max_length=1024)
     test: list[str] = opt([], "tests to run (generic/091), comma-separated or repeated", metavar="NAME")
     preset: str | None = opt(None, "a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested "
@@ -262,7 +250,9 @@ class FstestsOptions(ScenarioOptions):
     transports: list[nfs.Transport] = opt(["tcp", "rdma"], "tcp or rdma, repeatable (default: both)", flag="--transport",
                                           min_length=1)
     nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
-    timeout: Seconds = opt(3600.0, "seconds for the whole check run per transport (default: 3600)", metavar="SECONDS")
+    timeout: Seconds = opt(14400.0, "seconds for the whole check run per transport (default: 14400)", metavar="SECONDS")
+    test_timeout: Seconds = opt(1800.0, "seconds one test may run before it is killed as hung and check moves on "
+                                "(default: 1800)", metavar="SECONDS")
     known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport, kernel_from, "
                                   "kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the shipped one",
                                   flag="--known-issues", metavar="FILE")
@@ -299,21 +289,26 @@ class NfsFstests(Scenario):
             if not path.is_file():
                 raise UsageError(f"--known-issues {f}: no such file")
             load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
-        if not is_url(self.options.fstests):
-            check_tree(Path(self.options.fstests).expanduser())
+        where, _ = split_ref(self.options.fstests)
+        if not is_url(where):
+            if not Path(where).expanduser().is_dir():
+                raise UsageError(f"--fstests {self.options.fstests}: no such directory")
+            check_layout(SUITES["fstests"], Path(where).expanduser(), f"--fstests {self.options.fstests}")
 
     def prepare(self) -> None:
-        self.tree = fetch_tree(self.options.fstests)
+        self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
 
     def setup(self, ctx: Context) -> None:
         server, client = ctx.guest("server"), ctx.guest("client")
         nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
         local = ctx.sub.path / "fstests.tar.gz"
-        local.write_bytes(tree_tarball(self.tree))
+        local.write_bytes(tree_tarball(self.tree.path))
         client.put(local, "/root/fstests.tar.gz")
         local.unlink()
         client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
                    timeout=600, check=True)
+        ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
+        check_libraries(client, GUEST_TREE, "fstests")  # names the first missing library before any test runs
         ctx.section["transports"] = {}
 
     def exercise(self, ctx: Context) -> None:
@@ -331,12 +326,23 @@ class NfsFstests(Scenario):
         # Mount TEST_DEV ourselves first: fstests reuses it, and /proc/mounts proves the transport.
         line = nfs.mount(client, server, self.options.nfs_version, transport, export=f"{nfs.EXPORT}/test", mountpoint=TEST_DIR)
         tests = self.options.tests
-        script = check_script(GUEST_TREE, local_config(server, opts), tests, self.options.timeout)
-        res = client.run(script, timeout=self.options.timeout + 300)
-        output = res.stdout + res.stderr
-        ctx.sub.write(ctx.path(f"{transport}/check.out"), output)
-        parsed = results_from(output, tests)
+        script = check_script(GUEST_TREE, local_config(server, opts), tests)
+        parsed: dict[str, Any] = {"statuses": {t: "not reported" for t in tests}}
         ctx.section["transports"][transport] = parsed
+
+        def keep(output: str) -> None:  # every finished test is on disk and in the results as it ends
+            ctx.sub.write(ctx.path(f"{transport}/check.out"), output)
+            parsed.update(results_from(output, tests))
+
+        watched = run_monitored(client, script, FstestsConsole(), f"fstests {transport}", len(tests),
+                                self.options.test_timeout, self.options.timeout, on_output=keep)
+        output = watched.output
+        keep(output)
+        for test, seconds in watched.timed_out_tests.items():
+            parsed["statuses"][test] = TIMEOUT_S
+            parsed.setdefault("timed_out", {})[test] = seconds
+        if watched.run_timed_out:
+            ctx.note(f"{transport}: check ran past --timeout {self.options.timeout:.0f} s and was killed; finished tests kept")
         client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
         try:
             client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / ctx.path(f"{transport}/results.tar.gz"))
@@ -348,7 +354,7 @@ class NfsFstests(Scenario):
         parsed["rerun"] = rerun_status
         client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
         parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
-        if all(status == "not reported" for status in parsed["statuses"].values()):
+        if all(status == "not reported" for status in parsed["statuses"].values()) and not watched.timed_out_tests:
             # check stopped before its first test: one ERROR with its own words, not a column of "not reported"
             fatal = startup_failure(output)
             parsed["fatal"] = fatal
@@ -367,6 +373,9 @@ class NfsFstests(Scenario):
                 reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
             if cls == FLAKY:
                 reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
+            if cls == HUNG:
+                reason = (f"timed out: still running after {parsed['timed_out'][test]:.0f} s (--test-timeout), killed; "
+                          "check went on with the next test")
             ctx.case(f"{test} ({transport})", verdict, reason, facets={"transport": transport, "test": test},
                      expected=expected, status=status, classification=cls)
 
@@ -387,9 +396,10 @@ class NfsFstests(Scenario):
             if not still:
                 break
             ctx.note(f"{transport}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
-            res = client.run(check_script(GUEST_TREE, local_config(server, opts), still, self.options.timeout),
-                             timeout=self.options.timeout + 300)
-            output = res.stdout + res.stderr
+            watched = run_monitored(client, check_script(GUEST_TREE, local_config(server, opts), still), FstestsConsole(),
+                                    f"fstests {transport} rerun {attempt}", len(still), self.options.test_timeout,
+                                    self.options.timeout)
+            output = watched.output
             ctx.sub.write(ctx.path(f"{transport}/rerun{attempt}.out"), output)
             status.update(results_from(output, still)["statuses"])
         return status
@@ -409,9 +419,11 @@ class NfsFstests(Scenario):
             totals = []
             for t, v in transports.items():
                 values = list(v["statuses"].values())
-                counts = {s: values.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S)}
+                counts = {s: values.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S)}
                 missing = len(values) - sum(counts.values())
                 totals.append(f"{t}: {counts[PASS_S]} pass, {counts[FAIL_S]} fail, {counts[NOTRUN_S]} notrun"
-                              + (f", {missing} not reported" if missing else ""))
+                              + (f", {counts[TIMEOUT_S]} timed out" if counts[TIMEOUT_S] else "")
+                              + (f", {missing} not reported" if missing else "")
+                              + (f" in {v['seconds']:.0f} s" if v.get("seconds") else ""))
             lines.append("  " + "; ".join(totals))
         return "\n".join(lines) if lines else "no kernel was run"

@@ -72,26 +72,29 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
     """The runner end to end: the tree is copied in, check runs against TEST_DEV mounted over each
     transport; the fake 001 does O_DIRECT on the NFS mount and passes, 002 fails and is a known issue,
     003 does not run, 004 fails once and passes when run again (a flake), 005 fails every time and
-    nothing knows it (a regression)."""
+    nothing knows it (a regression), 006 hangs and is killed by the per-test timeout. The tree is the
+    fake's source, built by the lab in the guest image's build root."""
     from pathlib import Path
 
     fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
     known = tmp_path / "known-issues.toml"
     known.write_text('[[expect]]\ntest = "generic/002"\nverdict = "FAIL"\nwhy = "fails on purpose"\n'
                      'link = "https://example.org/fake-002"\n')
-    tests = ["generic/001", "generic/002", "generic/003", "generic/004", "generic/005"]
+    tests = ["generic/001", "generic/002", "generic/003", "generic/004", "generic/005", "generic/006"]
     outcome = run("nfs-fstests", fstests=str(fake), test=tests, kernels=["debian:7.3"], transports=["tcp", "rdma"],
-                  timeout=600, known_issues=[str(known)])
+                  timeout=900, test_timeout=20, known_issues=[str(known)])
     section = outcome.results["subruns"]["debian-7.3"]
     assert section["verdict"] == "FAIL", section["reason"]
-    assert section["outcome"] == "unexpected failure (regression)"  # 005, and only 005
+    assert section["outcome"] == "unexpected failure (regression)"  # 005 and the hung 006
+    assert section["tree"]["buildroot"] == "lab-trixie-build" and section["tree"]["source_key"].startswith("content-")
     for transport in ("tcp", "rdma"):
         t = section["transports"][transport]
         assert f"proto={transport}" in t["mount"]
         assert t["statuses"] == {"generic/001": "pass", "generic/002": "fail", "generic/003": "notrun",
-                                 "generic/004": "fail", "generic/005": "fail"}, t
+                                 "generic/004": "fail", "generic/005": "fail", "generic/006": "timeout"}, t
         assert t["classes"] == {"generic/001": "pass", "generic/002": "known failure", "generic/003": "notrun",
-                                "generic/004": "flaky", "generic/005": "new failure"}, t
+                                "generic/004": "flaky", "generic/005": "new failure", "generic/006": "timed out"}, t
+        assert t["timed_out"]["generic/006"] >= 20
         assert t["rerun"] == {"generic/004": "pass", "generic/005": "fail"}, t
         assert t["source"] == "xunit"
         cases = section["cases"]
@@ -101,8 +104,10 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
         assert cases[f"generic/004 ({transport})"]["outcome"] == "as expected"
         assert "flaky" in cases[f"generic/004 ({transport})"]["reason"]
         assert cases[f"generic/005 ({transport})"]["outcome"] == "unexpected failure (regression)"
+        assert cases[f"generic/006 ({transport})"]["verdict"] == "FAIL"
+        assert "timed out" in cases[f"generic/006 ({transport})"]["reason"]
         assert (outcome.run_dir.path / f"subruns/debian-7.3/{transport}/check.out").exists()
         assert (outcome.run_dir.path / f"subruns/debian-7.3/{transport}/rerun1.out").exists()
     table = (outcome.run_dir.path / "summary.txt").read_text()
     assert "known failure" in table and "new failure" in table and "flaky" in table
-    assert "tcp: 1 pass, 3 fail, 1 notrun" in table
+    assert "tcp: 1 pass, 3 fail, 1 notrun, 1 timed out" in table

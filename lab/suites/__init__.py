@@ -1,0 +1,1 @@
+"""Test suites (fstests, blktests) built for the guest and checked in it."""

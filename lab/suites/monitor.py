@@ -1,0 +1,120 @@
+"""A suite's check run in the guest, watched from the host: started detached (setsid), its output
+read back every few seconds, the running test and the counts shown as progress, a test that runs
+past its own timeout killed (the suite then moves on), and the whole run bounded. Each poll hands the
+output so far to the caller, so an interrupted or timed-out run still has every finished test."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from lab.progress import step
+
+RUN_DIR = "/root/lab-suite-run"
+
+
+class Suite(Protocol):
+    def running(self, output: str) -> str | None:
+        """The test the output says is running now (started, no result yet)."""
+
+    def counts(self, output: str) -> dict[str, int]:
+        """Finished tests by status so far."""
+
+    def kill_test(self, test: str) -> str:
+        """A shell command that kills this test's processes (the suite records it as failed and goes on)."""
+
+
+@dataclass
+class Monitored:
+    output: str = ""
+    timed_out_tests: dict[str, float] = field(default_factory=dict)  # test -> seconds when it was killed
+    run_timed_out: bool = False
+    exit_code: int | None = None
+    seconds: float = 0.0
+
+
+_START = """mkdir -p {dir} && rm -f {dir}/out {dir}/rc && cat > {dir}/run.sh <<'LAB_RUN_EOF'
+{script}
+LAB_RUN_EOF
+setsid sh -c 'sh {dir}/run.sh > {dir}/out 2>&1 < /dev/null; echo $? > {dir}/rc' > /dev/null 2>&1 < /dev/null &
+echo $! > {dir}/pid
+"""
+# Exact byte accounting: the size is taken first, then exactly those bytes after the offset.
+_POLL = """cd {dir} || exit 97
+size=$(stat -c %s out 2>/dev/null || echo 0)
+if [ -f rc ]; then echo "LAB-RC $(cat rc)"; else echo "LAB-RC -"; fi
+echo "LAB-SIZE $size"
+tail -c +$(({offset} + 1)) out 2>/dev/null | head -c $(($size - {offset}))
+"""
+_POLL_RE = re.compile(r"\ALAB-RC (\S+)\nLAB-SIZE (\d+)\n", re.S)
+_KILL_RUN = "kill -KILL -- -$(cat {dir}/pid) 2>/dev/null; sleep 1; echo 137 > {dir}/rc"
+
+
+def parse_poll(text: str) -> tuple[int | None, bool, int, str]:
+    """(exit code or None, finished, new size, new output) from one poll's stdout."""
+    m = _POLL_RE.match(text)
+    if not m:
+        return None, False, -1, ""
+    rc = m.group(1)
+    finished = rc != "-"
+    return (int(rc) if finished and rc.lstrip("-").isdigit() else None), finished, int(m.group(2)), text[m.end():]
+
+
+def progress_line(label: str, running: str | None, running_for: float, counts: dict[str, int], total: int) -> str:
+    done = sum(counts.values())
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    now = f"{running} running {int(running_for) // 60}m{int(running_for) % 60:02d}s" if running else "between tests"
+    return f"{label}: {now}; {done}/{total} done" + (f" ({tally})" if tally else "")
+
+
+def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test_timeout: float, run_timeout: float,
+                  on_output: Callable[[str], None] | None = None, poll: float = 5.0, run_dir: str = RUN_DIR) -> Monitored:
+    """Run script (a suite's check) in the guest and watch it; see the module's docstring."""
+    result = Monitored()
+    guest.run(_START.format(dir=run_dir, script=script), timeout=60, check=True)
+    started = time.monotonic()
+    offset = 0
+    current: str | None = None
+    current_since = started
+    with step(f"{label}: {total} test(s)") as st:
+        while True:
+            time.sleep(poll)
+            res = guest.run(_POLL.format(dir=run_dir, offset=offset), timeout=120)
+            rc, finished, size, chunk = parse_poll(res.stdout)
+            if size >= 0:
+                result.output += chunk
+                offset = size
+            now = time.monotonic()
+            if on_output is not None and chunk:
+                on_output(result.output)
+            if finished:
+                result.exit_code = rc
+                break
+            running = suite.running(result.output)
+            if running != current:
+                current, current_since = running, now
+            if current and now - current_since > test_timeout and current not in result.timed_out_tests:
+                result.timed_out_tests[current] = round(now - current_since, 1)
+                st.update(f"{current} ran {now - current_since:.0f} s (> {test_timeout:.0f} s): killing it")
+                guest.run(suite.kill_test(current), timeout=60)
+                continue
+            if now - started > run_timeout:
+                result.run_timed_out = True
+                guest.run(_KILL_RUN.format(dir=run_dir), timeout=60)
+                continue
+            st.update(progress_line(label, current, now - current_since, suite.counts(result.output), total))
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+KILL_TREE = """killtree() {{ for c in $(pgrep -P "$1"); do killtree "$c"; done; kill -KILL "$1" 2>/dev/null; }}
+for p in $(pgrep -f {pattern}); do killtree "$p"; done; true
+"""
+
+
+def kill_tree_command(pattern: str) -> str:
+    """Kill every process whose command line matches pattern, with all its descendants."""
+    return KILL_TREE.format(pattern=shlex.quote(pattern))

@@ -1,0 +1,173 @@
+"""Suites built for the guest and watched while they run: source identity, library checks, the
+running-test monitor (real processes and the fake fstests tree, a local shell standing in for SSH)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.errors import UsageError
+from lab.scenarios import fstests
+from lab.ssh import Result
+from lab.suites import libcheck, monitor
+from lab.suites.build import SUITES, check_layout, suite_tree
+from lab.suites.source import resolve_source, split_ref
+
+FAKE = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def _repo(path: Path) -> Path:
+    shutil.copytree(FAKE, path)
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "fake fstests"]):
+        subprocess.run(GIT + argv, cwd=path, check=True)
+    return path
+
+
+def test_refs_are_split_after_the_repository_path() -> None:
+    assert split_ref("https://git.kernel.org/x/xfstests-dev.git@v2025.01.01") == ("https://git.kernel.org/x/xfstests-dev.git", "v2025.01.01")
+    assert split_ref("ssh://me@host/x.git") == ("ssh://me@host/x.git", None)
+    assert split_ref("ssh://me@host/x.git@for-next/a") == ("ssh://me@host/x.git", "for-next/a")
+    assert split_ref("git@github.com:x/y.git") == ("git@github.com:x/y.git", None)
+    assert split_ref("git@github.com:x/y.git@abc123") == ("git@github.com:x/y.git", "abc123")
+    assert split_ref("/srv/fstests@HEAD~1") == ("/srv/fstests", "HEAD~1")
+    assert split_ref("/srv/fstests") == ("/srv/fstests", None)
+
+
+def test_a_plain_tree_is_known_by_its_content(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    shutil.copytree(FAKE, tree)
+    first = resolve_source(str(tree))
+    assert first.key.startswith("content-") and first.commit is None and "check" in first.files
+    assert resolve_source(str(tree)).key == first.key
+    (tree / "tests/generic/001").write_text("#!/bin/bash\nexit 0\n")
+    assert resolve_source(str(tree)).key != first.key
+    staged = tmp_path / "staged"
+    resolve_source(str(tree)).stage(staged)
+    assert (staged / "tests/generic/001").read_text() == "#!/bin/bash\nexit 0\n" and (staged / "check").stat().st_mode & 0o100
+
+
+def test_a_fixture_inside_the_project_is_not_the_project(tmp_path: Path) -> None:
+    """The fake tree lives in the lab's own git checkout: it must be hashed by content, not archived
+    as the lab's HEAD."""
+    src = resolve_source(str(FAKE))
+    assert src.key.startswith("content-") and src.git_dir is None
+
+
+def test_git_sources_are_known_by_their_commit(tmp_path: Path, monkeypatch) -> None:
+    repo = _repo(tmp_path / "repo")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert resolve_source(str(repo)).key == f"git-{head[:16]}"
+    # A modified checkout is its files as they are now.
+    (repo / "tests/generic/002").write_text("#!/bin/bash\nexit 0\n")
+    dirty = resolve_source(str(repo))
+    assert dirty.key.startswith("content-") and "tests/generic/002" in dirty.files
+    # @REF reads the repository, not the work tree; a URL is mirrored into the cache once.
+    assert resolve_source(f"{repo}@HEAD").key == f"git-{head[:16]}"
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path / "cache"))
+    by_url = resolve_source(f"file://{repo}")
+    assert by_url.commit == head and by_url.git_dir is not None and by_url.git_dir.is_relative_to(tmp_path / "cache")
+    staged = tmp_path / "staged"
+    by_url.stage(staged)
+    assert (staged / "check").is_file() and not (staged / ".git").exists()
+    with pytest.raises(UsageError, match="no commit 'nope'"):
+        resolve_source(f"{repo}@nope")
+    with pytest.raises(UsageError, match="needs a git repository"):
+        resolve_source(f"{FAKE}@HEAD")
+    with pytest.raises(UsageError, match="no such directory"):
+        resolve_source(str(tmp_path / "missing"))
+
+
+def test_layout_and_prebuilt_trees(tmp_path: Path) -> None:
+    check_layout(SUITES["fstests"], FAKE, "fake")
+    with pytest.raises(UsageError, match="no fstests tree here"):
+        check_layout(SUITES["fstests"], tmp_path, str(tmp_path))
+    built = tmp_path / "built"
+    shutil.copytree(FAKE, built)
+    (built / "ltp/fsstress").write_text("#!/bin/sh\n")
+    tree = suite_tree("fstests", str(built))  # built elsewhere: used as it is, its libraries checked in the guest
+    assert tree.path == built and not tree.built_here
+
+
+LDD = """./ltp/fsstress:
+\tlinux-vdso.so.1 (0x00007ffd)
+\tlibaio.so.1 => not found
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)
+./src/aio-dio-regress/aiocp:
+\tlibaio.so.1 => not found
+./src/feature:
+\tnot a dynamic executable
+"""
+
+
+def test_missing_libraries_are_named_with_what_the_guest_has() -> None:
+    missing = libcheck.parse_ldd(LDD)
+    assert [(m.program, m.library) for m in missing] == [("ltp/fsstress", "libaio.so.1"), ("src/aio-dio-regress/aiocp", "libaio.so.1")]
+    assert libcheck.parse_ldd("\tlibc.so.6 => /lib/libc.so.6\n") == []
+    assert libcheck.library_stem("libaio.so.1") == "libaio.so"
+    have = libcheck.provider_line("libaio1t64:amd64: /usr/lib/x86_64-linux-gnu/libaio.so.1t64.0.2\n"
+                                  "libaio1t64:amd64: /usr/share/doc/libaio1t64\n")
+    assert have == ("libaio1t64", "libaio.so.1t64.0.2")
+    line = libcheck.describe(missing, have, "/root/fstests", "fstests")
+    assert "ltp/fsstress needs libaio.so.1" in line and "libaio1t64" in line and "lab suite build fstests" in line
+    assert "\n" not in line
+    assert "no package in the guest image ships libaio.so*" in libcheck.describe(missing, None, "/root/fstests", "fstests")
+
+
+class LocalShell:
+    """Runs the monitor's commands in a local bash: the transport is the only thing not real."""
+
+    def run(self, command: str, timeout: float = 60, check: bool = False) -> Result:
+        res = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(res.stderr)
+        return Result(command, res.returncode, res.stdout, res.stderr)
+
+
+def test_the_monitor_kills_a_hung_test_and_keeps_the_others(tmp_path: Path) -> None:
+    """The fake check with a test that sleeps for an hour: the per-test timeout kills it (its whole
+    process tree), check goes on to the next test, and every finished test is seen as it ends."""
+    tree = tmp_path / "fstests"
+    shutil.copytree(FAKE, tree)
+    tests = ["generic/003", "generic/006", "generic/002"]
+    script = fstests.check_script(str(tree), "", tests)
+    seen: list[str] = []
+    watched = monitor.run_monitored(LocalShell(), script, fstests.FstestsConsole(), "fake", len(tests), test_timeout=3,
+                                    run_timeout=120, on_output=seen.append, poll=0.5, run_dir=str(tmp_path / "run"))
+    assert list(watched.timed_out_tests) == ["generic/006"] and watched.timed_out_tests["generic/006"] >= 3
+    assert not watched.run_timed_out and watched.seconds < 60
+    parsed = fstests.results_from(watched.output, tests)
+    assert parsed["statuses"] == {"generic/003": "notrun", "generic/006": "fail", "generic/002": "fail"}
+    assert any("generic/003" in out and "generic/002" not in out for out in seen)  # seen before the run ended
+    assert subprocess.run(["pgrep", "-f", "/tests/generic/006$"], capture_output=True).returncode == 1
+
+
+def test_the_whole_run_is_bounded(tmp_path: Path) -> None:
+    tree = tmp_path / "fstests"
+    shutil.copytree(FAKE, tree)
+    script = fstests.check_script(str(tree), "", ["generic/006"])
+    watched = monitor.run_monitored(LocalShell(), script, fstests.FstestsConsole(), "fake", 1, test_timeout=600,
+                                    run_timeout=2, poll=0.5, run_dir=str(tmp_path / "run"))
+    assert watched.run_timed_out and watched.exit_code == 137 and not watched.timed_out_tests
+
+
+def test_running_test_and_progress_line() -> None:
+    console = fstests.FstestsConsole()
+    out = "FSTYP -- nfs\n\ngeneric/001  5s ...  4s\ngeneric/091 "
+    assert console.running(out) == "generic/091"
+    assert console.running(out + " 30s ...  31s\n") is None
+    assert console.counts(out) == {"pass": 1, "fail": 0, "notrun": 0}
+    line = monitor.progress_line("fstests tcp", "generic/091", 130, {"pass": 1, "fail": 0}, 27)
+    assert line == "fstests tcp: generic/091 running 2m10s; 1/27 done (1 pass)"
+    assert monitor.parse_poll("LAB-RC -\nLAB-SIZE 12\nabc") == (None, False, 12, "abc")
+    assert monitor.parse_poll("LAB-RC 1\nLAB-SIZE 3\n") == (1, True, 3, "")
+    assert monitor.parse_poll("garbage")[2] == -1
+
+
+def test_a_hung_test_is_a_failure_unless_known() -> None:
+    assert fstests.classify("timeout", False) == fstests.HUNG
+    assert fstests.class_verdict(fstests.HUNG) == ("FAIL", "PASS")
+    assert fstests.classify("timeout", True) == fstests.KNOWN
