@@ -152,8 +152,8 @@ def resolve_source(spec: str) -> Source:
     """The source a --source (or --fstests/--blktests) argument names, with its cache key."""
     where, ref = split_ref(spec)
     if is_url(where):
-        git_dir, commit = _clone(where, ref)
-        return Source(spec, f"git-{commit[:16]}", commit, git_dir, None)
+        mirror, commit = _clone(where, ref)
+        return Source(spec, f"git-{commit[:16]}", commit, mirror, None)
     path = Path(where).expanduser()
     if not path.is_dir():
         raise UsageError(f"{spec}: no such directory (give a source tree, a git repository[@REF] or a git URL[@REF])")
