@@ -26,10 +26,10 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 from lab.settings import settings
-from lab.suites.build import SUITES, check_layout, suite_tree
+from lab.suites.build import SUITES, check_layout, library_packages, suite_tree
 from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_tree_command, run_monitored
-from lab.suites.source import is_url, split_ref
+from lab.suites.source import is_bare_repository, is_url, split_ref
 
 NAME = "nfs-fstests"
 # Shipped known issues per kernel (the same [[expect]] format as every scenario's expect.toml).
@@ -289,11 +289,13 @@ class NfsFstests(Scenario):
             if not path.is_file():
                 raise UsageError(f"--known-issues {f}: no such file")
             load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
-        where, _ = split_ref(self.options.fstests)
+        where, ref = split_ref(self.options.fstests)
         if not is_url(where):
-            if not Path(where).expanduser().is_dir():
+            path = Path(where).expanduser()
+            if not path.is_dir():
                 raise UsageError(f"--fstests {self.options.fstests}: no such directory")
-            check_layout(SUITES["fstests"], Path(where).expanduser(), f"--fstests {self.options.fstests}")
+            if ref is None and not is_bare_repository(path):  # a tree on disk (a repository is read at its commit)
+                check_layout(SUITES["fstests"], path, f"--fstests {self.options.fstests}")
 
     def prepare(self) -> None:
         self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
@@ -308,7 +310,8 @@ class NfsFstests(Scenario):
         client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
                    timeout=600, check=True)
         ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
-        check_libraries(client, GUEST_TREE, "fstests")  # names the first missing library before any test runs
+        # names the first missing library before any test runs
+        check_libraries(client, GUEST_TREE, "fstests", library_packages(self.tree))
         ctx.section["transports"] = {}
 
     def exercise(self, ctx: Context) -> None:

@@ -9,13 +9,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lab.errors import UsageError
 from lab.images import load_recipe
 from lab.paths import cache_dir
 from lab.progress import info, step
-from lab.suites.buildroot import buildroot_for, ensure_buildroot, run_in_buildroot
+from lab.suites.buildroot import buildroot_for, buildroot_path, ensure_buildroot, load_buildroot, package_of, run_in_buildroot
 from lab.suites.source import resolve_source, split_ref
 
 
@@ -114,3 +114,11 @@ def list_suites() -> list[dict[str, Any]]:
         data["path"] = str(meta.parent / "tree")
         out.append(data)
     return out
+
+
+def library_packages(tree: SuiteTree) -> Callable[[str], str | None] | None:
+    """For a tree the lab built: which build-root package ships a library (for the guest's library check)."""
+    if not tree.built_here:
+        return None
+    root = buildroot_path(load_buildroot(tree.meta["buildroot"]))
+    return lambda library: package_of(root, library)

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 import tomllib
 from dataclasses import dataclass
@@ -117,3 +118,12 @@ def run_in_buildroot(root: Path, source: Path, argv: Sequence[str], log: Path, s
     run_logged(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", _CHROOT_SCRIPT, "sh",
                 str(root), str(source), *argv], log, st, what=what)
 
+
+
+def package_of(root: Path, library: str) -> str | None:
+    """The build root's package that ships a shared library (what the guest needs to run a program
+    built here), by dpkg's own file lists."""
+    res = subprocess.run(["chroot", str(root), "dpkg", "-S", f"*/{library}"], capture_output=True, text=True)
+    if res.returncode != 0:
+        return None
+    return res.stdout.split(":", 1)[0].strip() or None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Callable
 
 from lab.errors import LabError
 
@@ -58,7 +59,8 @@ def provider_line(dpkg_output: str) -> tuple[str, str] | None:
     return None
 
 
-def describe(missing: list[MissingLibrary], have: tuple[str, str] | None, tree: str, suite: str) -> str:
+def describe(missing: list[MissingLibrary], have: tuple[str, str] | None, tree: str, suite: str,
+             built_with: str | None = None) -> str:
     """The one line a user reads: the first missing library, who needs it, and what to do."""
     first = missing[0]
     others = sorted({m.library for m in missing} - {first.library})
@@ -68,18 +70,23 @@ def describe(missing: list[MissingLibrary], have: tuple[str, str] | None, tree: 
         package, name = have
         cause = (f"the guest has {name} from package {package}: the tree was built against other libraries; "
                  f"build it for the guest with 'lab suite build {suite} --source SOURCE'")
+    elif built_with is not None:
+        cause = (f"the tree was built against package {built_with}, which the guest image lacks: add it to "
+                 "images/lab-trixie/packages.txt")
     else:
         cause = (f"no package in the guest image ships {library_stem(first.library)}*: add the package that does to "
                  "images/lab-trixie/packages.txt, or rebuild the tree with 'lab suite build'")
     return f"{suite} tree {tree}: {first.program} needs {first.library}{more}, missing in the guest ({count} program(s)); {cause}"
 
 
-def check_libraries(guest, tree: str, suite: str) -> list[MissingLibrary]:
-    """Run ldd over the tree in the guest; raise LabError naming the first missing library."""
+def check_libraries(guest, tree: str, suite: str, package_of: Callable[[str], str | None] | None = None) -> list[MissingLibrary]:
+    """Run ldd over the tree in the guest; raise LabError naming the first missing library (and,
+    for a tree the lab built, the build root's package that ships it: package_of)."""
     res = guest.run(LDD_SCRIPT.format(tree=shlex.quote(tree)), timeout=300)
     missing = parse_ldd(res.stdout)
     if not missing:
         return []
     stem = library_stem(missing[0].library)
     dpkg = guest.run(f"dpkg -S {shlex.quote('*/' + stem + '*')} 2>/dev/null", timeout=60)
-    raise LabError(describe(missing, provider_line(dpkg.stdout), tree, suite))
+    built_with = package_of(missing[0].library) if package_of is not None else None
+    raise LabError(describe(missing, provider_line(dpkg.stdout), tree, suite, built_with))

@@ -97,6 +97,11 @@ def _is_work_tree(path: Path) -> bool:
     return res.stdout.strip() == "true"
 
 
+def is_bare_repository(path: Path) -> bool:
+    """A git directory without a work tree (a mirror): its files are read at a commit, not from disk."""
+    return _git_dir_of(path) is not None and not _is_work_tree(path)
+
+
 def _content_key(directory: Path, files: list[str]) -> str:
     digest = hashlib.sha256()
     for name in files:

@@ -171,3 +171,9 @@ def test_a_hung_test_is_a_failure_unless_known() -> None:
     assert fstests.classify("timeout", False) == fstests.HUNG
     assert fstests.class_verdict(fstests.HUNG) == ("FAIL", "PASS")
     assert fstests.classify("timeout", True) == fstests.KNOWN
+
+
+def test_a_library_the_build_root_had_names_its_package() -> None:
+    missing = [libcheck.MissingLibrary("src/dbtest", "libgdbm_compat.so.4")]
+    line = libcheck.describe(missing, None, "/root/fstests", "fstests", built_with="libgdbm-compat4t64")
+    assert "src/dbtest needs libgdbm_compat.so.4" in line and "package libgdbm-compat4t64, which the guest image lacks" in line
