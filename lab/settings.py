@@ -33,6 +33,7 @@ class Settings:
     topologies: Path | None  # None: the shipped topologies/
     kernels_file: Path | None
     fstests: str | None
+    blktests: str | None = None
 
 
 def _path(name: str, value: str, must_exist: bool = False) -> Path:
@@ -81,7 +82,8 @@ def _parse(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         if not kernels_file.is_file():
             raise UsageError(f"LAB_KERNELS={env['LAB_KERNELS']}: no such file")
     fstests = env.get("LAB_FSTESTS") or None
-    return Settings(accel, boot_timeout, cache, results, runtime, topologies, kernels_file, fstests)
+    blktests = env.get("LAB_BLKTESTS") or None
+    return Settings(accel, boot_timeout, cache, results, runtime, topologies, kernels_file, fstests, blktests)
 
 
 def settings() -> Settings:

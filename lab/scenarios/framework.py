@@ -149,7 +149,7 @@ class Scenario:
 # -- registry -------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Scenario]] = {}
 _LOADED = False
-BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "repro", "netfs", "fault_injection",
+BUILTIN_MODULES = ("stable_pages", "p2p_block", "nfs_dio", "nfs_p2p", "fstests", "blktests", "repro", "netfs", "fault_injection",
                    "pin_audit", "dio_bench")
 
 

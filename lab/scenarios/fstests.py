@@ -24,8 +24,10 @@ from lab.paths import scenarios_dir
 from lab.scenarios.expect import load_rules, expectation_for
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
-from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
+from lab.scenarios.verdict import ERROR, FAIL
 from lab.settings import settings
+from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
+                                class_verdict, classify, test_verdict)
 from lab.suites.build import SUITES, check_layout, library_packages, suite_tree
 from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_tree_command, run_monitored
@@ -45,7 +47,6 @@ DEFAULT_PRESET = "nfs-dio"
 GUEST_TREE = "/root/fstests"
 TEST_DIR = "/mnt/fstests-test"
 SCRATCH_MNT = "/mnt/fstests-scratch"
-PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S = "pass", "fail", "notrun", "timeout"
 _TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
 _LINE_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})\s+(.*)$")
 
@@ -201,43 +202,6 @@ def tree_tarball(path: Path) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         tar.add(str(path), arcname="fstests", filter=keep)
     return buf.getvalue()
-
-
-STATUS_VERDICT = {PASS_S: PASS, FAIL_S: FAIL, NOTRUN_S: NOT_APPLICABLE}
-
-# Each result read against the known issues, as a kdevops baseline reads it.
-PASSED, KNOWN, NEW, FIXED, FLAKY, NOTRUN, UNREPORTED, HUNG = ("pass", "known failure", "new failure", "fixed", "flaky",
-                                                             "notrun", "not reported", "timed out")
-
-
-def classify(status: str, known_failure: bool, rerun: str | None = None) -> str:
-    """A test's class from its status, whether a known-issues entry says it fails on this kernel,
-    and its status when a failure nobody knew of was run again."""
-    if status == NOTRUN_S:
-        return NOTRUN
-    if status == PASS_S:
-        return FIXED if known_failure else PASSED
-    if status == FAIL_S:
-        if known_failure:
-            return KNOWN
-        return FLAKY if rerun == PASS_S else NEW
-    if status == TIMEOUT_S:  # killed after --test-timeout: a hang is a failure unless it is known
-        return KNOWN if known_failure else HUNG
-    return UNREPORTED
-
-
-def class_verdict(cls: str) -> tuple[str, str]:
-    """(verdict, expected verdict) so that CI's outcome follows the class: a known failure is an
-    expected FAIL, a new failure a regression, a fix a finding, a flake a PASS that says so."""
-    return {PASSED: (PASS, PASS), KNOWN: (FAIL, FAIL), NEW: (FAIL, PASS), FIXED: (PASS, FAIL), FLAKY: (PASS, PASS),
-            NOTRUN: (NOT_APPLICABLE, PASS), UNREPORTED: (ERROR, PASS), HUNG: (FAIL, PASS)}[cls]
-
-
-def test_verdict(status: str) -> tuple[str, str]:
-    """A test's verdict: pass and fail as they are, notrun not applicable, unreported an ERROR."""
-    if status in STATUS_VERDICT:
-        return STATUS_VERDICT[status], status
-    return ERROR, "check did not report this test (it stopped, timed out or crashed before it)"
 
 
 class FstestsOptions(ScenarioOptions):

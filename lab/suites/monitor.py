@@ -118,3 +118,14 @@ for p in $(pgrep -f {pattern}); do killtree "$p"; done; true
 def kill_tree_command(pattern: str) -> str:
     """Kill every process whose command line matches pattern, with all its descendants."""
     return KILL_TREE.format(pattern=shlex.quote(pattern))
+
+
+KILL_CHILDREN = """killtree() {{ for c in $(pgrep -P "$1"); do killtree "$c"; done; kill -KILL "$1" 2>/dev/null; }}
+for p in $(pgrep -f {pattern}); do for c in $(pgrep -P "$p"); do killtree "$c"; done; done; true
+"""
+
+
+def kill_children_command(pattern: str) -> str:
+    """Kill the children (and their descendants) of the processes matching pattern, not the processes
+    themselves: a suite that runs its test in a subshell of itself goes on to the next test."""
+    return KILL_CHILDREN.format(pattern=shlex.quote(pattern))

@@ -12,7 +12,7 @@ import pytest
 from lab.errors import UsageError
 from lab.scenarios import fstests
 from lab.ssh import Result
-from lab.suites import libcheck, monitor
+from lab.suites import classes, libcheck, monitor
 from lab.suites.build import SUITES, check_layout, suite_tree
 from lab.suites.source import resolve_source, split_ref
 
@@ -168,9 +168,9 @@ def test_running_test_and_progress_line() -> None:
 
 
 def test_a_hung_test_is_a_failure_unless_known() -> None:
-    assert fstests.classify("timeout", False) == fstests.HUNG
-    assert fstests.class_verdict(fstests.HUNG) == ("FAIL", "PASS")
-    assert fstests.classify("timeout", True) == fstests.KNOWN
+    assert classes.classify("timeout", False) == classes.HUNG
+    assert classes.class_verdict(classes.HUNG) == ("FAIL", "PASS")
+    assert classes.classify("timeout", True) == classes.KNOWN
 
 
 def test_a_library_the_build_root_had_names_its_package() -> None:

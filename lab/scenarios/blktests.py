@@ -1,0 +1,330 @@
+"""blktests on the lab's NVMe: the tests that need a device (block/041's PI metadata, nvme/064's
+passthrough metadata) get the topology's PI namespace as TEST_DEVS, and the NVMe-oF tests run once
+per target transport (NVMET_TRTYPES loop, tcp, rdma over rdma_rxe, rdma over siw). The config is
+written from the topology, never by hand. Results are classed against known issues like fstests'."""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from lab.errors import LabError, UsageError
+from lab.paths import scenarios_dir
+from lab.scenarios.expect import expectation_for, load_rules
+from lab.scenarios.framework import Context, Scenario, register
+from lab.scenarios.options import ScenarioOptions, Seconds, opt
+from lab.scenarios.verdict import ERROR, FAIL
+from lab.settings import settings
+from lab.suites.build import SUITES, check_layout, library_packages, suite_tree
+from lab.suites.classes import FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict, classify
+from lab.suites.libcheck import check_libraries
+from lab.suites.monitor import kill_children_command, run_monitored
+from lab.suites.source import is_bare_repository, is_url, split_ref
+
+NAME = "blktests"
+KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
+GUEST_TREE = "/root/blktests"
+Transport = Literal["loop", "tcp", "rdma", "siw"]
+# What each transport means to blktests' config: rdma is soft-RoCE (rdma_rxe), siw soft-iWARP.
+TRANSPORT_CONFIG = {"loop": "NVMET_TRTYPES=loop", "tcp": "NVMET_TRTYPES=tcp", "rdma": "NVMET_TRTYPES=rdma\nUSE_RXE=1",
+                    "siw": "NVMET_TRTYPES=rdma"}
+PRESETS = {
+    # Block-layer and NVMe tests of integrity metadata: they need a PI-formatted TEST_DEV.
+    "pi": "block/041 block/043 nvme/049 nvme/064".split(),
+    # NVMe-oF target set-up, connect and I/O on each transport.
+    "fabrics": "nvme/003 nvme/004 nvme/006 nvme/008 nvme/010".split(),
+}
+PRESETS["nvme-pi"] = PRESETS["pi"] + PRESETS["fabrics"]
+DEFAULT_PRESET = "nvme-pi"
+_TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
+# "nvme/004 (tr=tcp) (test nvme and nvmet UUID NS descriptors)   [passed]", "block/041 => nvme0n1 (...) [not run]"
+_RESULT_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => (\S+))?\s.*\[(passed|failed|not run)\]\s*$")
+_HEADER_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => \S+)?\s")
+_STATUS = {"passed": PASS_S, "failed": FAIL_S, "not run": NOTRUN_S}
+# A test that sets up an NVMe-oF target uses the transport; the others only see TEST_DEVS.
+_FABRICS_MARKERS = ("_nvmet_target_setup", "_setup_nvmet", "_nvme_connect_subsys", "_require_nvme_trtype", "nvme_trtype")
+
+
+def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
+    names: list[str] = []
+    if preset:
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r}: known presets: {', '.join(PRESETS)}")
+        names += PRESETS[preset]
+    for item in tests or []:
+        names += item.replace(",", " ").split()
+    if not names:
+        names = list(PRESETS[DEFAULT_PRESET])
+    for n in names:
+        if not _TEST_RE.match(n):
+            raise UsageError(f"test {n!r}: expected names like nvme/004")
+    return list(dict.fromkeys(names))
+
+
+def uses_transport(tree: Path, test: str) -> bool:
+    """Whether a test sets up an NVMe-oF target (so it runs once per transport), from its source."""
+    path = tree / "tests" / test
+    return path.is_file() and any(marker in path.read_text(errors="replace") for marker in _FABRICS_MARKERS)
+
+
+def config_text(test_devs: list[str], transport: str | None) -> str:
+    lines = [f"TEST_DEVS=({' '.join(test_devs)})"]
+    if transport is not None:
+        lines.append(TRANSPORT_CONFIG[transport])
+    return "\n".join(lines) + "\n"
+
+
+def check_script(tree: str, config: str, tests: list[str]) -> str:
+    return f"""cd {shlex.quote(tree)} || exit 97
+cat > config <<'LAB_EOF'
+{config}LAB_EOF
+rm -rf results
+./check {shlex.join(tests)}
+echo "LAB-CHECK-EXIT $?"
+"""
+
+
+def parse_output(text: str) -> dict[str, dict[str, Any]]:
+    """Per test: status, and for a failure or a notrun the indented lines that follow (the diff or
+    the reason). A test that ran on a device is keyed by its name all the same (one TEST_DEV)."""
+    found: dict[str, dict[str, Any]] = {}
+    last: str | None = None
+    for line in text.split("LAB-CHECK-EXIT", 1)[0].splitlines():
+        m = _RESULT_RE.match(line)
+        if m:
+            last = m.group(1)
+            found[last] = {"status": _STATUS[m.group(3)], "details": []}
+            continue
+        if last and line.startswith("    ") and not re.match(r"^\s+(runtime|date|exit_status|description)\b", line):
+            if len(found[last]["details"]) < 12:
+                found[last]["details"].append(line.strip())
+        elif not line.startswith("    "):
+            last = None
+    return found
+
+
+class BlktestsConsole:
+    """check prints a test's header line when it starts and the same line with [status] when it ends."""
+
+    def running(self, output: str) -> str | None:
+        lines = [ln for ln in output.split("LAB-CHECK-EXIT", 1)[0].splitlines() if ln and not ln.startswith(" ")]
+        if not lines:
+            return None
+        m = _HEADER_RE.match(lines[-1])
+        return m.group(1) if m and not _RESULT_RE.match(lines[-1]) else None
+
+    def counts(self, output: str) -> dict[str, int]:
+        statuses = [r["status"] for r in parse_output(output).values()]
+        return {s: statuses.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S)}
+
+    def kill_test(self, test: str) -> str:
+        # check runs the test in a subshell of itself: kill check's children, check records a failure and goes on
+        return kill_children_command(r"^(/usr)?/bin/bash \./check( |$)")
+
+
+def tree_tarball(path: Path) -> bytes:
+    buf = io.BytesIO()
+
+    def keep(info_: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info_.name).parts
+        if len(parts) > 1 and parts[1] in (".git", "results", "config") or info_.name.endswith(".o"):
+            return None
+        return info_
+
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        tar.add(str(path), arcname="blktests", filter=keep)
+    return buf.getvalue()
+
+
+class BlktestsOptions(ScenarioOptions):
+    blktests: str = opt(None, "a blktests source tree, git repository[@REF] or git URL[@REF], built for the guest "
+                        "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_BLKTESTS)",
+                        metavar="PATH|URL", min_length=1, max_length=1024)
+    test: list[str] = opt([], "tests to run (nvme/004), comma-separated or repeated", metavar="NAME")
+    preset: str | None = opt(None, "a named list: pi (integrity metadata on the PI namespace), fabrics (NVMe-oF per "
+                             "transport), nvme-pi (both; the default)", max_length=40)
+    transports: list[Transport] = opt(["loop", "tcp", "rdma"], "NVMe-oF target transport for the tests that set one up: "
+                                      "loop, tcp, rdma (rdma_rxe) or siw, repeatable (default: loop, tcp, rdma)",
+                                      flag="--transport", min_length=1)
+    timeout: Seconds = opt(7200.0, "seconds for one check run (default: 7200)", metavar="SECONDS")
+    test_timeout: Seconds = opt(900.0, "seconds one test may run before it is killed as hung (default: 900)",
+                                metavar="SECONDS")
+    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]]: test, transport, kernel_from, kernel_below, "
+                                  "verdict = \"FAIL\", why, link), repeatable; read before the shipped one",
+                                  flag="--known-issues", metavar="FILE")
+    rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
+                     ge=0, le=5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tree_from_environment(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("blktests") and settings().blktests:
+            data = {**data, "blktests": settings().blktests}
+        if isinstance(data, dict) and not data.get("blktests"):
+            raise ValueError("blktests needs a blktests tree: --blktests PATH (or a git URL), or LAB_BLKTESTS=PATH")
+        return data
+
+    @property
+    def tests(self) -> list[str]:
+        return resolve_tests(self.test, self.preset)
+
+
+@register
+class Blktests(Scenario):
+    name = NAME
+    summary = "blktests on the topology's NVMe: device tests on the PI namespace, NVMe-oF tests per transport"
+    Options = BlktestsOptions
+    topology = "nvme-pi"
+    machines = ("vm",)
+    options: BlktestsOptions
+
+    def check(self, variant) -> None:
+        self.options.tests  # noqa: B018 - names are checked before anything boots
+        for f in self.options.known_issues:
+            if not Path(f).expanduser().is_file():
+                raise UsageError(f"--known-issues {f}: no such file")
+            load_rules(Path(f).expanduser())
+        where, ref = split_ref(self.options.blktests)
+        if not is_url(where):
+            path = Path(where).expanduser()
+            if not path.is_dir():
+                raise UsageError(f"--blktests {self.options.blktests}: no such directory")
+            if ref is None and not is_bare_repository(path):
+                check_layout(SUITES["blktests"], path, f"--blktests {self.options.blktests}")
+
+    def prepare(self) -> None:
+        self.tree = suite_tree("blktests", self.options.blktests, self.guest_images[0])
+        missing = [t for t in self.options.tests if not (self.tree.path / "tests" / t).is_file()]
+        if missing:
+            raise UsageError(f"blktests tree {self.tree.path} has no test {', '.join(missing)}")
+
+    def setup(self, ctx: Context) -> None:
+        vm = ctx.guest("vm")
+        local = ctx.sub.path / "blktests.tar.gz"
+        local.write_bytes(tree_tarball(self.tree.path))
+        vm.put(local, "/root/blktests.tar.gz")
+        local.unlink()
+        vm.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/blktests.tar.gz -C /root && rm /root/blktests.tar.gz",
+               timeout=600, check=True)
+        ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
+        check_libraries(vm, GUEST_TREE, "blktests", library_packages(self.tree))
+        device = ctx.namespace_device("vm")
+        fmt = vm.run(f"cat /sys/block/{device}/integrity/format /sys/block/{device}/queue/logical_block_size "
+                     f"/sys/block/{device}/integrity/tuple_size 2>/dev/null", timeout=30).stdout.split()
+        ctx.section["test_dev"] = {"device": f"/dev/{device}", "format": " ".join(fmt)}
+        self.format = f"{fmt[0]} {fmt[1]}+{fmt[2]}" if len(fmt) == 3 else "none"
+        ctx.section["runs"] = {}
+
+    def exercise(self, ctx: Context) -> None:
+        vm = ctx.guest("vm")
+        fabrics = [t for t in self.options.tests if uses_transport(self.tree.path, t)]
+        device_only = [t for t in self.options.tests if t not in fabrics]
+        plan: list[tuple[str, list[str]]] = []
+        if device_only:
+            plan.append(("device", device_only))
+        plan += [(tr, fabrics) for tr in self.options.transports] if fabrics else []
+        for label, tests in plan:
+            try:
+                self._run(ctx, vm, label, tests)
+            except LabError as exc:
+                ctx.case(f"setup ({label})", ERROR, str(exc).splitlines()[0], facets={"transport": label})
+
+    def _run(self, ctx: Context, vm, label: str, tests: list[str]) -> None:
+        t0 = time.monotonic()
+        transport = None if label == "device" else label
+        config = config_text([ctx.section["test_dev"]["device"]], transport)
+        run: dict[str, Any] = {"tests": tests, "config": config, "results": {}}
+        ctx.section["runs"][label] = run
+
+        def keep(output: str) -> None:
+            ctx.sub.write(ctx.path(f"{label}/check.out"), output)
+            run["results"] = parse_output(output)
+
+        watched = run_monitored(vm, check_script(GUEST_TREE, config, tests), BlktestsConsole(), f"blktests {label}",
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep)
+        keep(watched.output)
+        results = run["results"]
+        for test, seconds in watched.timed_out_tests.items():
+            results[test] = {"status": TIMEOUT_S, "details": [f"killed after {seconds:.0f} s"]}
+        vm.run(f"cd {GUEST_TREE} && tar -czf /root/blktests-results-{label}.tar.gz results 2>/dev/null", timeout=120)
+        try:
+            vm.get(f"/root/blktests-results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))
+        except LabError:
+            pass
+        if not results and not watched.timed_out_tests:
+            lines = [ln.strip() for ln in watched.output.split("LAB-CHECK-EXIT", 1)[0].splitlines() if ln.strip()]
+            ctx.case(f"check ({label})", ERROR, f"blktests did not start: {lines[-1][:200] if lines else 'check printed nothing'}",
+                     facets={"transport": label})
+            return
+        statuses = {t: results.get(t, {}).get("status", "not reported") for t in tests}
+        known = {t: self._known(ctx, t, label) for t in tests}
+        rerun = self._rerun(ctx, vm, label, config, [t for t in tests if statuses[t] == FAIL_S and not known[t]])
+        run.update(statuses=statuses, rerun=rerun, seconds=round(time.monotonic() - t0, 1), classes={})
+        for test in tests:
+            cls = classify(statuses[test], known[test] is not None, rerun.get(test))
+            run["classes"][test] = cls
+            verdict, expected = class_verdict(cls)
+            details = results.get(test, {}).get("details", [])
+            if cls == PASSED:
+                reason = "passed"
+            elif cls == NOTRUN:
+                reason = "not run: " + (details[0] if details else "no reason given")
+            elif cls == UNREPORTED:
+                reason = "check did not report this test (it stopped or crashed before it)"
+            elif cls == FLAKY:
+                reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
+            elif cls == HUNG:
+                reason = f"timed out: {details[0] if details else ''} (--test-timeout), check went on"
+            else:
+                reason = cls + (": " + " | ".join(details[:3]) if details and statuses[test] == FAIL_S else "")
+            entry = known[test]
+            if entry is not None:
+                reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
+            ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, "format": self.format},
+                     expected=expected, status=statuses[test], classification=cls)
+
+    def _known(self, ctx: Context, test: str, transport: str):
+        facets = {"transport": transport, "test": test, "format": self.format}
+        for path in [Path(f).expanduser() for f in self.options.known_issues] + [KNOWN_ISSUES]:
+            rule = expectation_for(path, facets, ctx.release("vm"))
+            if rule is not None:
+                return rule if rule.verdict == FAIL else None
+        return None
+
+    def _rerun(self, ctx: Context, vm, label: str, config: str, failed: list[str]) -> dict[str, str]:
+        status = {t: FAIL_S for t in failed}
+        for attempt in range(1, self.options.rerun + 1):
+            still = [t for t, s in status.items() if s != PASS_S]
+            if not still:
+                break
+            ctx.note(f"{label}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
+            watched = run_monitored(vm, check_script(GUEST_TREE, config, still), BlktestsConsole(),
+                                    f"blktests {label} rerun {attempt}", len(still), self.options.test_timeout,
+                                    self.options.timeout)
+            ctx.sub.write(ctx.path(f"{label}/rerun{attempt}.out"), watched.output)
+            found = parse_output(watched.output)
+            status.update({t: found[t]["status"] for t in still if t in found})
+        return status
+
+    def table(self, results: dict[str, Any]) -> str:
+        lines = []
+        for label, sub in results.get("subruns", {}).items():
+            dev = sub.get("test_dev", {})
+            lines.append(f"{label} ({sub.get('release', '?')}), TEST_DEV {dev.get('device', '?')} {dev.get('format', '')}")
+            runs = sub.get("runs", {})
+            tests = list(dict.fromkeys(t for r in runs.values() for t in r.get("tests", [])))
+            if not tests:
+                continue
+            lines.append(f"  {'test':12}" + "".join(f"{r:>16}" for r in runs))
+            for test in tests:
+                lines.append(f"  {test:12}" + "".join(
+                    f"{(r.get('classes') or r.get('statuses') or {}).get(test, '-'):>16}" for r in runs.values()))
+            lines.append("  " + "; ".join(f"{r}: {v.get('seconds', 0):.0f} s" for r, v in runs.items()))
+        return "\n".join(lines) if lines else "no kernel was run"
