@@ -46,6 +46,8 @@ DEFAULT_PRESET = "nvme-pi"
 _TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
 # "nvme/004 (tr=tcp) (test nvme and nvmet UUID NS descriptors)   [passed]", "block/041 => nvme0n1 (...) [not run]"
 _RESULT_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => (\S+))?\s.*\[(passed|failed|not run)\]\s*$")
+# A test that runs under several conditions prints them first: "nvme/006 (tr=loop bd=file) (...)"
+_COND_RE = re.compile(r"^\S+(?: => \S+)? \(((?:tr|bd)=[^)]*)\)")
 _HEADER_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => \S+)?\s")
 _STATUS = {"passed": PASS_S, "failed": FAIL_S, "not run": NOTRUN_S}
 # A test that sets up an NVMe-oF target uses the transport; the others only see TEST_DEVS.
@@ -91,22 +93,38 @@ echo "LAB-CHECK-EXIT $?"
 """
 
 
+def _worst(statuses: list[str]) -> str:
+    """A test run under several conditions (bd=device, bd=file) fails if any failed, passes if any
+    passed, else did not run."""
+    for status in (FAIL_S, PASS_S):
+        if status in statuses:
+            return status
+    return NOTRUN_S
+
+
 def parse_output(text: str) -> dict[str, dict[str, Any]]:
-    """Per test: status, and for a failure or a notrun the indented lines that follow (the diff or
-    the reason). A test that ran on a device is keyed by its name all the same (one TEST_DEV)."""
+    """Per test: status (the worst over its conditions), each condition's status, and for a failure
+    or a notrun the indented lines that follow (the diff or the reason). A test that ran on a device
+    is keyed by its name all the same (one TEST_DEV)."""
     found: dict[str, dict[str, Any]] = {}
     last: str | None = None
     for line in text.split("LAB-CHECK-EXIT", 1)[0].splitlines():
         m = _RESULT_RE.match(line)
         if m:
             last = m.group(1)
-            found[last] = {"status": _STATUS[m.group(3)], "details": []}
+            cond_m = _COND_RE.match(line)
+            cond = " ".join(c for c in (cond_m.group(1).split() if cond_m else []) if not c.startswith("tr=")) or "-"
+            entry = found.setdefault(last, {"conditions": {}, "details": []})
+            entry["conditions"][cond] = _STATUS[m.group(3)]
+            entry["status"] = _worst(list(entry["conditions"].values()))
+            if cond != "-" and m.group(3) != "passed":
+                entry["details"].append(f"[{cond}]")
             continue
-        if last and line.startswith("    ") and not re.match(r"^\s+(runtime|date|exit_status|description)\b", line):
-            if len(found[last]["details"]) < 12:
-                found[last]["details"].append(line.strip())
-        elif not line.startswith("    "):
+        if _HEADER_RE.match(line):  # the next test's start line
             last = None
+        elif last and line.startswith("    ") and not re.match(r"^\s+(runtime|date|exit_status|description)\b", line):
+            if len(found[last]["details"]) < 12 and line.strip() not in found[last]["details"]:
+                found[last]["details"].append(line.strip())
     return found
 
 
@@ -219,6 +237,11 @@ class Blktests(Scenario):
         fmt = vm.run(f"cat /sys/block/{device}/integrity/format /sys/block/{device}/queue/logical_block_size "
                      f"/sys/block/{device}/integrity/tuple_size 2>/dev/null", timeout=30).stdout.split()
         ctx.section["test_dev"] = {"device": f"/dev/{device}", "format": " ".join(fmt)}
+        # blktests reads the kernel's config (/boot/config-$(uname -r)) and sets up NVMe-oF targets in configfs.
+        kernel = ctx.kernel("vm")
+        if kernel.config is not None and kernel.config.is_file():
+            vm.put(kernel.config, f"/boot/config-{kernel.release}")
+        vm.run("mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config", timeout=30, check=True)
         self.format = f"{fmt[0]} {fmt[1]}+{fmt[2]}" if len(fmt) == 3 else "none"
         ctx.section["runs"] = {}
 

@@ -67,3 +67,22 @@ def test_the_fake_check_run_here(tmp_path: Path) -> None:
     assert {t: r["status"] for t, r in found.items()} == {"nvme/002": "fail", "nvme/003": "notrun", "block/001": "fail"}
     assert found["nvme/002"]["details"] == ["fake failure on tcp"]
     assert "LAB-CHECK-EXIT 1" in res.stdout
+
+
+def test_a_test_under_several_conditions_is_its_worst() -> None:
+    out = """nvme/006 (tr=loop bd=device) (create an NVMeOF target)
+./check: line 342: column: command not found
+nvme/006 (tr=loop bd=device) (create an NVMeOF target)       [passed]
+    runtime  ...  1.2s
+nvme/006 (tr=loop bd=file) (create an NVMeOF target)
+nvme/006 (tr=loop bd=file) (create an NVMeOF target)         [not run]
+./check: line 381: column: command not found
+    configfs is not mounted at /sys/kernel/config
+nvme/008 (tr=loop bd=device) (create an NVMeOF host)         [failed]
+    --- tests/nvme/008.out
+nvme/008 (tr=loop bd=file) (create an NVMeOF host)           [passed]
+"""
+    found = blktests.parse_output(out)
+    assert found["nvme/006"]["status"] == "pass" and found["nvme/006"]["conditions"] == {"bd=device": "pass", "bd=file": "notrun"}
+    assert found["nvme/006"]["details"] == ["[bd=file]", "configfs is not mounted at /sys/kernel/config"]
+    assert found["nvme/008"]["status"] == "fail" and found["nvme/008"]["details"][:2] == ["[bd=device]", "--- tests/nvme/008.out"]
