@@ -14,7 +14,7 @@ import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -38,6 +38,9 @@ NAME = "nfs-fstests"
 KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
 # The list the NFS direct-I/O series (seed 000) was tested with, over RDMA and TCP.
 PRESETS = {
+    # Direct I/O while the buffer changes (mmap, splice, fsx): what stable pages on a PI device break
+    # before the bounce series (seed 003), which says it fixes all such failures but generic/095.
+    "pi-dio": "generic/091 generic/095 generic/247 generic/263 generic/465 generic/708".split(),
     "nfs-dio": ("generic/091 generic/130 generic/139 generic/143 generic/154 generic/155 generic/183 generic/188 "
                 "generic/190 generic/196 generic/198 generic/203 generic/214 generic/240 generic/263 generic/287 "
                 "generic/290 generic/292 generic/330 generic/444 generic/450 generic/451 generic/586 generic/647 "
@@ -204,22 +207,20 @@ def tree_tarball(path: Path) -> bytes:
     return buf.getvalue()
 
 
-class FstestsOptions(ScenarioOptions):
+class FstestsCommonOptions(ScenarioOptions):
     fstests: str = opt(None, "an fstests source tree, git repository[@REF] or git URL[@REF], built for the guest "
                        "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_FSTESTS)",
                        metavar="PATH|URL", min_length=1, max_length=1024)
     test: list[str] = opt([], "tests to run (generic/091), comma-separated or repeated", metavar="NAME")
     preset: str | None = opt(None, "a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested "
-                             "with; the default)", max_length=40)
-    transports: list[nfs.Transport] = opt(["tcp", "rdma"], "tcp or rdma, repeatable (default: both)", flag="--transport",
-                                          min_length=1)
-    nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
-    timeout: Seconds = opt(14400.0, "seconds for the whole check run per transport (default: 14400)", metavar="SECONDS")
+                             "with; nfs-fstests' default), pi-dio (buffers changed during direct I/O; fstests' default)",
+                             max_length=40)
+    timeout: Seconds = opt(14400.0, "seconds for one whole check run (default: 14400)", metavar="SECONDS")
     test_timeout: Seconds = opt(1800.0, "seconds one test may run before it is killed as hung and check moves on "
                                 "(default: 1800)", metavar="SECONDS")
-    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport, kernel_from, "
-                                  "kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the shipped one",
-                                  flag="--known-issues", metavar="FILE")
+    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport or section, "
+                                  "kernel_from, kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the "
+                                  "shipped one", flag="--known-issues", metavar="FILE")
     rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
                      ge=0, le=5)
 
@@ -229,22 +230,31 @@ class FstestsOptions(ScenarioOptions):
         if isinstance(data, dict) and not data.get("fstests") and settings().fstests:
             data = {**data, "fstests": settings().fstests}
         if isinstance(data, dict) and not data.get("fstests"):
-            raise ValueError("nfs-fstests needs an fstests tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
+            raise ValueError("fstests needs a tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
         return data
+
+    default_preset: ClassVar[str] = DEFAULT_PRESET
 
     @property
     def tests(self) -> list[str]:
-        return resolve_tests(self.test, self.preset)
+        return resolve_tests(self.test, self.preset or (None if self.test else self.default_preset))
 
 
-@register
-class NfsFstests(Scenario):
-    name = NAME
-    summary = "an fstests tree against the NFS mount, per transport: pass/fail/notrun per test"
-    Options = FstestsOptions
-    topology = "nfs-rdma-pair"
-    machines = ("server", "client")
-    options: FstestsOptions
+class FstestsOptions(FstestsCommonOptions):
+    transports: list[nfs.Transport] = opt(["tcp", "rdma"], "tcp or rdma, repeatable (default: both)", flag="--transport",
+                                          min_length=1)
+    nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
+
+
+class FstestsSuite(Scenario):
+    """What both fstests scenarios share: the tree built and installed in one guest, its libraries
+    checked, check run per run label (a transport, a section) with progress and timeouts, reruns and
+    classes. Subclasses say where TEST_DEV is."""
+
+    runs_key: ClassVar[str] = "runs"  # where each label's results go in the sub-run's section
+    facet: ClassVar[str] = "run"       # the known-issues key that labels match (transport, section)
+    runner: ClassVar[str] = "vm"       # the machine that runs check
+    options: FstestsCommonOptions
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
@@ -264,70 +274,56 @@ class NfsFstests(Scenario):
     def prepare(self) -> None:
         self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
 
-    def setup(self, ctx: Context) -> None:
-        server, client = ctx.guest("server"), ctx.guest("client")
-        nfs.setup_server(server, f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
+    def install_tree(self, ctx: Context) -> None:
+        guest = ctx.guest(self.runner)
         local = ctx.sub.path / "fstests.tar.gz"
         local.write_bytes(tree_tarball(self.tree.path))
-        client.put(local, "/root/fstests.tar.gz")
+        guest.put(local, "/root/fstests.tar.gz")
         local.unlink()
-        client.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
-                   timeout=600, check=True)
+        guest.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
+                  timeout=600, check=True)
         ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
         # names the first missing library before any test runs
-        check_libraries(client, GUEST_TREE, "fstests", library_packages(self.tree))
-        ctx.section["transports"] = {}
+        check_libraries(guest, GUEST_TREE, "fstests", library_packages(self.tree))
+        ctx.section[self.runs_key] = {}
 
-    def exercise(self, ctx: Context) -> None:
-        client = ctx.guest("client")
-        for transport in self.options.transports:
-            try:
-                self._transport(ctx, client, transport)
-            except LabError as exc:
-                ctx.case(f"setup ({transport})", ERROR, str(exc).splitlines()[0], facets={"transport": transport})
-
-    def _transport(self, ctx: Context, client, transport: str) -> None:
+    def run_check(self, ctx: Context, label: str, config: str) -> dict[str, Any]:
+        """check with this local.config, watched; then reruns and one case per test."""
+        guest = ctx.guest(self.runner)
         t0 = time.monotonic()
-        server = nfs.server_address(ctx.lab)
-        opts = nfs.mount_options(self.options.nfs_version, transport)
-        # Mount TEST_DEV ourselves first: fstests reuses it, and /proc/mounts proves the transport.
-        line = nfs.mount(client, server, self.options.nfs_version, transport, export=f"{nfs.EXPORT}/test", mountpoint=TEST_DIR)
         tests = self.options.tests
-        script = check_script(GUEST_TREE, local_config(server, opts), tests)
-        parsed: dict[str, Any] = {"statuses": {t: "not reported" for t in tests}}
-        ctx.section["transports"][transport] = parsed
+        parsed: dict[str, Any] = {"statuses": {t: "not reported" for t in tests}, "config": config}
+        ctx.section[self.runs_key][label] = parsed
 
         def keep(output: str) -> None:  # every finished test is on disk and in the results as it ends
-            ctx.sub.write(ctx.path(f"{transport}/check.out"), output)
+            ctx.sub.write(ctx.path(f"{label}/check.out"), output)
             parsed.update(results_from(output, tests))
 
-        watched = run_monitored(client, script, FstestsConsole(), f"fstests {transport}", len(tests),
-                                self.options.test_timeout, self.options.timeout, on_output=keep)
+        watched = run_monitored(guest, check_script(GUEST_TREE, config, tests), FstestsConsole(), f"fstests {label}",
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep)
         output = watched.output
         keep(output)
         for test, seconds in watched.timed_out_tests.items():
             parsed["statuses"][test] = TIMEOUT_S
             parsed.setdefault("timed_out", {})[test] = seconds
         if watched.run_timed_out:
-            ctx.note(f"{transport}: check ran past --timeout {self.options.timeout:.0f} s and was killed; finished tests kept")
-        client.run(f"cd {GUEST_TREE} && tar -czf /root/results-{transport}.tar.gz results 2>/dev/null", timeout=120)
+            ctx.note(f"{label}: check ran past --timeout {self.options.timeout:.0f} s and was killed; finished tests kept")
+        guest.run(f"cd {GUEST_TREE} && tar -czf /root/results-{label}.tar.gz results 2>/dev/null", timeout=120)
         try:
-            client.get(f"/root/results-{transport}.tar.gz", ctx.sub.path / ctx.path(f"{transport}/results.tar.gz"))
+            guest.get(f"/root/results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))
         except LabError:  # the results tree is a bonus; the console output is kept anyway
             pass
-        known = {t: self._known(ctx, t, transport) for t in tests}
-        rerun_status = self._rerun(ctx, client, transport, server, opts,
-                                   [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
+        known = {t: self._known(ctx, t, label) for t in tests}
+        rerun_status = self._rerun(ctx, label, config, [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
         parsed["rerun"] = rerun_status
-        client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
-        parsed.update(mount=line, seconds=round(time.monotonic() - t0, 1))
+        parsed["seconds"] = round(time.monotonic() - t0, 1)
         if all(status == "not reported" for status in parsed["statuses"].values()) and not watched.timed_out_tests:
             # check stopped before its first test: one ERROR with its own words, not a column of "not reported"
             fatal = startup_failure(output)
             parsed["fatal"] = fatal
-            ctx.case(f"check ({transport})", ERROR, f"fstests did not start (check exited {parsed['check_exit']}): {fatal}",
-                     facets={"transport": transport})
-            return
+            ctx.case(f"check ({label})", ERROR, f"fstests did not start (check exited {parsed['check_exit']}): {fatal}",
+                     facets={self.facet: label})
+            return parsed
         parsed["classes"] = {}
         for test in tests:
             status = parsed["statuses"][test]
@@ -343,48 +339,52 @@ class NfsFstests(Scenario):
             if cls == HUNG:
                 reason = (f"timed out: still running after {parsed['timed_out'][test]:.0f} s (--test-timeout), killed; "
                           "check went on with the next test")
-            ctx.case(f"{test} ({transport})", verdict, reason, facets={"transport": transport, "test": test},
+            ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test},
                      expected=expected, status=status, classification=cls)
+        return parsed
 
-    def _known(self, ctx: Context, test: str, transport: str):
+    def _known(self, ctx: Context, test: str, label: str):
         """The known-issues entry saying this test fails here: the user's files first, then the shipped one."""
-        facets = {"transport": transport, "test": test}
-        for path in [Path(f).expanduser() for f in self.options.known_issues] + [KNOWN_ISSUES]:
-            rule = expectation_for(path, facets, ctx.release("client"))
+        facets = {self.facet: label, "test": test}
+        for path in [Path(f).expanduser() for f in self.options.known_issues] + [self.known_issues_file]:
+            rule = expectation_for(path, facets, ctx.release(self.runner))
             if rule is not None:
                 return rule if rule.verdict == FAIL else None
         return None
 
-    def _rerun(self, ctx: Context, client, transport: str, server: str, opts: str, failed: list[str]) -> dict[str, str]:
+    @property
+    def known_issues_file(self) -> Path:
+        return scenarios_dir() / self.name / "known-issues.toml"
+
+    def _rerun(self, ctx: Context, label: str, config: str, failed: list[str]) -> dict[str, str]:
         """Failures nobody knew of, run again: a test that passes now is a flake, not a regression."""
         status: dict[str, str] = {t: FAIL_S for t in failed}
         for attempt in range(1, self.options.rerun + 1):
             still = [t for t, s in status.items() if s != PASS_S]
             if not still:
                 break
-            ctx.note(f"{transport}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
-            watched = run_monitored(client, check_script(GUEST_TREE, local_config(server, opts), still), FstestsConsole(),
-                                    f"fstests {transport} rerun {attempt}", len(still), self.options.test_timeout,
+            ctx.note(f"{label}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
+            watched = run_monitored(ctx.guest(self.runner), check_script(GUEST_TREE, config, still), FstestsConsole(),
+                                    f"fstests {label} rerun {attempt}", len(still), self.options.test_timeout,
                                     self.options.timeout)
-            output = watched.output
-            ctx.sub.write(ctx.path(f"{transport}/rerun{attempt}.out"), output)
-            status.update(results_from(output, still)["statuses"])
+            ctx.sub.write(ctx.path(f"{label}/rerun{attempt}.out"), watched.output)
+            status.update(results_from(watched.output, still)["statuses"])
         return status
 
     def table(self, results: dict[str, Any]) -> str:
         lines = []
         for label, k in results.get("subruns", {}).items():
-            transports = k.get("transports", {})
-            lines.append(f"{label} ({k.get('release', '?')})")
-            if not transports:
+            runs = k.get(self.runs_key, {})
+            lines.append(f"{label} ({k.get('release', '?')})" + (f", {k['devices']}" if k.get("devices") else ""))
+            if not runs:
                 continue
-            tests = list(next(iter(transports.values())).get("statuses", {}))
-            lines.append(f"  {'test':14}" + "".join(f"{t:>14}" for t in transports))
+            tests = list(next(iter(runs.values())).get("statuses", {}))
+            lines.append(f"  {'test':14}" + "".join(f"{t:>14}" for t in runs))
             for test in tests:
                 lines.append(f"  {test:14}" + "".join(
-                    f"{transports[t].get('classes', transports[t]['statuses']).get(test, '-'):>14}" for t in transports))
+                    f"{runs[t].get('classes', runs[t]['statuses']).get(test, '-'):>14}" for t in runs))
             totals = []
-            for t, v in transports.items():
+            for t, v in runs.items():
                 values = list(v["statuses"].values())
                 counts = {s: values.count(s) for s in (PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S)}
                 missing = len(values) - sum(counts.values())
@@ -394,3 +394,103 @@ class NfsFstests(Scenario):
                               + (f" in {v['seconds']:.0f} s" if v.get("seconds") else ""))
             lines.append("  " + "; ".join(totals))
         return "\n".join(lines) if lines else "no kernel was run"
+
+
+@register
+class NfsFstests(FstestsSuite):
+    name = NAME
+    summary = "an fstests tree against the NFS mount, per transport: pass/fail/notrun per test"
+    Options = FstestsOptions
+    topology = "nfs-rdma-pair"
+    machines = ("server", "client")
+    runs_key = "transports"
+    facet = "transport"
+    runner = "client"
+    options: FstestsOptions
+
+    def setup(self, ctx: Context) -> None:
+        nfs.setup_server(ctx.guest("server"), f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
+        self.install_tree(ctx)
+
+    def exercise(self, ctx: Context) -> None:
+        client = ctx.guest("client")
+        for transport in self.options.transports:
+            try:
+                server = nfs.server_address(ctx.lab)
+                opts = nfs.mount_options(self.options.nfs_version, transport)
+                # Mount TEST_DEV ourselves first: fstests reuses it, and /proc/mounts proves the transport.
+                line = nfs.mount(client, server, self.options.nfs_version, transport, export=f"{nfs.EXPORT}/test",
+                                 mountpoint=TEST_DIR)
+                parsed = self.run_check(ctx, transport, local_config(server, opts))
+                parsed["mount"] = line
+            except LabError as exc:
+                ctx.case(f"setup ({transport})", ERROR, str(exc).splitlines()[0], facets={"transport": transport})
+            client.run(f"umount -f {SCRATCH_MNT} 2>/dev/null; umount -f {TEST_DIR} 2>/dev/null", timeout=120)
+
+
+Section = Literal["xfs", "ext4"]
+MKFS = {"xfs": "mkfs.xfs -f -q", "ext4": "mkfs.ext4 -F -q"}
+
+
+def section_config(section: str, test_dev: str, scratch_dev: str) -> str:
+    return "\n".join([
+        f"export FSTYP={section}",
+        f"export TEST_DEV={test_dev}",
+        f"export TEST_DIR={TEST_DIR}",
+        f"export SCRATCH_DEV={scratch_dev}",
+        f"export SCRATCH_MNT={SCRATCH_MNT}",
+        "",
+    ])
+
+
+class LocalFstestsOptions(FstestsCommonOptions):
+    sections: list[Section] = opt(["xfs"], "a local file system section: xfs or ext4, repeatable (default: xfs)",
+                                  flag="--section", min_length=1)
+    default_preset: ClassVar[str] = "pi-dio"
+
+
+@register
+class LocalFstests(FstestsSuite):
+    name = "fstests"
+    summary = "an fstests tree on XFS or ext4 over the PI namespaces (TEST_DEV and SCRATCH_DEV), per section"
+    Options = LocalFstestsOptions
+    topology = "nvme-pi"
+    machines = ("vm",)
+    runs_key = "sections"
+    facet = "section"
+    runner = "vm"
+    options: LocalFstestsOptions
+
+    def variants(self):
+        variants = super().variants()
+        for v in variants:  # TEST_DEV and SCRATCH_DEV: two namespaces of the same format, unless the user chose
+            v.params.setdefault("namespaces", 2)
+        return variants
+
+    def check(self, variant) -> None:
+        super().check(variant)
+        machine = variant.rendered.topology.machines.get("vm") if variant.rendered else None
+        if machine is None or not machine.nvme or len(machine.nvme[0].namespaces) < 2:
+            raise UsageError("fstests needs two namespaces on vm's first NVMe controller (TEST_DEV, SCRATCH_DEV): "
+                             "-p namespaces=2 on nvme-pi")
+
+    def setup(self, ctx: Context) -> None:
+        ctrl = ctx.topology.machines["vm"].nvme[0]
+        self.devices = [f"/dev/{ctx.namespace_device('vm', 0, n)}" for n in (0, 1)]
+        fmt = ctx.guest("vm").run(f"cat /sys/block/{self.devices[0][5:]}/integrity/format", timeout=30).stdout.strip()
+        ns = ctrl.namespaces[0]
+        ctx.section["devices"] = (f"TEST_DEV {self.devices[0]}, SCRATCH_DEV {self.devices[1]}: {fmt or 'no PI'} "
+                                  f"({ns.lba}+{ns.ms}, pi={ns.pi}, pif={ns.pif})")
+        self.install_tree(ctx)
+
+    def exercise(self, ctx: Context) -> None:
+        vm = ctx.guest("vm")
+        for section in self.options.sections:
+            try:
+                # TEST_DEV made and mounted here: check expects a file system of FSTYP on it and reuses the mount
+                vm.run(f"umount {TEST_DIR} {SCRATCH_MNT} 2>/dev/null; {MKFS[section]} {self.devices[0]} && "
+                       f"mkdir -p {TEST_DIR} && mount {self.devices[0]} {TEST_DIR}", timeout=600, check=True)
+                self.run_check(ctx, section, section_config(section, *self.devices))
+            except LabError as exc:
+                ctx.case(f"setup ({section})", ERROR, str(exc).splitlines()[0], facets={"section": section})
+            vm.run(f"umount {SCRATCH_MNT} 2>/dev/null; umount {TEST_DIR} 2>/dev/null", timeout=120)

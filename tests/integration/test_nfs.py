@@ -111,3 +111,20 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
     table = (outcome.run_dir.path / "summary.txt").read_text()
     assert "known failure" in table and "new failure" in table and "flaky" in table
     assert "tcp: 1 pass, 3 fail, 1 notrun, 1 timed out" in table
+
+
+def test_local_fstests_section_on_the_pi_namespaces():
+    """fstests' xfs section on nvme-pi: TEST_DEV and SCRATCH_DEV are the two PI namespaces, the fake
+    007 does O_DIRECT on the XFS mount and checks both devices carry PI; 003 does not run."""
+    from pathlib import Path
+
+    fake = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
+    outcome = run("fstests", fstests=str(fake), test=["generic/007", "generic/003"], kernels=["debian:7.3"],
+                  sections=["xfs", "ext4"], timeout=600)
+    section = outcome.results["subruns"]["debian-7.3"]
+    assert section["verdict"] == "PASS", section["reason"]
+    assert "T10-DIF-TYPE1-CRC" in section["devices"] and "SCRATCH_DEV /dev/nvme0n2" in section["devices"]
+    for fs in ("xfs", "ext4"):
+        run_ = section["sections"][fs]
+        assert f"FSTYP={fs}" in run_["config"]
+        assert run_["classes"] == {"generic/007": "pass", "generic/003": "notrun"}, run_

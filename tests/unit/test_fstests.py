@@ -108,7 +108,7 @@ def test_verdicts_and_table() -> None:
     results = {"subruns": {"debian-7.3": {"verdict": "FAIL", "release": "7.3.4", "reason": "", "cases": {}, "transports": {
         "tcp": {"statuses": {"generic/001": "pass", "generic/002": "fail"}},
         "rdma": {"statuses": {"generic/001": "pass", "generic/002": "notrun"}}}}}}
-    text = fstests.NfsFstests.table(None, results)  # type: ignore[arg-type]
+    text = fstests.NfsFstests.table(fstests.NfsFstests.__new__(fstests.NfsFstests), results)
     assert "generic/002" in text and "tcp: 1 pass, 1 fail, 0 notrun" in text and "rdma: 1 pass, 0 fail, 1 notrun" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("generic/002"))
     assert row.split()[1:] == ["fail", "notrun"]
