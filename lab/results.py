@@ -98,7 +98,43 @@ def compare(runs: list[Path]) -> str:
             merged["subruns"][key] = section
     assert scenario is not None
     cls = framework.get(scenario)
-    return framework.summary(cls(cls.Options.model_construct()), merged)
+    text = framework.summary(cls(cls.Options.model_construct()), merged)
+    if len(runs) == 2:
+        changes = suite_changes(results_of(runs[0]), results_of(runs[1]))
+        if changes:
+            text += f"\n\nfrom {runs[0].name} to {runs[1].name}:\n" + "\n".join(changes)
+    elif len(runs) == 1 and len(subs := results_of(runs[0])["subruns"]) == 2:  # a baseline and a patched kernel
+        (la, a), (lb, b) = subs.items()
+        changes = suite_changes({"subruns": {la: a}}, {"subruns": {lb: b}})
+        if changes:
+            text += f"\n\nfrom {la} to {lb}:\n" + "\n".join(changes)
+    return text
+
+
+# A suite test's status moving between two runs, read as a maintainer reads a baseline.
+_CHANGE = {("pass", "fail"): "new failure", ("pass", "timeout"): "new failure (hangs)", ("fail", "pass"): "fixed",
+           ("timeout", "pass"): "fixed", ("notrun", "pass"): "runs now", ("notrun", "fail"): "runs now, fails",
+           ("pass", "notrun"): "no longer runs", ("fail", "notrun"): "no longer runs"}
+
+
+def suite_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Per suite test (cases that carry a status: fstests, nfs-fstests, blktests), what changed from
+    one run to the other. Sub-runs pair by label, else in order (a baseline kernel against a patched one)."""
+    a_subs, b_subs = before.get("subruns", {}), after.get("subruns", {})
+    if set(a_subs) == set(b_subs):
+        pairs = [(label, a_subs[label], b_subs[label]) for label in a_subs]
+    else:
+        pairs = [(f"{la} -> {lb}", a_subs[la], b_subs[lb]) for la, lb in zip(a_subs, b_subs, strict=False)]
+    lines: list[str] = []
+    for label, a, b in pairs:
+        a_cases, b_cases = a.get("cases", {}), b.get("cases", {})
+        for name in dict.fromkeys([*a_cases, *b_cases]):
+            sa, sb = a_cases.get(name, {}).get("status"), b_cases.get(name, {}).get("status")
+            if sa is None and sb is None or sa == sb:
+                continue
+            change = _CHANGE.get((sa, sb), f"{sa or 'absent'} -> {sb or 'absent'}")
+            lines.append(f"  {label}: {name}: {change} ({sa or 'absent'} -> {sb or 'absent'})")
+    return lines
 
 
 def junit(runs: list[Path], out: Path | None) -> str:

@@ -177,3 +177,19 @@ def test_a_library_the_build_root_had_names_its_package() -> None:
     missing = [libcheck.MissingLibrary("src/dbtest", "libgdbm_compat.so.4")]
     line = libcheck.describe(missing, None, "/root/fstests", "fstests", built_with="libgdbm-compat4t64")
     assert "src/dbtest needs libgdbm_compat.so.4" in line and "package libgdbm-compat4t64, which the guest image lacks" in line
+
+
+def test_compare_names_new_failures_and_fixes() -> None:
+    from lab.results import suite_changes
+
+    def run(label, **statuses):
+        return {"subruns": {label: {"cases": {f"{t} (tcp)": {"status": s} for t, s in statuses.items()}}}}
+
+    before = run("debian-6.12", **{"generic/091": "pass", "generic/095": "fail", "generic/263": "notrun", "generic/247": "pass"})
+    after = run("debian-7.3", **{"generic/091": "fail", "generic/095": "pass", "generic/263": "notrun", "generic/247": "timeout"})
+    assert suite_changes(before, after) == [
+        "  debian-6.12 -> debian-7.3: generic/091 (tcp): new failure (pass -> fail)",
+        "  debian-6.12 -> debian-7.3: generic/095 (tcp): fixed (fail -> pass)",
+        "  debian-6.12 -> debian-7.3: generic/247 (tcp): new failure (hangs) (pass -> timeout)",
+    ]
+    assert suite_changes(before, before) == []
