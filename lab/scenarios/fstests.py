@@ -255,6 +255,7 @@ class FstestsSuite(Scenario):
     facet: ClassVar[str] = "run"       # the known-issues key that labels match (transport, section)
     runner: ClassVar[str] = "vm"       # the machine that runs check
     options: FstestsCommonOptions
+    extra_facets: dict[str, Any] = {}  # more keys known-issues entries may match (the PI format)
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
@@ -339,13 +340,13 @@ class FstestsSuite(Scenario):
             if cls == HUNG:
                 reason = (f"timed out: still running after {parsed['timed_out'][test]:.0f} s (--test-timeout), killed; "
                           "check went on with the next test")
-            ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test},
+            ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
                      expected=expected, status=status, classification=cls)
         return parsed
 
     def _known(self, ctx: Context, test: str, label: str):
         """The known-issues entry saying this test fails here: the user's files first, then the shipped one."""
-        facets = {self.facet: label, "test": test}
+        facets = {self.facet: label, "test": test, **self.extra_facets}
         for path in [Path(f).expanduser() for f in self.options.known_issues] + [self.known_issues_file]:
             rule = expectation_for(path, facets, ctx.release(self.runner))
             if rule is not None:
@@ -479,6 +480,7 @@ class LocalFstests(FstestsSuite):
         self.devices = [f"/dev/{ctx.namespace_device('vm', 0, n)}" for n in (0, 1)]
         fmt = ctx.guest("vm").run(f"cat /sys/block/{self.devices[0][5:]}/integrity/format", timeout=30).stdout.strip()
         ns = ctrl.namespaces[0]
+        self.extra_facets = {"pi": ns.pi, "pif": ns.pif, "lba": ns.lba}
         ctx.section["devices"] = (f"TEST_DEV {self.devices[0]}, SCRATCH_DEV {self.devices[1]}: {fmt or 'no PI'} "
                                   f"({ns.lba}+{ns.ms}, pi={ns.pi}, pif={ns.pif})")
         self.install_tree(ctx)
