@@ -157,7 +157,43 @@ def results_from(output: str, tests: list[str]) -> dict:
     found = parse_check_output(console)
     found.update(parse_xunit(xunit))
     statuses = {t: found.get(t, "not reported") for t in tests}
-    return {"statuses": statuses, "check_exit": int(exit_m.group(1)) if exit_m else None, "source": "xunit" if xunit else "console"}
+    details = check_details(console)
+    return {"statuses": statuses, "check_exit": int(exit_m.group(1)) if exit_m else None, "source": "xunit" if xunit else "console",
+            "seconds_per_test": durations(console), "details": {t: d for t, d in details.items() if t in statuses}}
+
+
+def check_details(console: str, limit: int = 8) -> dict[str, list[str]]:
+    """What check printed under a test that did not pass: the notrun reason on its line, the first
+    lines of the .out.bad diff indented below it (the whole diff stays in the results tarball)."""
+    out: dict[str, list[str]] = {}
+    current: str | None = None
+    for raw in console.splitlines():
+        m = _LINE_RE.match(raw.strip()) if not raw.startswith((" ", "\t")) else None
+        if m:
+            current = m.group(1)
+            rest = m.group(2).strip()
+            if rest.startswith("[not run]"):
+                out[current] = [rest.removeprefix("[not run]").strip()]
+            elif rest.startswith("- "):
+                out[current] = [rest]
+            continue
+        if current and raw.startswith((" ", "\t")) and current in out and len(out[current]) < limit:
+            out[current].append(raw.strip())
+        elif not raw.startswith((" ", "\t")):
+            current = None
+    return out
+
+
+def durations(console: str) -> dict[str, int]:
+    """Seconds per finished test from check's lines ("generic/091 5s ...  12s": the last figure is this run's)."""
+    out = {}
+    for raw in console.splitlines():
+        m = _LINE_RE.match(raw.strip())
+        if m:
+            secs = re.findall(r"(\d+)s\b", m.group(2))
+            if secs and not m.group(2).startswith(("[", "-")):
+                out[m.group(1)] = int(secs[-1])
+    return out
 
 
 _FATAL_RE = re.compile(r"(not found|[Ee]rror|cannot|failed|[Nn]o such|must be|not set|not supported|[Uu]sage)")
@@ -333,6 +369,9 @@ class FstestsSuite(Scenario):
             parsed["classes"][test] = cls
             verdict, expected = class_verdict(cls)
             reason = test_verdict(status)[1] if cls in (PASSED, NOTRUN, UNREPORTED) else cls
+            detail = parsed.get("details", {}).get(test)
+            if detail and cls != PASSED:
+                reason += ": " + " | ".join(detail[:3])
             if entry is not None:
                 reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
             if cls == FLAKY:

@@ -186,3 +186,25 @@ def test_a_known_issues_file_that_is_missing_or_broken_stops_before_boot(tmp_pat
     bad.write_text("[[expect]]\ntest = 'generic/001'\n")
     with pytest.raises(UsageError, match="verdict"):
         cls(validate(cls.Options, {"fstests": str(fake), "test": ["generic/001"], "known_issues": [str(bad)]})).plan()
+
+
+def test_details_and_durations_from_the_console() -> None:
+    console = """generic/091 5s ...  12s
+generic/095       - output mismatch (see /root/fstests/results//generic/095.out.bad)
+    --- tests/generic/095.out	2026-11-23 21:00:00
+    +++ /root/fstests/results//generic/095.out.bad	2026-11-23 21:05:00
+    @@ -1,2 +1,3 @@
+     QA output created by 095
+    +pwrite: Invalid or incomplete multibyte or wide character
+    ...
+    (Run 'diff -u /root/fstests/tests/generic/095.out /root/fstests/results//generic/095.out.bad'  to see the entire diff)
+generic/263       [not run] fsx not built with AIO
+Ran: generic/091 generic/095 generic/263
+"""
+    details = fstests.check_details(console)
+    assert details["generic/263"] == ["fsx not built with AIO"]
+    assert details["generic/095"][0].startswith("- output mismatch") and "+pwrite: Invalid or incomplete multibyte or wide character" in details["generic/095"]
+    assert "generic/091" not in details
+    assert fstests.durations(console) == {"generic/091": 12}
+    parsed = fstests.results_from(console + "LAB-CHECK-EXIT 1\n", ["generic/091", "generic/095", "generic/263"])
+    assert parsed["seconds_per_test"] == {"generic/091": 12} and "generic/095" in parsed["details"]
