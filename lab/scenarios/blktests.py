@@ -266,16 +266,24 @@ class Blktests(Scenario):
         run: dict[str, Any] = {"tests": tests, "config": config, "results": {}}
         ctx.section["runs"][label] = run
 
-        def keep(output: str) -> None:
+        hung: dict[str, float] = {}
+        seen = [""]  # the output so far
+
+        def keep(output: str) -> None:  # finished tests (and hung ones) in the results as they end
+            seen[0] = output
             ctx.sub.write(ctx.path(f"{label}/check.out"), output)
             run["results"] = parse_output(output)
+            for test, seconds in hung.items():
+                run["results"][test] = {"status": TIMEOUT_S, "details": [f"killed after {seconds:.0f} s"]}
+
+        def killed(test: str, seconds: float) -> None:
+            hung[test] = seconds
+            keep(seen[0])
 
         watched = run_monitored(vm, check_script(GUEST_TREE, config, tests), BlktestsConsole(), f"blktests {label}",
-                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep)
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=killed)
         keep(watched.output)
         results = run["results"]
-        for test, seconds in watched.timed_out_tests.items():
-            results[test] = {"status": TIMEOUT_S, "details": [f"killed after {seconds:.0f} s"]}
         vm.run(f"cd {GUEST_TREE} && tar -czf /root/blktests-results-{label}.tar.gz results 2>/dev/null", timeout=120)
         try:
             vm.get(f"/root/blktests-results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))

@@ -490,7 +490,7 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
     with to_file(run_dir.path / "lab.log"):
         try:
             for v in variants:
-                results["subruns"][v.label] = run_variant(scenario, v, run_dir, resolved)
+                results["subruns"][v.label] = run_variant(scenario, v, run_dir, resolved, into=results["subruns"])
                 write_outputs(scenario, run_dir, results)
             status = "error" if any(s["verdict"] == ERROR for s in results["subruns"].values()) else "done"
         finally:
@@ -499,11 +499,16 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
     return Outcome(run_dir, results, run_ok(results), summary(scenario, results))
 
 
-def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[str, Kernel]) -> dict[str, Any]:
+def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[str, Kernel],
+                into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One sub-run. Its section is placed in `into` from the start, so a run interrupted in the middle
+    of it still writes what it had (a suite's finished tests) to results.json."""
     sub = run_dir.child(f"subruns/{v.label}", kernel_ref=v.kernel, facets=v.facets)
     sub.update(scenario=scenario.name, options=scenario.options.to_dict())
     section: dict[str, Any] = {"label": v.label, "kernel": v.kernel, "facets": v.facets, "verdict": ERROR, "reason": "",
                                "outcome": "error", "cases": {}, "run_dir": str(sub.path), "boot": {}}
+    if into is not None:
+        into[v.label] = section
     started = time.monotonic()
     status = "interrupted"
     lab: Lab | None = None

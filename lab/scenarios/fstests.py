@@ -335,14 +335,17 @@ class FstestsSuite(Scenario):
         def keep(output: str) -> None:  # every finished test is on disk and in the results as it ends
             ctx.sub.write(ctx.path(f"{label}/check.out"), output)
             parsed.update(results_from(output, tests))
+            for test in parsed.get("timed_out", {}):
+                parsed["statuses"][test] = TIMEOUT_S
+
+        def hung(test: str, seconds: float) -> None:
+            parsed.setdefault("timed_out", {})[test] = seconds
+            parsed["statuses"][test] = TIMEOUT_S
 
         watched = run_monitored(guest, check_script(GUEST_TREE, config, tests), FstestsConsole(), f"fstests {label}",
-                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep)
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=hung)
         output = watched.output
         keep(output)
-        for test, seconds in watched.timed_out_tests.items():
-            parsed["statuses"][test] = TIMEOUT_S
-            parsed.setdefault("timed_out", {})[test] = seconds
         if watched.run_timed_out:
             ctx.note(f"{label}: check ran past --timeout {self.options.timeout:.0f} s and was killed; finished tests kept")
         guest.run(f"cd {GUEST_TREE} && tar -czf /root/results-{label}.tar.gz results 2>/dev/null", timeout=120)

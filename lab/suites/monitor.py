@@ -71,7 +71,8 @@ def progress_line(label: str, running: str | None, running_for: float, counts: d
 
 
 def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test_timeout: float, run_timeout: float,
-                  on_output: Callable[[str], None] | None = None, poll: float = 5.0, run_dir: str = RUN_DIR) -> Monitored:
+                  on_output: Callable[[str], None] | None = None, poll: float = 5.0, run_dir: str = RUN_DIR,
+                  on_kill: Callable[[str, float], None] | None = None) -> Monitored:
     """Run script (a suite's check) in the guest and watch it; see the module's docstring."""
     result = Monitored()
     guest.run(_START.format(dir=run_dir, script=script), timeout=60, check=True)
@@ -100,6 +101,8 @@ def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test
                 result.timed_out_tests[current] = round(now - current_since, 1)
                 st.update(f"{current} ran {now - current_since:.0f} s (> {test_timeout:.0f} s): killing it")
                 guest.run(suite.kill_test(current), timeout=60)
+                if on_kill is not None:  # recorded now: an interrupted run must still say it hung
+                    on_kill(current, result.timed_out_tests[current])
                 continue
             if now - started > run_timeout:
                 result.run_timed_out = True
