@@ -15,7 +15,7 @@ from lab.errors import UsageError
 from lab.images import load_recipe
 from lab.paths import cache_dir
 from lab.progress import info, step
-from lab.suites.buildroot import buildroot_for, buildroot_path, ensure_buildroot, load_buildroot, package_of, run_in_buildroot
+from lab.suites.buildroot import buildroot_for, buildroot_path, ensure_buildroot, load_buildroot, package_of, require_root, run_in_buildroot
 from lab.suites.source import resolve_source, split_ref
 
 
@@ -78,6 +78,7 @@ def build_suite(name: str, spec: str, image: str = "lab-trixie", rebuild: bool =
         tree = dest / "tree"
         source.stage(tree)
         check_layout(kind, tree, spec)
+        require_root()
         root = ensure_buildroot(root_recipe)
         log = dest / "build.log"
         started = time.monotonic()

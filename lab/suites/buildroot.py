@@ -66,6 +66,12 @@ def buildroot_path(recipe: BuildRootRecipe) -> Path:
     return cache_dir() / "buildroots" / f"{recipe.name}-{recipe.key}"
 
 
+def require_root() -> None:
+    if os.geteuid() != 0:  # chroot and the mounts need root; a user namespace would need subuid-owned roots
+        raise UsageError("building a suite in the build root needs root (chroot): run 'lab suite build' as root, or "
+                         "build the tree yourself and pass it as it is")
+
+
 def ensure_buildroot(recipe: BuildRootRecipe) -> Path:
     """The build root's directory, made by mmdebstrap when the cache lacks it (concurrent labs wait)."""
     path = buildroot_path(recipe)
@@ -116,9 +122,7 @@ def run_in_buildroot(root: Path, source: Path, argv: Sequence[str], log: Path, s
     """Run argv in the build root with the source tree bound at /build (its outputs land in source)."""
     if not shutil.which("unshare"):
         raise LabError("unshare (util-linux) is needed to build in the build root")
-    if os.geteuid() != 0:  # chroot and the mounts need root; a user namespace would need subuid-owned roots
-        raise UsageError("building a suite in the build root needs root (chroot): run 'lab suite build' as root, or "
-                         "build the tree yourself and pass it as it is")
+    require_root()
     run_logged(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", _CHROOT_SCRIPT, "sh",
                 str(root), str(source), *argv], log, st, what=what)
 
