@@ -128,6 +128,16 @@ def parse_output(text: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def stray_lines(text: str) -> list[str]:
+    """Lines that are neither a test's header or result nor its indented details: a shell error of
+    check or of a test's requires() (Debian's release string once broke blktests' version parser)."""
+    out = []
+    for line in text.split("LAB-CHECK-EXIT", 1)[0].splitlines():
+        if line.strip() and not line.startswith((" ", "\t")) and not _HEADER_RE.match(line):
+            out.append(line.strip())
+    return out
+
+
 class BlktestsConsole:
     """check prints a test's header line when it starts and the same line with [status] when it ends."""
 
@@ -309,6 +319,9 @@ class Blktests(Scenario):
                 reason = "not run: " + (details[0] if details else "no reason given")
             elif cls == UNREPORTED:
                 reason = "check did not report this test (it stopped or crashed before it)"
+                stray = stray_lines(watched.output)
+                if stray:  # what blktests itself complained of: "common/rc: line 274: read: 4deb13: value too great"
+                    reason += f"; check printed: {stray[0][:160]}"
             elif cls == FLAKY:
                 reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
             elif cls == HUNG:

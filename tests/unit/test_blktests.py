@@ -86,3 +86,10 @@ nvme/008 (tr=loop bd=file) (create an NVMeOF host)           [passed]
     assert found["nvme/006"]["status"] == "pass" and found["nvme/006"]["conditions"] == {"bd=device": "pass", "bd=file": "notrun"}
     assert found["nvme/006"]["details"] == ["[bd=file]", "configfs is not mounted at /sys/kernel/config"]
     assert found["nvme/008"]["status"] == "fail" and found["nvme/008"]["details"][:2] == ["[bd=device]", "--- tests/nvme/008.out"]
+
+
+def test_what_check_complained_of_is_kept() -> None:
+    out = ("block/043 => nvme0n1 (Test userspace metadata offsets)       [passed]\n"
+           "common/rc: line 274: read: 4deb13: value too great for base (error token is \"4deb13\")\n"
+           "nvme/064 => nvme0n1 (exercise the nvme metadata usage)   [passed]\n")
+    assert blktests.stray_lines(out) == ['common/rc: line 274: read: 4deb13: value too great for base (error token is "4deb13")']
