@@ -122,6 +122,8 @@ def parse_output(text: str) -> dict[str, dict[str, Any]]:
             continue
         if _HEADER_RE.match(line):  # the next test's start line
             last = None
+        elif last and (rt := re.match(r"^\s+runtime\s.*?(\d+(?:\.\d+)?)s\s*$", line)):
+            found[last].setdefault("seconds", {})[cond] = float(rt.group(1))
         elif last and line.startswith("    ") and not re.match(r"^\s+(runtime|date|exit_status|description)\b", line):
             if len(found[last]["details"]) < 12 and line.strip() not in found[last]["details"]:
                 found[last]["details"].append(line.strip())
@@ -244,15 +246,16 @@ class Blktests(Scenario):
         ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
         check_libraries(vm, GUEST_TREE, "blktests", library_packages(self.tree))
         device = ctx.namespace_device("vm")
-        fmt = vm.run(f"cat /sys/block/{device}/integrity/format /sys/block/{device}/queue/logical_block_size "
-                     f"/sys/block/{device}/integrity/tuple_size 2>/dev/null", timeout=30).stdout.split()
-        ctx.section["test_dev"] = {"device": f"/dev/{device}", "format": " ".join(fmt)}
+        seen = vm.run(f"cat /sys/block/{device}/integrity/format", timeout=30).stdout.strip() or "none"
+        ns = ctx.topology.machines["vm"].nvme[0].namespaces[0]
+        # The format as known-issues entries name it: what the guest reports, and the topology's numbers
+        self.format = f"{seen} {ns.lba}+{ns.ms}"
+        ctx.section["test_dev"] = {"device": f"/dev/{device}", "format": self.format, "pi": ns.pi, "pif": ns.pif}
         # blktests reads the kernel's config (/boot/config-$(uname -r)) and sets up NVMe-oF targets in configfs.
         kernel = ctx.kernel("vm")
         if kernel.config is not None and kernel.config.is_file():
             vm.put(kernel.config, f"/boot/config-{kernel.release}")
         vm.run("mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config", timeout=30, check=True)
-        self.format = f"{fmt[0]} {fmt[1]}+{fmt[2]}" if len(fmt) == 3 else "none"
         ctx.section["runs"] = {}
 
     def exercise(self, ctx: Context) -> None:

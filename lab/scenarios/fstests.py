@@ -178,7 +178,10 @@ def check_details(console: str, limit: int = 8) -> dict[str, list[str]]:
                 out[current] = [rest]
             continue
         if current and raw.startswith((" ", "\t")) and current in out and len(out[current]) < limit:
-            out[current].append(raw.strip())
+            line = raw.strip()
+            # the diff's own headers and context say nothing a reader needs in one line: its +/- lines do
+            if not line.startswith(("--- ", "+++ ", "@@", "QA output created by", "...", "(Run 'diff")):
+                out[current].append(line)
         elif not raw.startswith((" ", "\t")):
             current = None
     return out

@@ -93,3 +93,8 @@ def test_what_check_complained_of_is_kept() -> None:
            "common/rc: line 274: read: 4deb13: value too great for base (error token is \"4deb13\")\n"
            "nvme/064 => nvme0n1 (exercise the nvme metadata usage)   [passed]\n")
     assert blktests.stray_lines(out) == ['common/rc: line 274: read: 4deb13: value too great for base (error token is "4deb13")']
+
+
+def test_runtimes_per_condition() -> None:
+    found = blktests.parse_output(CONSOLE)
+    assert found["nvme/004"]["seconds"] == {"-": 2.345} and found["nvme/010"]["seconds"] == {"-": 30.1}
