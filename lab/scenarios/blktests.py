@@ -5,10 +5,8 @@ written from the topology, never by hand. Results are classed against known issu
 
 from __future__ import annotations
 
-import io
 import re
 import shlex
-import tarfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +15,15 @@ from pydantic import model_validator
 
 from lab.errors import LabError, UsageError
 from lab.paths import scenarios_dir
-from lab.scenarios.expect import expectation_for, load_rules
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
-from lab.scenarios.verdict import ERROR, FAIL
+from lab.scenarios.verdict import ERROR
 from lab.settings import settings
-from lab.suites.build import SUITES, check_layout, library_packages, suite_tree
+from lab.suites.build import library_packages, suite_tree
 from lab.suites.classes import FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict, classify
+from lab.suites import common
 from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_children_command, run_monitored
-from lab.suites.source import is_bare_repository, is_url, split_ref
 
 NAME = "blktests"
 KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
@@ -43,7 +40,6 @@ PRESETS = {
 }
 PRESETS["nvme-pi"] = PRESETS["pi"] + PRESETS["fabrics"]
 DEFAULT_PRESET = "nvme-pi"
-_TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
 # "nvme/004 (tr=tcp) (test nvme and nvmet UUID NS descriptors)   [passed]", "block/041 => nvme0n1 (...) [not run]"
 _RESULT_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => (\S+))?\s.*\[(passed|failed|not run)\]\s*$")
 # A test that runs under several conditions prints them first: "nvme/006 (tr=loop bd=file) (...)"
@@ -55,19 +51,7 @@ _FABRICS_MARKERS = ("_nvmet_target_setup", "_setup_nvmet", "_nvme_connect_subsys
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
-    names: list[str] = []
-    if preset:
-        if preset not in PRESETS:
-            raise UsageError(f"--preset {preset!r}: known presets: {', '.join(PRESETS)}")
-        names += PRESETS[preset]
-    for item in tests or []:
-        names += item.replace(",", " ").split()
-    if not names:
-        names = list(PRESETS[DEFAULT_PRESET])
-    for n in names:
-        if not _TEST_RE.match(n):
-            raise UsageError(f"test {n!r}: expected names like nvme/004")
-    return list(dict.fromkeys(names))
+    return common.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "nvme/004")
 
 
 def uses_transport(tree: Path, test: str) -> bool:
@@ -160,17 +144,7 @@ class BlktestsConsole:
 
 
 def tree_tarball(path: Path) -> bytes:
-    buf = io.BytesIO()
-
-    def keep(info_: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = Path(info_.name).parts
-        if len(parts) > 1 and parts[1] in (".git", "results", "config") or info_.name.endswith(".o"):
-            return None
-        return info_
-
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        tar.add(str(path), arcname="blktests", filter=keep)
-    return buf.getvalue()
+    return common.tree_tarball(path, "blktests", skip=(".git", "results", "config"))
 
 
 class BlktestsOptions(ScenarioOptions):
@@ -217,17 +191,8 @@ class Blktests(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked before anything boots
-        for f in self.options.known_issues:
-            if not Path(f).expanduser().is_file():
-                raise UsageError(f"--known-issues {f}: no such file")
-            load_rules(Path(f).expanduser())
-        where, ref = split_ref(self.options.blktests)
-        if not is_url(where):
-            path = Path(where).expanduser()
-            if not path.is_dir():
-                raise UsageError(f"--blktests {self.options.blktests}: no such directory")
-            if ref is None and not is_bare_repository(path):
-                check_layout(SUITES["blktests"], path, f"--blktests {self.options.blktests}")
+        common.check_known_issue_files(self.options.known_issues)
+        common.check_source("blktests", self.options.blktests, "--blktests")
 
     def prepare(self) -> None:
         self.tree = suite_tree("blktests", self.options.blktests, self.guest_images[0])
@@ -339,11 +304,7 @@ class Blktests(Scenario):
 
     def _known(self, ctx: Context, test: str, transport: str):
         facets = {"transport": transport, "test": test, "format": self.format}
-        for path in [Path(f).expanduser() for f in self.options.known_issues] + [KNOWN_ISSUES]:
-            rule = expectation_for(path, facets, ctx.release("vm"))
-            if rule is not None:
-                return rule if rule.verdict == FAIL else None
-        return None
+        return common.known_failure(self.options.known_issues, KNOWN_ISSUES, facets, ctx.release("vm"))
 
     def _rerun(self, ctx: Context, vm, label: str, config: str, failed: list[str]) -> dict[str, str]:
         status = {t: FAIL_S for t in failed}

@@ -7,10 +7,8 @@ functions, tested against a tiny fake fstests tree."""
 
 from __future__ import annotations
 
-import io
 import re
 import shlex
-import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,26 +19,24 @@ from pydantic import model_validator
 from lab.errors import LabError, UsageError
 from lab.scenarios import nfs
 from lab.paths import scenarios_dir
-from lab.scenarios.expect import load_rules, expectation_for
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
-from lab.scenarios.verdict import ERROR, FAIL
+from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
                                 class_verdict, classify, test_verdict)
-from lab.suites.build import SUITES, check_layout, library_packages, suite_tree
+from lab.suites.build import library_packages, suite_tree
+from lab.suites import common
 from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_tree_command, run_monitored
-from lab.suites.source import is_bare_repository, is_url, split_ref
 
 NAME = "nfs-fstests"
-# Shipped known issues per kernel (the same [[expect]] format as every scenario's expect.toml).
-KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
-# The list the NFS direct-I/O series (seed 000) was tested with, over RDMA and TCP.
+# Named test lists (--preset).
 PRESETS = {
     # Direct I/O while the buffer changes (mmap, splice, fsx): what stable pages on a PI device break
     # before the bounce series (seed 003), which says it fixes all such failures but generic/095.
     "pi-dio": "generic/091 generic/095 generic/247 generic/263 generic/465 generic/708".split(),
+    # The list the NFS direct-I/O series (seed 000) was tested with, over RDMA and TCP.
     "nfs-dio": ("generic/091 generic/130 generic/139 generic/143 generic/154 generic/155 generic/183 generic/188 "
                 "generic/190 generic/196 generic/198 generic/203 generic/214 generic/240 generic/263 generic/287 "
                 "generic/290 generic/292 generic/330 generic/444 generic/450 generic/451 generic/586 generic/647 "
@@ -50,24 +46,12 @@ DEFAULT_PRESET = "nfs-dio"
 GUEST_TREE = "/root/fstests"
 TEST_DIR = "/mnt/fstests-test"
 SCRATCH_MNT = "/mnt/fstests-scratch"
-_TEST_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
+_TEST_RE = common.TEST_NAME_RE
 _LINE_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})\s+(.*)$")
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
-    names: list[str] = []
-    if preset:
-        if preset not in PRESETS:
-            raise UsageError(f"--preset {preset!r}: known presets: {', '.join(PRESETS)}")
-        names += PRESETS[preset]
-    for item in tests or []:
-        names += item.replace(",", " ").split()
-    if not names:
-        names = list(PRESETS[DEFAULT_PRESET])
-    for n in names:
-        if not _TEST_RE.match(n):
-            raise UsageError(f"test {n!r}: expected names like generic/091")
-    return list(dict.fromkeys(names))
+    return common.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "generic/091")
 
 
 def local_config(server: str, mount_options: str) -> str:
@@ -232,18 +216,7 @@ class FstestsConsole:
 
 
 def tree_tarball(path: Path) -> bytes:
-    """The tree without git metadata or old results, as a gzip tarball for the client."""
-    buf = io.BytesIO()
-
-    def keep(info_: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = Path(info_.name).parts
-        if len(parts) > 1 and parts[1] in (".git", "results") or info_.name.endswith((".o", ".lo")):
-            return None  # object files are build leftovers the guest never runs
-        return info_
-
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        tar.add(str(path), arcname="fstests", filter=keep)
-    return buf.getvalue()
+    return common.tree_tarball(path, "fstests")
 
 
 class FstestsCommonOptions(ScenarioOptions):
@@ -298,18 +271,8 @@ class FstestsSuite(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
-        for f in self.options.known_issues:
-            path = Path(f).expanduser()
-            if not path.is_file():
-                raise UsageError(f"--known-issues {f}: no such file")
-            load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
-        where, ref = split_ref(self.options.fstests)
-        if not is_url(where):
-            path = Path(where).expanduser()
-            if not path.is_dir():
-                raise UsageError(f"--fstests {self.options.fstests}: no such directory")
-            if ref is None and not is_bare_repository(path):  # a tree on disk (a repository is read at its commit)
-                check_layout(SUITES["fstests"], path, f"--fstests {self.options.fstests}")
+        common.check_known_issue_files(self.options.known_issues)
+        common.check_source("fstests", self.options.fstests, "--fstests")
 
     def prepare(self) -> None:
         self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
@@ -390,13 +353,8 @@ class FstestsSuite(Scenario):
         return parsed
 
     def _known(self, ctx: Context, test: str, label: str):
-        """The known-issues entry saying this test fails here: the user's files first, then the shipped one."""
         facets = {self.facet: label, "test": test, **self.extra_facets}
-        for path in [Path(f).expanduser() for f in self.options.known_issues] + [self.known_issues_file]:
-            rule = expectation_for(path, facets, ctx.release(self.runner))
-            if rule is not None:
-                return rule if rule.verdict == FAIL else None
-        return None
+        return common.known_failure(self.options.known_issues, self.known_issues_file, facets, ctx.release(self.runner))
 
     @property
     def known_issues_file(self) -> Path:

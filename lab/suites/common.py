@@ -1,0 +1,84 @@
+"""What the fstests and blktests scenarios do alike before and around check: test lists from names
+and presets, the source argument checked before anything boots, the tree packed for the guest, and
+the known-issues entry that applies to a test."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lab.errors import UsageError
+from lab.scenarios.expect import Expectation, expectation_for, load_rules
+from lab.scenarios.verdict import FAIL
+from lab.suites.build import SUITES, check_layout
+from lab.suites.source import is_bare_repository, is_url, split_ref
+
+TEST_NAME_RE = re.compile(r"^[a-z0-9_-]+/\d{3,}$")
+
+
+def resolve_tests(tests: Sequence[str] | None, preset: str | None, presets: Mapping[str, Sequence[str]],
+                  default: str, example: str) -> list[str]:
+    """The test names a run asks for: a preset's, then each --test (comma-separated or repeated),
+    else the default preset; each name checked (they reach a shell in the guest)."""
+    names: list[str] = []
+    if preset:
+        if preset not in presets:
+            raise UsageError(f"--preset {preset!r}: known presets: {', '.join(presets)}")
+        names += presets[preset]
+    for item in tests or []:
+        names += item.replace(",", " ").split()
+    if not names:
+        names = list(presets[default])
+    for n in names:
+        if not TEST_NAME_RE.match(n):
+            raise UsageError(f"test {n!r}: expected names like {example}")
+    return list(dict.fromkeys(names))
+
+
+def check_source(suite: str, spec: str, flag: str) -> None:
+    """A local source must exist and, when it is a tree on disk, look like the suite; a URL or a
+    repository is read later, at its commit."""
+    where, ref = split_ref(spec)
+    if is_url(where):
+        return
+    path = Path(where).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"{flag} {spec}: no such directory")
+    if ref is None and not is_bare_repository(path):
+        check_layout(SUITES[suite], path, f"{flag} {spec}")
+
+
+def check_known_issue_files(files: Sequence[str]) -> None:
+    for f in files:
+        path = Path(f).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--known-issues {f}: no such file")
+        load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
+
+
+def known_failure(files: Sequence[str], shipped: Path, facets: dict[str, Any], release: str) -> Expectation | None:
+    """The entry saying this test fails here: the user's files first, then the shipped one. An entry
+    that expects anything but FAIL says the test is fine here."""
+    for path in [Path(f).expanduser() for f in files] + [shipped]:
+        rule = expectation_for(path, facets, release)
+        if rule is not None:
+            return rule if rule.verdict == FAIL else None
+    return None
+
+
+def tree_tarball(path: Path, arcname: str, skip: Sequence[str] = (".git", "results")) -> bytes:
+    """The tree as a gzip tarball for the guest, without git metadata, old results and object files."""
+    buf = io.BytesIO()
+
+    def keep(info_: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info_.name).parts
+        if len(parts) > 1 and parts[1] in skip or info_.name.endswith((".o", ".lo")):
+            return None
+        return info_
+
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        tar.add(str(path), arcname=arcname, filter=keep)
+    return buf.getvalue()
