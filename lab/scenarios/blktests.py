@@ -114,6 +114,12 @@ def parse_output(text: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def startup_failure(output: str) -> str:
+    """Why check ran no test at all: its last words ("_have_fio: fio is not installed", a bad config)."""
+    lines = [ln.strip() for ln in output.split("LAB-CHECK-EXIT", 1)[0].splitlines() if ln.strip()]
+    return f"blktests did not start: {lines[-1][:200] if lines else 'check printed nothing'}"
+
+
 def stray_lines(text: str) -> list[str]:
     """Lines that are neither a test's header or result nor its indented details: a shell error of
     check or of a test's requires() (Debian's release string once broke blktests' version parser)."""
@@ -268,9 +274,7 @@ class Blktests(Scenario):
         except LabError:
             pass
         if not results and not watched.timed_out_tests:
-            lines = [ln.strip() for ln in watched.output.split("LAB-CHECK-EXIT", 1)[0].splitlines() if ln.strip()]
-            ctx.case(f"check ({label})", ERROR, f"blktests did not start: {lines[-1][:200] if lines else 'check printed nothing'}",
-                     facets={"transport": label})
+            ctx.case(f"check ({label})", ERROR, startup_failure(watched.output), facets={"transport": label})
             return
         statuses = {t: results.get(t, {}).get("status", "not reported") for t in tests}
         known = {t: self._known(ctx, t, label) for t in tests}

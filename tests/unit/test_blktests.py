@@ -98,3 +98,14 @@ def test_what_check_complained_of_is_kept() -> None:
 def test_runtimes_per_condition() -> None:
     found = blktests.parse_output(CONSOLE)
     assert found["nvme/004"]["seconds"] == {"-": 2.345} and found["nvme/010"]["seconds"] == {"-": 30.1}
+
+
+def test_a_check_that_ran_nothing_says_why(tmp_path: Path) -> None:
+    """The fake check with a test list naming nothing it has: no result at all, and the ERROR quotes check."""
+    tree = tmp_path / "blktests"
+    shutil.copytree(FAKE, tree)
+    res = subprocess.run(["bash", "-c", blktests.check_script(str(tree), "TEST_DEVS=()\n", ["nvme/999"])],
+                         capture_output=True, text=True, timeout=60)
+    assert blktests.parse_output(res.stdout) == {}
+    assert blktests.startup_failure(res.stdout) == "blktests did not start: nvme/999 does not exist"
+    assert blktests.startup_failure("LAB-CHECK-EXIT 1\n") == "blktests did not start: check printed nothing"
