@@ -16,13 +16,12 @@ from pydantic import model_validator
 from lab.errors import LabError, UsageError
 from lab.paths import scenarios_dir
 from lab.scenarios.framework import Context, Scenario, register
-from lab.scenarios.options import ScenarioOptions, Seconds, opt
+from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
-from lab.suites.build import library_packages, suite_tree
+from lab.suites.build import suite_tree
 from lab.suites.classes import FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict, classify
 from lab.suites import common
-from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_children_command, run_monitored
 
 NAME = "blktests"
@@ -149,11 +148,14 @@ class BlktestsConsole:
         return kill_children_command(r"^(/usr)?/bin/bash \./check( |$)")
 
 
+TARBALL_SKIP = (".git", "results", "config")  # config is written by the lab per run
+
+
 def tree_tarball(path: Path) -> bytes:
-    return common.tree_tarball(path, "blktests", skip=(".git", "results", "config"))
+    return common.tree_tarball(path, "blktests", skip=TARBALL_SKIP)
 
 
-class BlktestsOptions(ScenarioOptions):
+class BlktestsOptions(common.SuiteOptions):
     blktests: str = opt(None, "a blktests source tree, git repository[@REF] or git URL[@REF], built for the guest "
                         "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_BLKTESTS)",
                         metavar="PATH|URL", min_length=1, max_length=1024)
@@ -166,20 +168,12 @@ class BlktestsOptions(ScenarioOptions):
     timeout: Seconds = opt(7200.0, "seconds for one check run (default: 7200)", metavar="SECONDS")
     test_timeout: Seconds = opt(900.0, "seconds one test may run before it is killed as hung (default: 900)",
                                 metavar="SECONDS")
-    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]]: test, transport, kernel_from, kernel_below, "
-                                  "verdict = \"FAIL\", why, link), repeatable; read before the shipped one",
-                                  flag="--known-issues", metavar="FILE")
-    rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
-                     ge=0, le=5)
 
     @model_validator(mode="before")
     @classmethod
     def _tree_from_environment(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("blktests") and settings().blktests:
-            data = {**data, "blktests": settings().blktests}
-        if isinstance(data, dict) and not data.get("blktests"):
-            raise ValueError("blktests needs a blktests tree: --blktests PATH (or a git URL), or LAB_BLKTESTS=PATH")
-        return data
+        return common.tree_from_environment(data, "blktests", settings().blktests,
+                                            "blktests needs a blktests tree: --blktests PATH (or a git URL), or LAB_BLKTESTS=PATH")
 
     @property
     def tests(self) -> list[str]:
@@ -208,14 +202,7 @@ class Blktests(Scenario):
 
     def setup(self, ctx: Context) -> None:
         vm = ctx.guest("vm")
-        local = ctx.sub.path / "blktests.tar.gz"
-        local.write_bytes(tree_tarball(self.tree.path))
-        vm.put(local, "/root/blktests.tar.gz")
-        local.unlink()
-        vm.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/blktests.tar.gz -C /root && rm /root/blktests.tar.gz",
-               timeout=600, check=True)
-        ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
-        check_libraries(vm, GUEST_TREE, "blktests", library_packages(self.tree))
+        common.install_tree(ctx, vm, self.tree, "blktests", GUEST_TREE, skip=TARBALL_SKIP)
         device = ctx.namespace_device("vm")
         seen = vm.run(f"cat /sys/block/{device}/integrity/format", timeout=30).stdout.strip() or "none"
         ns = ctx.topology.machines["vm"].nvme[0].namespaces[0]

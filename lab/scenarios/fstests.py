@@ -20,14 +20,13 @@ from lab.errors import LabError, UsageError
 from lab.scenarios import nfs
 from lab.paths import scenarios_dir
 from lab.scenarios.framework import Context, Scenario, register
-from lab.scenarios.options import ScenarioOptions, Seconds, opt
+from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
                                 class_verdict, classify, test_verdict)
-from lab.suites.build import library_packages, suite_tree
+from lab.suites.build import suite_tree
 from lab.suites import common
-from lab.suites.libcheck import check_libraries
 from lab.suites.monitor import kill_tree_command, run_monitored
 
 NAME = "nfs-fstests"
@@ -219,7 +218,7 @@ def tree_tarball(path: Path) -> bytes:
     return common.tree_tarball(path, "fstests")
 
 
-class FstestsCommonOptions(ScenarioOptions):
+class FstestsCommonOptions(common.SuiteOptions):
     fstests: str = opt(None, "an fstests source tree, git repository[@REF] or git URL[@REF], built for the guest "
                        "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_FSTESTS)",
                        metavar="PATH|URL", min_length=1, max_length=1024)
@@ -230,20 +229,12 @@ class FstestsCommonOptions(ScenarioOptions):
     timeout: Seconds = opt(14400.0, "seconds for one whole check run (default: 14400)", metavar="SECONDS")
     test_timeout: Seconds = opt(1800.0, "seconds one test may run before it is killed as hung and check moves on "
                                 "(default: 1800)", metavar="SECONDS")
-    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport or section, "
-                                  "kernel_from, kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the "
-                                  "shipped one", flag="--known-issues", metavar="FILE")
-    rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
-                     ge=0, le=5)
 
     @model_validator(mode="before")
     @classmethod
     def _tree_from_environment(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("fstests") and settings().fstests:
-            data = {**data, "fstests": settings().fstests}
-        if isinstance(data, dict) and not data.get("fstests"):
-            raise ValueError("fstests needs a tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
-        return data
+        return common.tree_from_environment(data, "fstests", settings().fstests,
+                                            "fstests needs a tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
 
     default_preset: ClassVar[str] = DEFAULT_PRESET
 
@@ -278,16 +269,7 @@ class FstestsSuite(Scenario):
         self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
 
     def install_tree(self, ctx: Context) -> None:
-        guest = ctx.guest(self.runner)
-        local = ctx.sub.path / "fstests.tar.gz"
-        local.write_bytes(tree_tarball(self.tree.path))
-        guest.put(local, "/root/fstests.tar.gz")
-        local.unlink()
-        guest.run(f"rm -rf {GUEST_TREE} && tar -xzf /root/fstests.tar.gz -C /root && rm /root/fstests.tar.gz",
-                  timeout=600, check=True)
-        ctx.section["tree"] = {"path": str(self.tree.path), **self.tree.meta}
-        # names the first missing library before any test runs
-        check_libraries(guest, GUEST_TREE, "fstests", library_packages(self.tree))
+        common.install_tree(ctx, ctx.guest(self.runner), self.tree, "fstests", GUEST_TREE)
         ctx.section[self.runs_key] = {}
 
     def run_check(self, ctx: Context, label: str, config: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lab.errors import UsageError
+from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
 from lab.scenarios.verdict import FAIL
 from lab.suites.build import SUITES, check_layout
@@ -82,3 +83,40 @@ def tree_tarball(path: Path, arcname: str, skip: Sequence[str] = (".git", "resul
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         tar.add(str(path), arcname=arcname, filter=keep)
     return buf.getvalue()
+
+
+class SuiteOptions(ScenarioOptions):
+    """The options every suite scenario has besides its tree and test list."""
+
+    known_issues: list[str] = opt([], "a known-issues TOML file ([[expect]] entries: test, transport or section, "
+                                  "kernel_from, kernel_below, verdict = \"FAIL\", why, link), repeatable; read before the "
+                                  "shipped one", flag="--known-issues", metavar="FILE")
+    rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
+                     ge=0, le=5)
+
+
+def tree_from_environment(data: Any, field: str, value: str | None, message: str) -> Any:
+    """A suite tree option filled from its environment variable (LAB_FSTESTS, LAB_BLKTESTS), else required."""
+    if isinstance(data, dict) and not data.get(field) and value:
+        data = {**data, field: value}
+    if isinstance(data, dict) and not data.get(field):
+        raise ValueError(message)
+    return data
+
+
+def install_tree(ctx: Any, guest: Any, tree: Any, suite: str, guest_tree: str, skip: Sequence[str] = (".git", "results")) -> None:
+    """The built tree unpacked at guest_tree (a tarball through SSH), recorded in the section, and its
+    programs' libraries checked before any test runs (the first missing one is the ERROR)."""
+    from lab.suites.build import library_packages
+    from lab.suites.libcheck import check_libraries
+
+    name = Path(guest_tree).name
+    local = ctx.sub.path / f"{name}.tar.gz"
+    local.write_bytes(tree_tarball(tree.path, name, skip))
+    guest.put(local, f"/root/{name}.tar.gz")
+    local.unlink()
+    parent = str(Path(guest_tree).parent)
+    guest.run(f"rm -rf {guest_tree} && tar -xzf /root/{name}.tar.gz -C {parent} && rm /root/{name}.tar.gz",
+              timeout=600, check=True)
+    ctx.section["tree"] = {"path": str(tree.path), **tree.meta}
+    check_libraries(guest, guest_tree, suite, library_packages(tree))

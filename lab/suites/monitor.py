@@ -113,22 +113,15 @@ def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test
     return result
 
 
-KILL_TREE = """killtree() {{ for c in $(pgrep -P "$1"); do killtree "$c"; done; kill -KILL "$1" 2>/dev/null; }}
-for p in $(pgrep -f {pattern}); do killtree "$p"; done; true
-"""
+_KILLTREE = 'killtree() { for c in $(pgrep -P "$1"); do killtree "$c"; done; kill -KILL "$1" 2>/dev/null; }\n'
 
 
 def kill_tree_command(pattern: str) -> str:
     """Kill every process whose command line matches pattern, with all its descendants."""
-    return KILL_TREE.format(pattern=shlex.quote(pattern))
-
-
-KILL_CHILDREN = """killtree() {{ for c in $(pgrep -P "$1"); do killtree "$c"; done; kill -KILL "$1" 2>/dev/null; }}
-for p in $(pgrep -f {pattern}); do for c in $(pgrep -P "$p"); do killtree "$c"; done; done; true
-"""
+    return _KILLTREE + f'for p in $(pgrep -f {shlex.quote(pattern)}); do killtree "$p"; done; true\n'
 
 
 def kill_children_command(pattern: str) -> str:
     """Kill the children (and their descendants) of the processes matching pattern, not the processes
     themselves: a suite that runs its test in a subshell of itself goes on to the next test."""
-    return KILL_CHILDREN.format(pattern=shlex.quote(pattern))
+    return _KILLTREE + f'for p in $(pgrep -f {shlex.quote(pattern)}); do for c in $(pgrep -P "$p"); do killtree "$c"; done; done; true\n'
