@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paramiko
 
+from lab.agent import AgentClient, shell_argv
 from lab.images import create_overlay
 from lab.lab import Lab
 from lab.machine import READY_MARKER, boot_phases, die_with_parent
@@ -27,8 +28,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: Path) -> float:
-    """Same argv, no lab: a fixed forwarded port, poll the console, connect with paramiko, run true."""
+def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: Path, agent: Path | None) -> float:
+    """Same argv, no lab: a fixed forwarded port, poll the console, then run `true` over the same
+    channel the lab uses (the guest agent's socket, or SSH with paramiko)."""
     overlay.unlink(missing_ok=True)
     create_overlay(base, overlay)
     port = _free_port()
@@ -42,13 +44,20 @@ def _bare_boot(argv: list[str], overlay: Path, base: Path, console: Path, key: P
             if proc.poll() is not None or time.monotonic() - started > 240:
                 raise RuntimeError("bare QEMU did not boot")
             time.sleep(0.05)
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect("127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False, timeout=10)
-        _, out, _ = client.exec_command("true")
+        if agent is not None:
+            client = AgentClient("bare", agent)
+            client.connect(30)
+            client.execute(shell_argv("true"), timeout=30)
+            elapsed = time.monotonic() - started
+            client.close()
+            return elapsed
+        ssh = paramiko.SSHClient()
+        ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        ssh.connect("127.0.0.1", port=port, username="root", key_filename=str(key), look_for_keys=False, allow_agent=False, timeout=10)
+        _, out, _ = ssh.exec_command("true")
         out.channel.recv_exit_status()
         elapsed = time.monotonic() - started
-        client.close()
+        ssh.close()
         return elapsed
     finally:
         proc.kill()
@@ -82,6 +91,7 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
             argv = lab.machines[name].argv
             overlay = Path(next(a for a in argv if "root.qcow2" in a).split("file=")[1].split(",")[0])
             base = lab.images[lab.rendered.topology.machines[name].image].path
+            channel = lab.guest(name).channel
         # Runtime dir is gone after the lab stopped: give the bare run its own copy of the paths.
         bare_dir = Path(tempfile.mkdtemp(prefix="bench-bare-", dir=runtime_root()))
         bare_argv = [a.replace(str(overlay.parent), str(bare_dir)) for a in argv]
@@ -93,11 +103,13 @@ def bench_boot(template: Lab, runs: int = 3) -> int:
         console = bare_dir / "console.log"
         bare_argv = [f"file,id=console,path={console}" if a.startswith("file,id=console") else a for a in bare_argv]
         bare_argv = [a.replace(str(lab.machines[name].qmp_socket), str(bare_dir / "qmp.sock")) for a in bare_argv]
+        agent = bare_dir / "agent.sock" if channel == "agent" else None
         try:
-            bare_times.append(_bare_boot(bare_argv, bare_dir / "root.qcow2", base, console, key))
+            bare_times.append(_bare_boot(bare_argv, bare_dir / "root.qcow2", base, console, key, agent))
         finally:
             shutil.rmtree(bare_dir, ignore_errors=True)  # sparse namespace images and the overlay
-        print(f"run {i + 1}: lab {lab_times[-1]:.1f} s (launch to first command {launch_to_cmd:.1f} s), bare QEMU {bare_times[-1]:.1f} s", flush=True)
+        print(f"run {i + 1}: lab {lab_times[-1]:.1f} s (preparation {lab.prepare_seconds:.2f} s, launch to first command "
+              f"{launch_to_cmd:.1f} s), bare QEMU {bare_times[-1]:.1f} s, both over {channel}", flush=True)
     lab_med, bare_med = statistics.median(lab_times), statistics.median(bare_times)
     overhead = 100.0 * (lab_med - bare_med) / bare_med
     print_phases(phases)

@@ -306,7 +306,7 @@ def _machine(state: dict, name: str | None) -> tuple[str, dict]:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    from lab.ssh import Guest
+    from lab.guest import Guest
 
     _, state = _live_state(args.lab)
     name, machine = _machine(state, args.machine)
@@ -321,13 +321,15 @@ def cmd_ssh(args: argparse.Namespace) -> int:
             return guest.stream(" ".join(remote), stdin, sys.stdout.buffer, sys.stderr.buffer, timeout=args.timeout)
         finally:
             guest.close()
+    guest.wait_for_ssh()  # sshd starts beside the lab's agent: a shell right after `lab up` waits for it
+    guest.close()
     argv = guest.ssh_argv()
     os.execvp(argv[0], argv)
     return 0  # not reached
 
 
 def _guests(state: dict) -> dict:
-    from lab.ssh import Guest
+    from lab.guest import Guest
 
     return {name: Guest(name, m["ssh_port"], Path(state["key_file"])) for name, m in state["machines"].items()
             if isinstance(m.get("ssh_port"), int)}
@@ -850,7 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     runp = sub.add_parser("run", help="run a scenario").add_subparsers(dest="sub", required=True, metavar="SCENARIO")
     for name, cls in sorted(framework.scenarios().items()):
-        p = runp.add_parser(name, help=cls.summary, description=(cls.__doc__ or cls.summary).strip().splitlines()[0])
+        # A scenario file may have neither a docstring nor a summary: its name describes it then.
+        described = (cls.__doc__ or cls.summary or f"the {name} scenario").strip().splitlines() or [name]
+        p = runp.add_parser(name, help=cls.summary, description=described[0])
         add_arguments(p, cls.Options)
         p.set_defaults(func=cmd_run, scenario=name)
         if name == "stable-pages":

@@ -4,7 +4,7 @@
     +-- UsageError           bad input: topology, parameter, option, kernel reference, file (exit 2)
     |   +-- TopologyError    (lab.topology.render) a template or rendered document is wrong
     +-- BootError            a guest did not come up; carries machine, phase, argv and the evidence
-    +-- GuestCommandError    (lab.ssh) a command in a guest could not be run or timed out
+    +-- GuestCommandError    a command in a guest could not be run or timed out
     +-- NotApplicable        (lab.scenarios.framework) the kernel or topology lacks what a scenario tests
 
 Scenario code catches LabError to turn it into an ERROR verdict; KeyboardInterrupt and the lab's
@@ -22,6 +22,24 @@ class LabError(Exception):
     exit_code = 1
 
 
+class GuestCommandError(LabError):
+    """A command in a guest could not be run, timed out, or (with check=True) failed."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """A guest command's outcome, whichever channel ran it."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
 class UsageError(LabError):
     """Bad input: a wrong topology, parameter, kernel reference or option."""
 
@@ -36,7 +54,7 @@ BOOT_PHASES = (
     "panic",  # the guest kernel panicked
     "tcg-int3",  # the known multi-threaded TCG early-boot oops (int3 in sched_clock_cpu)
     "ready",  # the guest printed but never reached the lab's ready marker
-    "ssh",  # the ready marker came but SSH did not answer
+    "channel",  # the ready marker came but the command channel (guest agent or SSH) did not answer
 )
 # Failures of the emulator or host, not of the kernel under test: a fresh boot is allowed.
 INFRASTRUCTURE_PHASES = ("console", "tcg-int3", "nvme-timeout")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lab.ssh import Guest
+from lab.guest import Guest
 
 # One guest-side script, one SSH round trip: each fork costs under TCG.
 GATHER = r"""

@@ -1,5 +1,5 @@
 """A running topology: prepares images, kernels and disks, launches every machine, waits until each
-answers over SSH, and tears everything down however the lab ends."""
+answers on its command channel, and tears everything down however the lab ends."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ class Lab:
     runtime: Path | None = None
     boot_retries: list[dict[str, Any]] = field(default_factory=list)  # one entry per failed attempt retried
     files: dict[str, BootFiles] = field(default_factory=dict)  # what each machine was started with (faults use it)
+    prepare_seconds: float = 0.0  # from start() to the first QEMU launch
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -99,6 +100,7 @@ class Lab:
         return self.resolved[ref]
 
     def start(self) -> None:
+        began = time.monotonic()
         topo = self.rendered.topology
         caps = probe()
         key_file, key_blob = ensure_key()
@@ -151,14 +153,16 @@ class Lab:
                 kernel=boot_image[name], initrd=initrds[name], root_overlay=overlay, modules_image=kernel.modules_image,
                 qmp_socket=rdir / "qmp.sock", console_log=mdir / "console.log", namespace_images=ns_images,
                 link_sockets=links.get(name, {}), ssh_pubkey_blob=key_blob, qmp_user_socket=rdir / "qmp-user.sock",
-                shares=shares,
+                shares=shares, agent_socket=rdir / "agent.sock",
             )
             self.files[name] = files
             plan = machine_argv(topo, name, files, caps, self.chosen_accel)
             argvs[name] = plan.argv
             self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
-                                              mdir / "qemu-stderr.log", key_file)
-        self.run.update(argv=argvs)
+                                              mdir / "qemu-stderr.log", key_file, agent_socket=files.agent_socket)
+        # What the lab itself costs before QEMU starts (cache checks, overlays, disks): the bench's overhead.
+        self.prepare_seconds = round(time.monotonic() - began, 3)
+        self.run.update(argv=argvs, prepare_seconds=self.prepare_seconds)
         kvm = self.chosen_accel.name == "kvm"
         timeout = self.boot_timeout or settings().boot_timeout or (BOOT_TIMEOUT_KVM if kvm else BOOT_TIMEOUT_TCG)
         silence = SILENCE_KVM if kvm else SILENCE_TCG

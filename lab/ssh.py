@@ -1,4 +1,6 @@
-"""SSH to a guest through fabric, with a timeout on every call."""
+"""SSH to a guest through fabric, with a timeout on every call: the channel for people (`lab ssh`,
+`lab cp`) and for commands with byte streams attached. Scenario commands go through the guest
+agent when the machine has one (lab.guest)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import shlex
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -16,26 +17,10 @@ from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
-from lab.errors import LabError
+from lab.errors import GuestCommandError, Result
 
 DEFAULT_TIMEOUT = 120.0
 WATCHDOG_GRACE = 15.0  # beyond a command's own timeout, for connecting and opening the channel
-
-
-@dataclass(frozen=True)
-class Result:
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-class GuestCommandError(LabError):
-    pass
 
 
 class _InterruptibleRemote(Remote):
@@ -61,7 +46,7 @@ def shell_join(argv: Sequence[object]) -> str:
     return shlex.join(str(a) for a in argv)
 
 
-class Guest:
+class SshChannel:
     """One guest's SSH endpoint on 127.0.0.1, key-only, root."""
 
     def __init__(self, name: str, port: int, key_file: Path) -> None:

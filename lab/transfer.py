@@ -1,5 +1,6 @@
-"""Files in and out of a running guest (`lab cp`): single files over SFTP, directories as a tar
-stream over one SSH channel. Extraction on the host refuses what a tar of plain files would not
+"""Files in and out of a running guest (`lab cp`, repro's --put and --get): single files through the
+guest's channel (the agent, or SFTP), directories as a tarball through the agent or a tar stream
+over one SSH channel. Extraction on the host refuses what a tar of plain files would not
 hold (absolute paths, '..', devices, links leaving the tree)."""
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import shlex
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from lab.errors import LabError, UsageError
-from lab.ssh import Guest
+from lab.guest import Guest
 
 
 def split_endpoint(spec: str, machines: list[str]) -> tuple[str | None, str]:
@@ -39,14 +41,23 @@ def upload(guest: Guest, local: Path, remote: str) -> str:
         return target
     if not local.is_dir():
         raise UsageError(f"{local}: not a file or a directory")
-    with tempfile.TemporaryFile() as buf:
+    unpack = f"mkdir -p {shlex.quote(target)} && tar -C {shlex.quote(target)} -xf"
+    with tempfile.NamedTemporaryFile(suffix=".tar") as buf:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(str(local), arcname=".")
-        buf.seek(0)
-        err = io.BytesIO()
-        rc = guest.stream(f"mkdir -p {shlex.quote(target)} && tar -C {shlex.quote(target)} -xf -", buf, io.BytesIO(), err, timeout=3600)
+        buf.flush()
+        if guest.agent is not None:  # a tarball through the agent, unpacked there: no SSH needed
+            staged = f"/tmp/lab-upload-{os.getpid()}.tar"
+            guest.put(Path(buf.name), staged)
+            res = guest.run(f"{unpack} {staged}; rc=$?; rm -f {staged}; exit $rc", timeout=3600)
+            rc, error = res.exit_code, res.stderr
+        else:
+            buf.seek(0)
+            err = io.BytesIO()
+            rc = guest.stream(f"{unpack} -", cast(BinaryIO, buf), io.BytesIO(), err, timeout=3600)
+            error = err.getvalue().decode(errors="replace")
     if rc != 0:
-        raise LabError(f"{guest.name}: unpacking into {target} failed: {err.getvalue().decode(errors='replace').strip()[-200:]}")
+        raise LabError(f"{guest.name}: unpacking into {target} failed: {error.strip()[-200:]}")
     return target
 
 
@@ -62,10 +73,20 @@ def download(guest: Guest, remote: str, local: Path) -> Path:
         guest.get(remote, target)
         return target
     with tempfile.TemporaryFile() as buf:
-        err = io.BytesIO()
-        rc = guest.stream(["tar", "-C", remote, "-cf", "-", "."], None, buf, err, timeout=3600)
-        if rc != 0:
-            raise LabError(f"{guest.name}: packing {remote} failed: {err.getvalue().decode(errors='replace').strip()[-200:]}")
+        if guest.agent is not None:  # packed in the guest, copied out through the agent
+            staged = f"/tmp/lab-download-{os.getpid()}.tar"
+            res = guest.run(["tar", "-C", remote, "-cf", staged, "."], timeout=3600)
+            if not res.ok:
+                raise LabError(f"{guest.name}: packing {remote} failed: {res.stderr.strip()[-200:]}")
+            with tempfile.TemporaryDirectory() as tmp:
+                guest.get(staged, Path(tmp) / "out.tar")
+                guest.run(["rm", "-f", staged], timeout=60)
+                buf.write((Path(tmp) / "out.tar").read_bytes())
+        else:
+            err = io.BytesIO()
+            rc = guest.stream(["tar", "-C", remote, "-cf", "-", "."], None, buf, err, timeout=3600)
+            if rc != 0:
+                raise LabError(f"{guest.name}: packing {remote} failed: {err.getvalue().decode(errors='replace').strip()[-200:]}")
         buf.seek(0)
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=buf, mode="r") as tar:

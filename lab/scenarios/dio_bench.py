@@ -28,7 +28,7 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.kprobes import Kprobes
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, NOT_APPLICABLE, PASS
-from lab.ssh import Guest
+from lab.guest import Guest
 
 NAME = "dio-bench"
 ARRANGEMENTS = ("zero-copy", "bounce", "pi-bounce")

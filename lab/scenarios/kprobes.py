@@ -9,7 +9,7 @@ import re
 import shlex
 
 from lab.errors import LabError
-from lab.ssh import Guest
+from lab.guest import Guest
 
 TRACING = "/sys/kernel/tracing"
 

@@ -26,7 +26,7 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.nfs_dio import CORRUPT_OFFSET, case_names, judge_transport
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, ProgramResult
-from lab.ssh import Guest, shell_join
+from lab.guest import Guest, shell_join
 
 NAME = "netfs-dio"
 FS = Literal["9p", "cifs", "nfs"]

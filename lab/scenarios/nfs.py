@@ -8,7 +8,7 @@ from typing import Literal
 
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.ssh import Guest, shell_join
+from lab.guest import Guest, shell_join
 
 EXPORT = "/export"
 MOUNT = "/mnt/nfs"

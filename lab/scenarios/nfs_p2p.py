@@ -12,7 +12,7 @@ from lab.scenarios import nfs
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, FAIL, PASS
-from lab.ssh import Guest
+from lab.guest import Guest
 
 NAME = "nfs-p2p"
 REFUSAL_ERRNO = "EREMOTEIO"

@@ -27,7 +27,7 @@ from lab.scenarios.kprobes import Kprobes
 from lab.scenarios.netfs import MOUNTS, mount_9p, mount_cifs, setup_smb_server
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
-from lab.ssh import Guest
+from lab.guest import Guest
 
 NAME = "pin-audit"
 PROGRAM = "/usr/local/bin/dio_mutate"

@@ -20,7 +20,7 @@ from lab.scenarios import kmsg
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, PASS
-from lab.ssh import GuestCommandError
+from lab.guest import GuestCommandError
 from lab.stats import Rate
 from lab.transfer import download, upload
 

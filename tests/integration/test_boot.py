@@ -52,7 +52,7 @@ def test_topology_boots_with_promised_hardware(lab_boot, topology, kernel):
     # Every boot's phases are in the manifest: host-side events and the guest's own stage times.
     boots = lab.run.manifest()["boots"]
     first = next(iter(boots[-1]["machines"].values()))
-    assert {"launched", "qmp", "console", "ready-marker", "ssh"} <= set(first["events"])
+    assert {"launched", "qmp", "console", "ready-marker", "connected"} <= set(first["events"])
     assert "ready" in first["guest_stages"]
 
 

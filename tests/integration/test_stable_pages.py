@@ -103,7 +103,7 @@ def test_boot_failure_is_an_error_never_a_pass(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     section = results["subruns"]["debian-7.3"]
     assert section["verdict"] == ERROR
-    assert "boot failed: vm: no SSH after 2 s" in section["reason"] and "[phase ready]" in section["reason"]
+    assert "boot failed: vm: not ready after 2 s" in section["reason"] and "[phase ready]" in section["reason"]
     junit = (run_dir / "junit.xml").read_text()
     assert 'errors="1"' in junit
     assert "ERROR" in out

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from lab.errors import UsageError
-from lab.kernels.initramfs import load_order, module_name, parse_modules_dep
+from lab.kernels.initramfs import chain_orders, load_order, module_name, parse_modules_dep
 from lab.kernels.kernel import Kernel
 from lab.kernels.pvh import has_pvh_note
 
@@ -15,6 +15,9 @@ kernel/fs/mbcache.ko.xz:
 kernel/lib/crc16.ko.xz:
 kernel/drivers/block/virtio_blk.ko.xz:
 kernel/crypto/crc32c_generic.ko.xz:
+kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz kernel/net/core/failover.ko.xz
+kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
+kernel/net/core/failover.ko.xz:
 """
 
 
@@ -30,6 +33,17 @@ def test_load_order_puts_dependencies_first(tmp_path):
     assert order[-1] == "kernel/fs/ext4/ext4.ko.xz"
     assert set(order[1:-1]) == {"kernel/lib/crc16.ko.xz", "kernel/fs/mbcache.ko.xz", "kernel/fs/jbd2/jbd2.ko.xz"}
     assert parse_modules_dep(DEP)["crc32c_generic"] == ["kernel/crypto/crc32c_generic.ko.xz"]
+
+
+def test_chains_load_side_by_side_each_module_once(tmp_path):
+    (tmp_path / "modules.dep").write_text(DEP)
+    chains = chain_orders(tmp_path, (("virtio_blk",), ("crc32c_generic", "ext4"), ("virtio_net",), ("jbd2", "absent")))
+    assert chains[0] == ["kernel/drivers/block/virtio_blk.ko.xz"]
+    assert chains[1][0] == "kernel/crypto/crc32c_generic.ko.xz" and chains[1][-1] == "kernel/fs/ext4/ext4.ko.xz"
+    assert chains[2] == ["kernel/net/core/failover.ko.xz", "kernel/drivers/net/net_failover.ko.xz",
+                         "kernel/drivers/net/virtio_net.ko.xz"]
+    assert len(chains) == 3  # jbd2 came with ext4's chain; a chain with nothing left to load is dropped
+    assert chain_orders(tmp_path / "none", (("ext4",),)) == []  # a built kernel: no modules.dep
 
 
 def _elf_with_note(name: bytes, ntype: int) -> bytes:

@@ -291,3 +291,19 @@ def test_integrity_format_names_follow_linux():
     assert Namespace(pi=3, ms=8).integrity_format == "T10-DIF-TYPE3-CRC"
     assert Namespace(pi=3, ms=16, pif=2).integrity_format == "EXT-DIF-TYPE3-CRC64"
     assert Namespace().integrity_format is None
+
+
+def test_the_agent_port_and_the_arguments_that_skip_work():
+    from dataclasses import replace
+
+    topo = render("nvme-pi").topology
+    files = replace(_files(topo, "vm"), agent_socket=Path("/run/a,b/agent.sock"))
+    plan = machine_argv(topo, "vm", files, QemuCaps("/q", "7.2", {}), Accel("tcg"))
+    joined = "\n".join(plan.argv)
+    assert "socket,id=lab-agent,path=/run/a,,b/agent.sock,server=on,wait=off" in joined
+    assert "virtserialport,bus=lab-serial.0,chardev=lab-agent,name=org.qemu.guest_agent.0" in joined
+    assert {"cryptomgr.notests", "norandmaps", "mitigations=off"} <= set(plan.cmdline.split())
+    assert plan.argv[plan.argv.index("-cpu") + 1] == "max"  # not invtsc: QEMU 7.2's TCG drops it with a warning
+    assert "lab-agent" not in "\n".join(machine_argv(topo, "vm", _files(topo, "vm"), QemuCaps("/q", "7.2", {}), Accel("tcg")).argv)
+    # A topology's own CPU model is used as it is; KVM keeps the probe's model.
+    assert Accel("tcg").argv("EPYC")[-1] == "EPYC" and Accel("kvm", "host").argv(None)[-1] == "host"
