@@ -20,7 +20,8 @@ from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.build import suite_tree
-from lab.suites.classes import FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict, classify
+from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict,
+                                classify, side_by_side)
 from lab.suites import common
 from lab.suites.monitor import kill_children_command, run_monitored
 
@@ -165,9 +166,9 @@ class BlktestsOptions(common.SuiteOptions):
     transports: list[Transport] = opt(["loop", "tcp", "rdma"], "NVMe-oF target transport for the tests that set one up: "
                                       "loop, tcp, rdma (rdma_rxe) or siw, repeatable (default: loop, tcp, rdma)",
                                       flag="--transport", min_length=1)
-    timeout: Seconds = opt(7200.0, "seconds for one check run (default: 7200)", metavar="SECONDS")
-    test_timeout: Seconds = opt(900.0, "seconds one test may run before it is killed as hung (default: 900)",
-                                metavar="SECONDS")
+    timeout: Seconds = opt(43200.0, "seconds for one check run (default: 43200)", metavar="SECONDS")
+    test_timeout: Seconds = opt(7200.0, "seconds one test may run, progressing or not, before it is killed (default: "
+                                "7200; a hung test is found sooner, see --stall-timeout)", metavar="SECONDS")
 
     @model_validator(mode="before")
     @classmethod
@@ -252,7 +253,8 @@ class Blktests(Scenario):
             keep(seen[0])
 
         watched = run_monitored(vm, check_script(GUEST_TREE, config, tests), BlktestsConsole(), f"blktests {label}",
-                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=killed)
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=killed,
+                                stall_timeout=self.options.stall_timeout)
         keep(watched.output)
         results = run["results"]
         vm.run(f"cd {GUEST_TREE} && tar -czf /root/blktests-results-{label}.tar.gz results 2>/dev/null", timeout=120)
@@ -284,7 +286,8 @@ class Blktests(Scenario):
             elif cls == FLAKY:
                 reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
             elif cls == HUNG:
-                reason = f"timed out: {details[0] if details else ''} (--test-timeout), check went on"
+                why = watched.kill_reasons.get(test) or (details[0] if details else "")
+                reason = f"timed out: {why}, killed; check went on"
             else:
                 reason = cls + (": " + " | ".join(details[:3]) if details and statuses[test] == FAIL_S else "")
             entry = known[test]
@@ -306,7 +309,7 @@ class Blktests(Scenario):
             ctx.note(f"{label}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
             watched = run_monitored(vm, check_script(GUEST_TREE, config, still), BlktestsConsole(),
                                     f"blktests {label} rerun {attempt}", len(still), self.options.test_timeout,
-                                    self.options.timeout)
+                                    self.options.timeout, stall_timeout=self.options.stall_timeout)
             ctx.sub.write(ctx.path(f"{label}/rerun{attempt}.out"), watched.output)
             found = parse_output(watched.output)
             status.update({t: found[t]["status"] for t in still if t in found})
@@ -326,4 +329,5 @@ class Blktests(Scenario):
                 lines.append(f"  {test:12}" + "".join(
                     f"{(r.get('classes') or r.get('statuses') or {}).get(test, '-'):>16}" for r in runs.values()))
             lines.append("  " + "; ".join(f"{r}: {v.get('seconds', 0):.0f} s" for r, v in runs.items()))
+        lines += side_by_side(results)
         return "\n".join(lines) if lines else "no kernel was run"

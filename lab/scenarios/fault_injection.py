@@ -18,10 +18,10 @@ from typing import Any, Literal
 from lab import faults
 from lab.errors import LabError, UsageError
 from lab.scenarios import kmsg, nfs
-from lab.scenarios.framework import Context, Scenario, ScenarioError, Variant, register, safe_label
+from lab.scenarios.framework import Context, Scenario, ScenarioError, Variant, matrix_label, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import FAIL, PASS, ProgramResult
-from lab.ssh import Guest
+from lab.guest import Guest
 
 NAME = "faults"
 Kind = Literal["link", "remove", "pi", "stop"]
@@ -75,9 +75,9 @@ class Faults(Scenario):
     options: FaultOptions
 
     def variants(self) -> list[Variant]:
-        return [Variant(safe_label(f"{ref}-{kind}"), ref, self.options.topology or TOPOLOGY[kind],
-                        dict(self.options.params), {"kind": kind})
-                for ref in self.kernels for kind in self.options.kinds]
+        return [Variant(matrix_label(f"{ref}-{kind}", varying), ref, self.options.topology or TOPOLOGY[kind],
+                        params, {"kind": kind, **varying})
+                for ref in self.kernels for kind in self.options.kinds for params, varying in self.param_sets()]
 
     def check(self, variant: Variant) -> None:
         assert variant.rendered is not None

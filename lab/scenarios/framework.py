@@ -31,6 +31,7 @@ from lab import junit
 from lab.errors import BootError, LabError, UsageError
 from lab.kernels.kernel import Kernel
 from lab.lab import Lab
+from lab.machine import emulator_fault_after_ready, read_text
 from lab.paths import scenarios_dir
 from lab.progress import info
 from lab.rundir import RunDir
@@ -38,11 +39,14 @@ from lab.scenarios.expect import ERROR, INFO, NOT_APPLICABLE, PASS, expectation_
 from lab.scenarios.options import ScenarioOptions
 from lab.scenarios.verdict import FAIL, ProgramResult, aggregate, parse_program_output
 from lab.stats import Rate
-from lab.ssh import Guest
+from lab.guest import Guest
 from lab.topology.render import Rendered, render
 
 LOG = logging.getLogger(__name__)
 GUEST_DIR = "/usr/local/lib/lab"
+# A sub-run whose guest met the emulator's fault after it booted runs again (a fresh boot), at most
+# this many times in all; a fault of the kernel under test is never retried.
+SUBRUN_ATTEMPTS = 3
 ENTRY_POINT_GROUP = "lab.scenarios"
 
 
@@ -58,6 +62,34 @@ def safe_label(text: str, limit: int = 60) -> str:
     """A file-system-safe, bounded name for a sub-run or case directory."""
     label = re.sub(r"[^A-Za-z0-9.+=-]+", "-", text).strip("-.")[:limit]
     return label or "run"
+
+
+_INT_LIST = re.compile(r"^-?\d+(,-?\d+)+$")
+
+
+def param_matrix(params: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Cross the parameters that hold several values: a list (a bundle, a matrix file) or a string
+    of comma-separated integers from `-p pi=1,3`; other strings are one value (`cpu=EPYC,pmu=off`)."""
+    cells: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {})]
+    for key, value in params.items():
+        if isinstance(value, str) and _INT_LIST.match(value):
+            values: list[Any] = [int(v) for v in value.split(",")]
+        elif isinstance(value, list):
+            values = list(value)
+        else:
+            values = [value]
+        if not values:
+            raise UsageError(f"parameter {key}: an empty list of values")
+        if len(values) != len(set(map(repr, values))):
+            raise UsageError(f"parameter {key}: a value is given twice ({value})")
+        varying = len(values) > 1
+        cells = [({**p, key: v}, {**vary, key: v} if varying else vary) for p, vary in cells for v in values]
+    return cells
+
+
+def matrix_label(ref: str, varying: dict[str, Any]) -> str:
+    """A sub-run's name: its kernel, then the matrix parameters it has (debian-7.3-pi=3-pif=2)."""
+    return safe_label("-".join([ref, *(f"{k}={v}" for k, v in varying.items())]), limit=80)
 
 
 @dataclass
@@ -93,11 +125,16 @@ class Scenario:
     def kernels(self) -> list[str]:
         return list(self.options.kernels) or list(self.default_kernels)
 
+    def param_sets(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(parameters, the ones that vary) per cell of the -p matrix: `-p pi=1,3 -p pif=0,2` is four
+        cells, crossed in the order given; without a list it is the one set of parameters."""
+        return param_matrix(self.options.params)
+
     # -- what a scenario may override ----------------------------------------------------------
     def variants(self) -> list[Variant]:
-        """One sub-run per kernel by default."""
-        return [Variant(safe_label(ref), ref, self.options.topology or self.topology, dict(self.options.params))
-                for ref in self.kernels]
+        """One sub-run per kernel and cell of the -p matrix by default."""
+        return [Variant(matrix_label(ref, varying), ref, self.options.topology or self.topology, params, dict(varying))
+                for ref in self.kernels for params, varying in self.param_sets()]
 
     def check(self, variant: Variant) -> None:
         """Checks of the options against a rendered topology (block size vs logical block size, ...).
@@ -514,31 +551,53 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
     lab: Lab | None = None
     assert v.rendered is not None
     ctx: Context | None = None
+    fresh = dict(section)  # what a sub-run run again after an emulator fault starts from
+    retried: list[dict[str, Any]] = []
     try:
-        lab = Lab(v.rendered, kernel_ref=v.kernel, accel=scenario.options.accel, run=sub, resolved=resolved)
-        ctx = Context(scenario, v, lab, sub, section, resolved=resolved)
-        try:
-            lab.start()
-            first = next(iter(lab.machines))
-            section["release"] = lab.kernels[first].release
-            section["boot"] = {"seconds": dict(lab.boot_seconds), "retries": list(lab.boot_retries)}
-            scenario.setup(ctx)
-            started_at = time.monotonic()
-            while True:
-                scenario.exercise(ctx)
-                if not scenario.more(ctx, started_at):
-                    break
-                ctx.repetition += 1
-        except BootError:
-            raise
-        except LabError as exc:
-            # A command that failed because its machine stopped answering: say that, with evidence.
-            stalled = diagnose(ctx.lab, sub)
-            if stalled:
-                raise ScenarioError(stalled) from exc
-            raise
-        finally:
-            ctx.lab.stop()
+        for attempt in range(1, SUBRUN_ATTEMPTS + 1):
+            lab = Lab(v.rendered, kernel_ref=v.kernel, accel=scenario.options.accel, run=sub, resolved=resolved)
+            ctx = Context(scenario, v, lab, sub, section, resolved=resolved)
+            fault: str | None = None
+            try:
+                lab.start()
+                first = next(iter(lab.machines))
+                section["release"] = lab.kernels[first].release
+                section["boot"] = {"seconds": dict(lab.boot_seconds), "retries": list(lab.boot_retries)}
+                scenario.setup(ctx)
+                started_at = time.monotonic()
+                while True:
+                    scenario.exercise(ctx)
+                    if not scenario.more(ctx, started_at):
+                        break
+                    ctx.repetition += 1
+            except BootError:
+                raise
+            except LabError as exc:
+                # A command that failed because its machine stopped answering: say that, with evidence.
+                fault = emulator_fault(lab)
+                stalled = diagnose(ctx.lab, sub)
+                if fault is None or attempt == SUBRUN_ATTEMPTS:
+                    if fault or stalled:
+                        raise ScenarioError(fault or stalled) from exc
+                    raise
+            finally:
+                ctx.lab.stop()
+            fault = fault or emulator_fault(lab)
+            if fault is None:
+                break
+            if attempt == SUBRUN_ATTEMPTS:
+                raise ScenarioError(f"{fault}, in each of {attempt} attempts")
+            # The emulator failed the kernel under test, not the other way round: run the whole
+            # sub-run again from a fresh boot; the failed attempt's consoles are kept.
+            retried.append({"attempt": attempt, "detail": fault})
+            for m in lab.machines.values():
+                if m.console_log.exists():
+                    m.console_log.rename(m.console_log.with_name(f"console.fault{attempt}.log"))
+            info(f"{v.label}: {fault}; running the sub-run again from a fresh boot (consoles kept as "
+                 f"console.fault{attempt}.log)")
+            section.clear()
+            section.update(fresh, cases={}, boot={}, emulator_retries=list(retried))
+        assert ctx is not None
         verdict, reason = aggregate(section["cases"])
         section.update(verdict=verdict, reason=reason)
         if scenario.options.repeat > 1 or ctx.repetition > 1:
@@ -577,6 +636,18 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
         sub.finish(status, verdict=section["verdict"])
     info(verdict_line(v.label, section))
     return section
+
+
+def emulator_fault(lab: Lab | None) -> str | None:
+    """A guest that died of the known multi-threaded TCG fault after it was ready (its console
+    says so), or None."""
+    if lab is None:
+        return None
+    for name, machine in lab.machines.items():
+        detail = emulator_fault_after_ready(read_text(machine.console_log))
+        if detail:
+            return f"{name}: {detail}"
+    return None
 
 
 def diagnose(lab: Lab | None, sub: RunDir) -> str | None:
@@ -627,6 +698,9 @@ def verdict_line(label: str, section: dict[str, Any]) -> str:
     if retries:
         what = ", ".join(f"attempt {r['attempt']}: {r['phase']}" for r in retries)
         line += f" [boot retried {len(retries)}x after emulator faults: {what}]"
+    again = section.get("emulator_retries") or []
+    if again:
+        line += f" [sub-run run again {len(again)}x after the emulator failed the guest: {again[0]['detail'][:80]}]"
     return line
 
 

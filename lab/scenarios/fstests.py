@@ -24,7 +24,7 @@ from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
-                                class_verdict, classify, test_verdict)
+                                class_verdict, classify, side_by_side, test_verdict)
 from lab.suites.build import suite_tree
 from lab.suites import common
 from lab.suites.monitor import kill_tree_command, run_monitored
@@ -226,9 +226,11 @@ class FstestsCommonOptions(common.SuiteOptions):
     preset: str | None = opt(None, "a named test list: nfs-dio (the 27 tests the NFS direct-I/O series was tested "
                              "with; nfs-fstests' default), pi-dio (buffers changed during direct I/O; fstests' default)",
                              max_length=40)
-    timeout: Seconds = opt(14400.0, "seconds for one whole check run (default: 14400)", metavar="SECONDS")
-    test_timeout: Seconds = opt(1800.0, "seconds one test may run before it is killed as hung and check moves on "
-                                "(default: 1800)", metavar="SECONDS")
+    timeout: Seconds = opt(86400.0, "seconds for one whole check run (default: 86400; under TCG the seed's 27 tests "
+                           "over NFS take hours)", metavar="SECONDS")
+    test_timeout: Seconds = opt(14400.0, "seconds one test may run, progressing or not, before it is killed and check "
+                                "moves on (default: 14400; a hung test is found sooner, see --stall-timeout)",
+                                metavar="SECONDS")
 
     @model_validator(mode="before")
     @classmethod
@@ -291,7 +293,9 @@ class FstestsSuite(Scenario):
             parsed["statuses"][test] = TIMEOUT_S
 
         watched = run_monitored(guest, check_script(GUEST_TREE, config, tests), FstestsConsole(), f"fstests {label}",
-                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=hung)
+                                len(tests), self.options.test_timeout, self.options.timeout, on_output=keep, on_kill=hung,
+                                stall_timeout=self.options.stall_timeout)
+        parsed["kill_reasons"] = dict(watched.kill_reasons)
         output = watched.output
         keep(output)
         if watched.run_timed_out:
@@ -328,8 +332,8 @@ class FstestsSuite(Scenario):
             if cls == FLAKY:
                 reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
             if cls == HUNG:
-                reason = (f"timed out: still running after {parsed['timed_out'][test]:.0f} s (--test-timeout), killed; "
-                          "check went on with the next test")
+                why = parsed.get("kill_reasons", {}).get(test) or f"still running after {parsed['timed_out'][test]:.0f} s"
+                reason = f"timed out: {why}, killed; check went on with the next test"
             ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
                      expected=expected, status=status, classification=cls)
         return parsed
@@ -352,7 +356,7 @@ class FstestsSuite(Scenario):
             ctx.note(f"{label}: running {len(still)} new failure(s) again ({attempt}/{self.options.rerun}): {' '.join(still)}")
             watched = run_monitored(ctx.guest(self.runner), check_script(GUEST_TREE, config, still), FstestsConsole(),
                                     f"fstests {label} rerun {attempt}", len(still), self.options.test_timeout,
-                                    self.options.timeout)
+                                    self.options.timeout, stall_timeout=self.options.stall_timeout)
             ctx.sub.write(ctx.path(f"{label}/rerun{attempt}.out"), watched.output)
             status.update(results_from(watched.output, still)["statuses"])
         return status
@@ -379,7 +383,12 @@ class FstestsSuite(Scenario):
                               + (f", {missing} not reported" if missing else "")
                               + (f" in {v['seconds']:.0f} s" if v.get("seconds") else ""))
             lines.append("  " + "; ".join(totals))
+        lines += side_by_side(results, self.runs_key)
         return "\n".join(lines) if lines else "no kernel was run"
+
+
+NFS_EXPORT_SIZE = "16G"  # the server's namespace, holding both exports (test, scratch)
+LOCAL_DEV_SIZE = "8G"  # each of TEST_DEV and SCRATCH_DEV
 
 
 @register
@@ -393,6 +402,15 @@ class NfsFstests(FstestsSuite):
     facet = "transport"
     runner = "client"
     options: FstestsOptions
+
+    def variants(self):
+        variants = super().variants()
+        for v in variants:
+            # fstests sizes files by the file system's block size, which NFS reports as its wsize
+            # (1 MiB): generic/154 writes 4 x 2000 blocks and met ENOSPC on the 1 GiB default here.
+            # The namespace image is sparse: only what the tests write takes host disk.
+            v.params.setdefault("ns_size", NFS_EXPORT_SIZE)
+        return variants
 
     def setup(self, ctx: Context) -> None:
         nfs.setup_server(ctx.guest("server"), f"/dev/{ctx.namespace_device('server')}", subdirs=("test", "scratch"))
@@ -451,6 +469,7 @@ class LocalFstests(FstestsSuite):
         variants = super().variants()
         for v in variants:  # TEST_DEV and SCRATCH_DEV: two namespaces of the same format, unless the user chose
             v.params.setdefault("namespaces", 2)
+            v.params.setdefault("ns_size", LOCAL_DEV_SIZE)  # sparse; room for the tests that size by free space
         return variants
 
     def check(self, variant) -> None:

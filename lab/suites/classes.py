@@ -4,6 +4,8 @@ gives its class; the class gives the verdict CI acts on. Shared by fstests and b
 
 from __future__ import annotations
 
+from typing import Any
+
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 
 PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S = "pass", "fail", "notrun", "timeout"
@@ -42,3 +44,27 @@ def test_verdict(status: str) -> tuple[str, str]:
     if status in STATUS_VERDICT:
         return STATUS_VERDICT[status], status
     return ERROR, "check did not report this test (it stopped, timed out or crashed before it)"
+
+
+def side_by_side(results: dict[str, Any], runs_key: str = "runs") -> list[str]:
+    """One table of every sub-run's runs (kernel x PI format x transport or section): a row per test,
+    a column per (sub-run, run), each cell the test's class, so a matrix reads across."""
+    columns: list[tuple[str, str, dict[str, Any]]] = []
+    for label, sub in results.get("subruns", {}).items():
+        for run, data in (sub.get(runs_key) or {}).items():
+            columns.append((label, run, data))
+    if len(columns) < 2 or len(results.get("subruns", {})) < 2:
+        return []
+    tests = list(dict.fromkeys(t for _, _, d in columns for t in (d.get("tests") or d.get("statuses") or {})))
+    if not tests:
+        return []
+    width = min(28, max(15, *(len(label) + 2 for label, _, _ in columns), *(len(run) + 2 for _, run, _ in columns)))
+    lines = ["side by side:", f"  {'':14}" + "".join(f"{label[:width - 1]:>{width}}" for label, _, _ in columns),
+             f"  {'test':14}" + "".join(f"{run:>{width}}" for _, run, _ in columns)]
+    for test in tests:
+        cells = []
+        for _, _, data in columns:
+            value = (data.get("classes") or {}).get(test) or (data.get("statuses") or {}).get(test, "-")
+            cells.append(f"{str(value)[:width - 1]:>{width}}")
+        lines.append(f"  {test:14}" + "".join(cells))
+    return lines

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lab.errors import UsageError
-from lab.scenarios.options import ScenarioOptions, opt
+from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
 from lab.scenarios.verdict import FAIL
 from lab.suites.build import SUITES, check_layout
@@ -93,6 +93,8 @@ class SuiteOptions(ScenarioOptions):
                                   "shipped one", flag="--known-issues", metavar="FILE")
     rerun: int = opt(1, "times a failure not in the known issues is run again before it is called new (default: 1)",
                      ge=0, le=5)
+    stall_timeout: Seconds = opt(900.0, "seconds a test may go without progress (no CPU time, no I/O in its processes) "
+                                 "before it is killed as hung and check moves on (default: 900)", metavar="SECONDS")
 
 
 def tree_from_environment(data: Any, field: str, value: str | None, message: str) -> Any:

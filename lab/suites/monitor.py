@@ -1,7 +1,10 @@
 """A suite's check run in the guest, watched from the host: started detached (setsid), its output
-read back every few seconds, the running test and the counts shown as progress, a test that runs
-past its own timeout killed (the suite then moves on), and the whole run bounded. Each poll hands the
-output so far to the caller, so an interrupted or timed-out run still has every finished test."""
+read back every few seconds, the running test and the counts shown as progress, and the whole run
+bounded. A test is killed (the suite then moves on) when it is hung, that is when its processes
+have used no CPU and moved no I/O for `stall_timeout` seconds, or when it runs past `test_timeout`
+whatever it does: under TCG a test that is merely slow (generic/155 writes 4 x 500 MB with O_DIRECT
+over NFS, 25 minutes here) must not be taken for a hung one. Each poll hands the output so far to
+the caller, so an interrupted or timed-out run still has every finished test."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class Suite(Protocol):
 class Monitored:
     output: str = ""
     timed_out_tests: dict[str, float] = field(default_factory=dict)  # test -> seconds when it was killed
+    kill_reasons: dict[str, str] = field(default_factory=dict)  # test -> why: no progress, or past the limit
     run_timed_out: bool = False
     exit_code: int | None = None
     seconds: float = 0.0
@@ -42,14 +46,28 @@ LAB_RUN_EOF
 setsid sh -c 'sh {dir}/run.sh > {dir}/out 2>&1 < /dev/null; echo $? > {dir}/rc' > /dev/null 2>&1 < /dev/null &
 echo $! > {dir}/pid
 """
-# Exact byte accounting: the size is taken first, then exactly those bytes after the offset.
+# Exact byte accounting: the size is taken first, then exactly those bytes after the offset. The
+# activity figure is the CPU ticks plus the I/O (in 64 KiB) of every process in the run's session,
+# read with shell builtins: it changes while the running test does anything at all.
 _POLL = """cd {dir} || exit 97
 size=$(stat -c %s out 2>/dev/null || echo 0)
 if [ -f rc ]; then echo "LAB-RC $(cat rc)"; else echo "LAB-RC -"; fi
 echo "LAB-SIZE $size"
+read -r sid < pid
+act=0
+for st in /proc/[0-9]*/stat; do
+    read -r line < "$st" 2>/dev/null || continue
+    set -- ${{line##*) }}
+    [ "$4" = "$sid" ] || continue
+    act=$((act + ${{12}} + ${{13}}))
+    while read -r key value; do
+        case $key in rchar:|wchar:) act=$((act + value / 65536)) ;; esac
+    done < "${{st%/stat}}/io" 2>/dev/null
+done
+echo "LAB-ACTIVITY $act"
 tail -c +$(({offset} + 1)) out 2>/dev/null | head -c $(($size - {offset}))
 """
-_POLL_RE = re.compile(r"\ALAB-RC (\S+)\nLAB-SIZE (\d+)\n", re.S)
+_POLL_RE = re.compile(r"\ALAB-RC (\S+)\nLAB-SIZE (\d+)\n(?:LAB-ACTIVITY (\d+)\n)?", re.S)
 _KILL_RUN = "kill -KILL -- -$(cat {dir}/pid) 2>/dev/null; sleep 1; echo 137 > {dir}/rc"
 
 
@@ -63,6 +81,12 @@ def parse_poll(text: str) -> tuple[int | None, bool, int, str]:
     return (int(rc) if finished and rc.lstrip("-").isdigit() else None), finished, int(m.group(2)), text[m.end():]
 
 
+def poll_activity(text: str) -> int | None:
+    """The run's activity figure from one poll's stdout (None when the poll did not say)."""
+    m = _POLL_RE.match(text)
+    return int(m.group(3)) if m and m.group(3) is not None else None
+
+
 def progress_line(label: str, running: str | None, running_for: float, counts: dict[str, int], total: int) -> str:
     done = sum(counts.values())
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -72,7 +96,7 @@ def progress_line(label: str, running: str | None, running_for: float, counts: d
 
 def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test_timeout: float, run_timeout: float,
                   on_output: Callable[[str], None] | None = None, poll: float = 5.0, run_dir: str = RUN_DIR,
-                  on_kill: Callable[[str, float], None] | None = None) -> Monitored:
+                  on_kill: Callable[[str, float], None] | None = None, stall_timeout: float | None = None) -> Monitored:
     """Run script (a suite's check) in the guest and watch it; see the module's docstring."""
     result = Monitored()
     guest.run(_START.format(dir=run_dir, script=script), timeout=60, check=True)
@@ -80,6 +104,8 @@ def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test
     offset = 0
     current: str | None = None
     current_since = started
+    activity: int | None = None
+    active_at = started
     with step(f"{label}: {total} test(s)") as st:
         while True:
             time.sleep(poll)
@@ -96,10 +122,19 @@ def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test
                 break
             running = suite.running(result.output)
             if running != current:
-                current, current_since = running, now
-            if current and now - current_since > test_timeout and current not in result.timed_out_tests:
+                current, current_since, active_at = running, now, now
+            seen = poll_activity(res.stdout)
+            if seen is not None and seen != activity:
+                activity, active_at = seen, now
+            why = None
+            if current and now - current_since > test_timeout:
+                why = f"still running after {now - current_since:.0f} s (--test-timeout)"
+            elif current and stall_timeout is not None and now - active_at > stall_timeout:
+                why = f"no progress for {now - active_at:.0f} s: its processes used no CPU and did no I/O (--stall-timeout)"
+            if why and current and current not in result.timed_out_tests:
                 result.timed_out_tests[current] = round(now - current_since, 1)
-                st.update(f"{current} ran {now - current_since:.0f} s (> {test_timeout:.0f} s): killing it")
+                result.kill_reasons[current] = why
+                st.update(f"{current}: {why}; killing it")
                 guest.run(suite.kill_test(current), timeout=60)
                 if on_kill is not None:  # recorded now: an interrupted run must still say it hung
                     on_kill(current, result.timed_out_tests[current])

@@ -42,3 +42,57 @@ def test_type2_reads_as_type1(lab_boot):
     assert res.returncode == 0, res.stdout[-3000:]
     assert "2 passed" in res.stdout
     assert list((tmp_path / "results").glob("*pytest-nvme-pi*/machines/vm/console.log"))
+
+
+FAULTY_SCENARIO = '''
+import shlex
+
+from lab.scenarios.framework import Scenario
+
+# What the guest's console shows when multi-threaded TCG meets the kernel's text patching after boot
+# (the byte before RIP is no longer int3): written to the console here, the fault injected.
+OOPS = ("Oops: int3: 0000 [#1] SMP NOPTI\\nRIP: 0010:ttwu_do_activate+0x93/0x1b0\\n"
+        "Code: c7 43 18 00 00 00 00 66 <90> 48 8b 83 18 04 00 00\\n")
+
+
+class Faulty(Scenario):
+    name = "emulator-fault-demo"
+    topology = "nvme-pi"
+    faulty = FAULTY
+
+    def exercise(self, ctx):
+        self.attempts = getattr(self, "attempts", 0) + 1
+        if self.attempts <= self.faulty:
+            ctx.guest("vm").run(f"printf '%s' {shlex.quote(OOPS)} > /dev/ttyS0", check=True)
+            ctx.case("work", "ERROR", "the guest stopped answering")  # what a scenario sees when its guest dies
+            return
+        ctx.case("work", "PASS", f"done on attempt {self.attempts}")
+'''
+
+
+def _run_file(tmp_path, text, *args):
+    mine = tmp_path / "faulty.py"
+    mine.write_text(text)
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path / "results"))
+    return subprocess.run([sys.executable, "-m", "lab", "run", str(mine), "--kernel", "debian:7.3", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_a_sub_run_whose_guest_met_the_emulator_fault_runs_again(tmp_path):
+    res = _run_file(tmp_path, FAULTY_SCENARIO.replace("FAULTY", "1"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "debian-7.3: PASS - 1 case(s) passed [sub-run run again 1x after the emulator failed the guest: vm: the guest " \
+           "kernel oopsed on an int3 already patched away" in res.stdout
+    run = next((tmp_path / "results").glob("*emulator-fault-demo*"))
+    results = json.loads((run / "results.json").read_text())
+    section = results["subruns"]["debian-7.3"]
+    assert section["cases"]["work"]["reason"] == "done on attempt 2" and len(section["emulator_retries"]) == 1
+    assert "ttwu_do_activate+0x93/0x1b0" in section["emulator_retries"][0]["detail"]
+    assert "Oops: int3" in (run / "subruns/debian-7.3/machines/vm/console.fault1.log").read_text()
+
+
+def test_an_emulator_fault_in_every_attempt_is_an_error(tmp_path):
+    res = _run_file(tmp_path, FAULTY_SCENARIO.replace("FAULTY", "99"))
+    assert res.returncode == 1
+    assert "debian-7.3: ERROR (error) - vm: the guest kernel oopsed on an int3 already patched away" in res.stdout
+    assert "in each of 3 attempts" in res.stdout

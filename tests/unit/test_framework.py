@@ -172,6 +172,33 @@ def test_plan_checks_machines_and_duplicate_kernels():
         NfsDio(validate(NfsDioOptions, {"only": "size=huge"})).plan()
 
 
+FSTESTS_FAKE = str(Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake")
+
+
+def test_a_parameter_matrix_is_one_sub_run_per_cell():
+    from lab.scenarios.framework import param_matrix
+    from lab.scenarios.fstests import LocalFstests as Fstests, LocalFstestsOptions as FstestsOptions
+    from lab.topology.render import parse_params
+
+    params = parse_params(["pi=1,3", "pif=0,2", "lba=4096", "cpu=EPYC,pmu=off"])
+    cells = param_matrix(params)
+    assert [vary for _, vary in cells] == [{"pi": 1, "pif": 0}, {"pi": 1, "pif": 2}, {"pi": 3, "pif": 0}, {"pi": 3, "pif": 2}]
+    assert all(p["lba"] == 4096 and p["cpu"] == "EPYC,pmu=off" for p, _ in cells)  # a string with commas is one value
+    assert param_matrix({"pi": [1, 2]}) == [({"pi": 1}, {"pi": 1}), ({"pi": 2}, {"pi": 2})]  # lists, from a bundle
+    assert param_matrix({"pi": 1}) == [({"pi": 1}, {})]
+    with pytest.raises(UsageError, match="given twice"):
+        param_matrix({"pi": "1,1"})
+    params.pop("cpu")  # nvme-pi takes no cpu
+    opts = validate(FstestsOptions, {"kernels": ["debian:6.12", "debian:7.3"], "params": params, "fstests": FSTESTS_FAKE})
+    variants = Fstests(opts).plan()
+    assert [v.label for v in variants][:2] == ["debian-6.12-pi=1-pif=0", "debian-6.12-pi=1-pif=2"] and len(variants) == 8
+    assert variants[3].facets == {"pi": 3, "pif": 2}
+    ns = variants[3].rendered.topology.machines["vm"].nvme[0].namespaces
+    assert len(ns) == 2 and (ns[0].pi, ns[0].pif, ns[0].ms) == (3, 2, 16)  # the scenario's own defaults still apply
+    with pytest.raises(UsageError, match="pi"):
+        Fstests(validate(FstestsOptions, {"params": {"pi": "1,7"}, "fstests": FSTESTS_FAKE})).plan()
+
+
 # -- preconditions: what a topology promised against what the guest shows ---------------------------
 class Guest:
     """Answers the few guest commands the preconditions send (a stand-in for SSH, not for a guest)."""
@@ -180,7 +207,7 @@ class Guest:
         self.answers = answers
 
     def run(self, command, timeout=0, check=False):
-        from lab.ssh import Result, shell_join
+        from lab.guest import Result, shell_join
 
         text = command if isinstance(command, str) else shell_join(command)
         for key, out in self.answers.items():

@@ -11,7 +11,7 @@ import pytest
 
 from lab.errors import UsageError
 from lab.scenarios import fstests
-from lab.ssh import Result
+from lab.guest import Result
 from lab.suites import classes, libcheck, monitor
 from lab.suites.build import SUITES, check_layout, suite_tree
 from lab.suites.source import resolve_source, split_ref
@@ -193,3 +193,33 @@ def test_compare_names_new_failures_and_fixes() -> None:
         "  debian-6.12 -> debian-7.3: generic/247 (tcp): new failure (hangs) (pass -> timeout)",
     ]
     assert suite_changes(before, before) == []
+
+
+def test_a_matrix_of_sub_runs_reads_side_by_side():
+    from lab.suites.classes import side_by_side
+
+    runs = {"debian-6.12-pi=1": {"runs": {"xfs": {"statuses": {"generic/095": "fail", "generic/247": "pass"},
+                                                  "classes": {"generic/095": "known failure", "generic/247": "pass"}}}},
+            "debian-7.3-pi=3-pif=2": {"runs": {"xfs": {"statuses": {"generic/095": "fail", "generic/247": "pass"}},
+                                               "ext4": {"statuses": {"generic/247": "notrun"}}}}}
+    lines = side_by_side({"subruns": runs})
+    assert "debian-6.12-pi=1" in lines[1] and "debian-7.3-pi=3-pif=2" in lines[1]
+    assert lines[2].split() == ["test", "xfs", "xfs", "ext4"]
+    assert lines[3].split("  ")[1:] and "known failure" in lines[3] and lines[3].rstrip().endswith("-")
+    assert side_by_side({"subruns": {"one": runs["debian-6.12-pi=1"]}}) == []  # one sub-run has its own table
+
+
+def test_a_test_without_progress_is_hung_a_slow_one_is_not(tmp_path: Path) -> None:
+    """generic/006 sleeps (no CPU, no I/O): killed once the stall timeout passes. generic/008 works for
+    8 s, longer than the stall timeout: it finishes and passes."""
+    tree = tmp_path / "fstests"
+    shutil.copytree(FAKE, tree)
+    tests = ["generic/006", "generic/008"]
+    script = fstests.check_script(str(tree), "", tests)
+    watched = monitor.run_monitored(LocalShell(), script, fstests.FstestsConsole(), "fake", len(tests), test_timeout=600,
+                                    run_timeout=120, poll=0.5, run_dir=str(tmp_path / "run"), stall_timeout=3)
+    assert list(watched.timed_out_tests) == ["generic/006"]
+    assert watched.kill_reasons["generic/006"].startswith("no progress for ") and "--stall-timeout" in watched.kill_reasons["generic/006"]
+    assert fstests.results_from(watched.output, tests)["statuses"] == {"generic/006": "fail", "generic/008": "pass"}
+    assert monitor.poll_activity("LAB-RC -\nLAB-SIZE 0\nLAB-ACTIVITY 42\n") == 42
+    assert monitor.poll_activity("LAB-RC -\nLAB-SIZE 0\n") is None
