@@ -23,6 +23,17 @@ PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
 MARKER = "LAB-PROBE-OK"
 
 
+def virtualization_flag(cpuinfo: str) -> str | None:
+    """vmx or svm when the host CPU shows hardware virtualization, else None: without either KVM
+    cannot run a guest whatever /dev/kvm says (seen here: a nested host with /dev/kvm and no vmx,
+    whose probe guest hung until its timeout, twice, 30 s of a first run)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return next((f for f in ("vmx", "svm") if f in flags), None)
+    return None
+
+
 def kvm_openable() -> bool:
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
@@ -82,9 +93,16 @@ def choose(requested: str, qemu: str, qemu_version: str, kernel: Path, kernel_sh
     if cache.exists():
         verdict = json.loads(cache.read_text())
     else:
-        info("testing whether KVM can really run a guest here (boots a probe guest once)")
         verdict = {"kvm": False, "cpu": None, "reasons": []}
-        for cpu in ("host", "max"):
+        try:
+            flag = virtualization_flag(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            flag = "unknown"  # cannot tell: let the probe decide
+        if flag is None:
+            verdict["reasons"].append("the host CPU has no vmx or svm flag in /proc/cpuinfo")
+        else:
+            info("testing whether KVM can really run a guest here (boots a probe guest once)")
+        for cpu in ("host", "max") if flag else ():
             ok, why = probe_kvm(qemu, kernel, initrd, cpu)
             verdict["reasons"].append(f"-cpu {cpu}: {why}")
             if ok:
@@ -96,4 +114,4 @@ def choose(requested: str, qemu: str, qemu_version: str, kernel: Path, kernel_sh
         return Accel("kvm", verdict["cpu"]), f"KVM ({verdict['reasons'][-1]})"
     if requested == "kvm":
         raise UsageError(f"--accel kvm: KVM cannot run guests here ({'; '.join(verdict['reasons'])})")
-    return Accel("tcg"), f"TCG: KVM probe failed ({'; '.join(verdict['reasons'])})"
+    return Accel("tcg"), f"TCG: KVM cannot run guests here ({'; '.join(verdict['reasons'])})"

@@ -81,3 +81,13 @@ def test_use_cmb_sqes_reaches_the_kernel_command_line():
 def test_namespace_images_sized_from_topology():
     plan = argv_of("nvme-pi", "vm", {"ns_size": "2G"})
     assert plan.namespace_sizes == {"nvme0n1": 2 << 30}
+
+
+def test_no_hardware_virtualization_means_no_kvm_probe():
+    from lab.accel import virtualization_flag
+
+    assert virtualization_flag("processor\t: 0\nflags\t\t: fpu vme sse2 vmx ept\n") == "vmx"
+    assert virtualization_flag("flags\t\t: fpu svm npt\n") == "svm"
+    # This machine: /dev/kvm exists, the CPU shows neither, and a probe guest only hangs.
+    assert virtualization_flag("flags\t\t: fpu vme de pse tsc msr pae hypervisor\n") is None
+    assert virtualization_flag("") is None
