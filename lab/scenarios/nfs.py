@@ -98,6 +98,26 @@ def vmstat_pins(guest: Guest) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
 
 
+# The counters read until neither moved over three reads 0.3 s apart (at most 15 s): pins of I/O
+# that completes asynchronously (cifs, FUSE) are released after the syscall returned, and a
+# snapshot taken meanwhile counted another row's releases as this one's.
+_SETTLED_PINS = """prev=; stable=0
+for i in $(seq 1 50); do
+    now=$(grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat)
+    if [ "$now" = "$prev" ]; then stable=$((stable + 1)); else stable=0; fi
+    [ $stable -ge 2 ] && break
+    prev=$now; sleep 0.3
+done
+echo "$now"
+"""
+
+
+def settled_vmstat_pins(guest: Guest) -> dict[str, int]:
+    """vmstat's pin counters once they stopped moving (see _SETTLED_PINS)."""
+    text = guest.run(_SETTLED_PINS, timeout=60).stdout
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
+
+
 def describe_pins(before: dict[str, int], at_rest: dict[str, int]) -> str:
     acquired = at_rest.get("nr_foll_pin_acquired", 0) - before.get("nr_foll_pin_acquired", 0)
     released = at_rest.get("nr_foll_pin_released", 0) - before.get("nr_foll_pin_released", 0)

@@ -98,7 +98,7 @@ class NfsDio(Scenario):
         line = nfs.mount(client, nfs.server_address(ctx.lab), self.options.nfs_version, transport)
         ctx.section.setdefault("mounted_seconds", {})[transport] = round(time.monotonic() - started, 1)
         ctx.note(f"mounted over {transport}: {line}")
-        before = nfs.vmstat_pins(client)
+        before = nfs.settled_vmstat_pins(client)
         argv: list[object] = ["python3", program, "--dir", nfs.MOUNT]
         if self.options.only:
             argv += ["--only", self.options.only]
@@ -110,7 +110,7 @@ class NfsDio(Scenario):
                                      required=("cases", "mib_per_s"), count="cases")
         after = nfs.vmstat_pins(client)
         client.run(f"sync; umount {nfs.MOUNT}", timeout=120)
-        at_rest = nfs.vmstat_pins(client)
+        at_rest = nfs.settled_vmstat_pins(client)
         pins = nfs.describe_pins(before, at_rest)
         sums = self._server_checksums(ctx, server, checksum, result, transport) if not result.error else None
         verdict, reason = judge_transport(result, sums, pins)

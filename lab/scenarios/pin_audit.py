@@ -148,7 +148,7 @@ class PinAudit(Scenario):
         if path is None:
             ctx.case(row, NOT_APPLICABLE, "no FUSE file system in this image", facets={"row": row})
             return
-        before = nfs.vmstat_pins(client)
+        before = nfs.settled_vmstat_pins(client)
         self.kprobes.arm(comm=COMM)
         ops = 0
         for direction in ("write", "read"):
@@ -161,7 +161,7 @@ class PinAudit(Scenario):
         after = nfs.vmstat_pins(client)
         calls = self.kprobes.counts()
         self._unmount(client, row)
-        at_rest = nfs.vmstat_pins(client)
+        at_rest = nfs.settled_vmstat_pins(client)
         pins = {"acquired": at_rest.get("nr_foll_pin_acquired", 0) - before.get("nr_foll_pin_acquired", 0),
                 "released": at_rest.get("nr_foll_pin_released", 0) - before.get("nr_foll_pin_released", 0)}
         refs = calls.get("get", 0)

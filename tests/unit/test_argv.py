@@ -63,8 +63,9 @@ def test_private_link_sockets_are_crossed():
     c_net = next(a for a in client.argv if a.startswith("dgram,"))
     assert "local.path=/run/x/lan.server" in s_net and "remote.path=/run/x/lan.client" in s_net
     assert "local.path=/run/x/lan.client" in c_net and "remote.path=/run/x/lan.server" in c_net
-    assert "lab.nic=52:54:00:4c:00:01,lan,192.168.77.1/24,,1500,rxe" in server.cmdline
-    assert "lab.nic=52:54:00:4c:01:01,lan,192.168.77.2/24,,1500,rxe" in client.cmdline
+    assert "lab.nic=52:54:00:4c:00:01,lan,192.168.77.1/24,,9000,rxe" in server.cmdline
+    assert "lab.nic=52:54:00:4c:01:01,lan,192.168.77.2/24,,9000,rxe" in client.cmdline
+    assert ",1500,rxe" in argv_of("nfs-rdma-pair", "server", {"mtu": 1500}).cmdline
 
 
 def test_accel_arguments():
