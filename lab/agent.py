@@ -72,6 +72,7 @@ class AgentClient:
         self._buf = b""
         self._lock = threading.RLock()
         self._ids = random.Random(os.getpid() ^ id(self))
+        self._answered = False  # once the agent answered, a refused connection means QEMU is gone
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -86,7 +87,13 @@ class AgentClient:
                         sock.connect(str(self.socket_path))
                         self._sock, self._buf = sock, b""
                     self._sync(min(SYNC_TIMEOUT, max(0.1, deadline - time.monotonic())))
+                    self._answered = True
                     return
+                except (ConnectionRefusedError, FileNotFoundError) as exc:
+                    # QEMU makes the socket before the guest runs and keeps it while it lives.
+                    if self._answered:
+                        raise AgentError(f"{self.name}: the guest agent's socket is gone (QEMU exited?): {exc}") from None
+                    last = str(exc)
                 except (OSError, AgentError) as exc:
                     last = str(exc)
                     # A timed-out sync keeps the socket: the agent may not have opened its port yet.
@@ -95,10 +102,6 @@ class AgentClient:
                 if time.monotonic() >= deadline:
                     raise AgentTimeout(f"{self.name}: the guest agent did not answer within {timeout:.0f} s ({last})")
                 time.sleep(0.05)
-
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
 
     def close(self) -> None:
         with self._lock:

@@ -39,6 +39,13 @@ class Result:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    def checked(self, machine: str) -> "Result":
+        """Itself when the command succeeded, else GuestCommandError with the last lines it printed."""
+        if not self.ok:
+            detail = (self.stderr or self.stdout).strip().splitlines()[-3:]
+            raise GuestCommandError(f"{machine}: '{self.command[:120]}' exited {self.exit_code}: {' | '.join(detail)}")
+        return self
+
 
 class UsageError(LabError):
     """Bad input: a wrong topology, parameter, kernel reference or option."""

@@ -79,10 +79,7 @@ class Guest:
             raise GuestCommandError(f"{self.name}: the output of '{command[:120]}' passed the guest agent's 16 MiB limit "
                                     "and was cut: write it to a file and copy that out")
         result = Result(command, rc, out.decode(errors="replace"), err.decode(errors="replace"))
-        if check and not result.ok:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise GuestCommandError(f"{self.name}: '{command[:120]}' exited {result.exit_code}: {' | '.join(detail)}")
-        return result
+        return result.checked(self.name) if check else result
 
     def stream(self, command: str | Sequence[object], stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
                timeout: float | None = None) -> int:

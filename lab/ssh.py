@@ -125,10 +125,7 @@ class SshChannel:
             self.close()
             raise GuestCommandError(f"{self.name}: SSH failed ({exc.__class__.__name__}: {exc}) running: {command[:120]}") from None
         result = Result(command, res.exited, res.stdout, res.stderr)
-        if check and not result.ok:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise GuestCommandError(f"{self.name}: '{command[:120]}' exited {result.exit_code}: {' | '.join(detail)}")
-        return result
+        return result.checked(self.name) if check else result
 
     def stream(self, command: str | Sequence[object], stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
                timeout: float | None = None) -> int:

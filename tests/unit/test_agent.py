@@ -158,3 +158,18 @@ def test_directories_in_and_out_through_the_agent(qga, tmp_path):
     back = download(guest, str(remote / "tree"), tmp_path / "back")
     assert (back / "a.txt").read_text() == "a\n" and (back / "sub" / "run.sh").exists()
     assert not list(Path("/tmp").glob(f"lab-upload-{os.getpid()}.tar"))  # the staged tarballs are removed
+
+
+def test_an_agent_that_went_away_fails_at_once(qga):
+    proc, sock = qga
+    client = AgentClient("host", sock)
+    client.connect(10)
+    proc.kill()
+    proc.wait()
+    sock.unlink(missing_ok=True)
+    started = time.monotonic()
+    with pytest.raises(AgentError, match="socket"):
+        client.execute(shell_argv("true"), timeout=10)
+    with pytest.raises(AgentError, match="socket is gone"):
+        client.execute(shell_argv("true"), timeout=10)
+    assert time.monotonic() - started < 3  # not 30 s of retries per command
