@@ -569,12 +569,15 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 
 
 def cmd_results_show(args: argparse.Namespace) -> int:
-    from lab.results import find_run, manifest
+    from lab.results import find_run, manifest, status_of
 
     run = find_run(args.run)
     summary = run / "summary.txt"
     m = manifest(run, strict=True)
-    print(f"{run.name}: {m.get('kind')} {m.get('status')} started {m.get('started')} finished {m.get('finished', '-')}")
+    status = status_of(m)
+    if status == "abandoned":
+        status = "abandoned (the lab process that ran it is gone; what it wrote is kept)"
+    print(f"{run.name}: {m.get('kind')} {status} started {m.get('started')} finished {m.get('finished', '-')}")
     if summary.exists():
         print(summary.read_text(errors="replace").rstrip())
     else:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import results_dir
+from lab.rundir import abandoned
 
 
 def find_run(ref: str) -> Path:
@@ -60,13 +61,18 @@ def manifest(run: Path, strict: bool = False) -> dict[str, Any]:
         return {}
 
 
+def status_of(m: dict[str, Any]) -> str | None:
+    """The manifest's status, or 'abandoned' for a run whose lab process died without writing one."""
+    return "abandoned" if abandoned(m) else m.get("status")
+
+
 def list_runs() -> list[dict[str, Any]]:
     out = []
     for p in sorted(results_dir().iterdir()):
         if (p / "manifest.json").exists():
             m = manifest(p)
             verdicts = m.get("verdicts") if isinstance(m.get("verdicts"), dict) else {}
-            out.append({"id": p.name, "kind": m.get("kind"), "status": m.get("status") if m else "(damaged manifest)",
+            out.append({"id": p.name, "kind": m.get("kind"), "status": status_of(m) if m else "(damaged manifest)",
                         "verdicts": verdicts, "started": m.get("started")})
     return out
 

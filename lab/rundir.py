@@ -30,6 +30,27 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def process_identity(pid: int) -> str | None:
+    """boot id, pid and start time of a process: a pid alone is reused, after a reboot or not."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's closing paren
+    return f"{boot}:{pid}:{start}"
+
+
+def abandoned(m: dict[str, Any]) -> bool:
+    """A manifest still 'running' whose lab process is gone (killed by SIGKILL, the host rebooted)."""
+    owner = m.get("owner")
+    if m.get("status") != "running" or not isinstance(owner, str) or owner.count(":") != 2:
+        return False
+    if m.get("host", {}).get("hostname") not in (None, socket.gethostname()):
+        return False  # another machine's run: nothing to tell from here
+    return process_identity(int(owner.split(":")[1])) != owner
+
+
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -43,7 +64,7 @@ class RunDir:
         path.mkdir(parents=True)
         run = cls(path)
         run.write_manifest({
-            "id": run_id, "kind": kind, "label": label, "status": "running",
+            "id": run_id, "kind": kind, "label": label, "status": "running", "owner": process_identity(os.getpid()),
             "lab": {"version": __version__, "commit": _git_commit()},
             "host": {"hostname": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count()},
             "started": now(),

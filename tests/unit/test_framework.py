@@ -271,3 +271,28 @@ def test_cmb_without_p2pdma_is_not_applicable_but_missing_p2pmem_is_an_error():
     published = Guest({P2PMEM: "lab-p2p-0 0000:03:00.0 67108864 66977792 1\nlab-p2p-1 0000:04:00.0 67108864 66977792 1\n"})
     found = context("p2p-switch", {}, published, {"PCI_P2PDMA": "y"}).require_p2pmem()
     assert found["nvme0"] == {"bdf": "0000:03:00.0", "size": 67108864, "available": 66977792, "published": True}
+
+
+def test_a_run_whose_lab_process_died_reads_abandoned(tmp_path, monkeypatch):
+    import subprocess
+
+    from lab.results import list_runs, status_of
+
+    monkeypatch.setenv("LAB_RESULTS", str(tmp_path))
+    alive = RunDir.create("x", "alive")
+    assert status_of(alive.manifest()) == "running"  # this process owns it
+    child = subprocess.Popen(["sleep", "30"])
+    dead = RunDir.create("x", "dead")
+    from lab.rundir import process_identity
+
+    dead.update(owner=process_identity(child.pid))
+    assert status_of(dead.manifest()) == "running"
+    child.kill()
+    child.wait()
+    assert status_of(dead.manifest()) == "abandoned"
+    dead.finish("interrupted")
+    assert status_of(dead.manifest()) == "interrupted"  # a written status is never second-guessed
+    old = RunDir.create("x", "old")
+    old.update(owner=None)  # made by a lab before owners were recorded
+    assert {r["id"].split("-")[3]: r["status"] for r in list_runs()} == {"alive": "running", "dead": "interrupted",
+                                                                         "old": "running"}
