@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from lab.errors import BootError, BootEvidence, LabError
 from lab.guest import Guest
+from lab.qmp_link import QmpLink
 
 LOG = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -182,7 +181,7 @@ class QemuMachine:
         self.stderr_log = stderr_log
         self.key_file = key_file
         self.proc: subprocess.Popen | None = None
-        self.qmp: QEMUMonitorProtocol | None = None
+        self.qmp: QmpLink | None = None
         self.ssh_port: int | None = None
         self.guest: Guest | None = None
         self.state = State.CREATED
@@ -260,14 +259,13 @@ class QemuMachine:
             if not self.alive():
                 raise BootError(self._exited_evidence("at start"))
             if self.qmp_socket.exists():
-                qmp = QEMUMonitorProtocol(str(self.qmp_socket))
+                qmp = QmpLink(str(self.qmp_socket))
                 try:
                     qmp.connect()
                     self.qmp = qmp
                     return
                 except (OSError, EOFError, Exception) as exc:  # qemu.qmp raises its own types
                     last = exc
-                    qmp.close()
             time.sleep(0.02)
         err = BootError(self._evidence("qmp", f"QMP did not answer within {timeout:.0f} s"))
         raise err from last
