@@ -87,11 +87,12 @@ def poll_activity(text: str) -> int | None:
     return int(m.group(3)) if m and m.group(3) is not None else None
 
 
-def progress_line(label: str, running: str | None, running_for: float, counts: dict[str, int], total: int) -> str:
+def progress_line(running: str | None, running_for: float, counts: dict[str, int], total: int) -> str:
+    """The detail after the step's title (which names the suite and section already)."""
     done = sum(counts.values())
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     now = f"{running} running {int(running_for) // 60}m{int(running_for) % 60:02d}s" if running else "between tests"
-    return f"{label}: {now}; {done}/{total} done" + (f" ({tally})" if tally else "")
+    return f"{now}; {done}/{total} done" + (f" ({tally})" if tally else "")
 
 
 def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test_timeout: float, run_timeout: float,
@@ -143,7 +144,7 @@ def run_monitored(guest, script: str, suite: Suite, label: str, total: int, test
                 result.run_timed_out = True
                 guest.run(_KILL_RUN.format(dir=run_dir), timeout=60)
                 continue
-            st.update(progress_line(label, current, now - current_since, suite.counts(result.output), total))
+            st.update(progress_line(current, now - current_since, suite.counts(result.output), total))
     result.seconds = round(time.monotonic() - started, 1)
     return result
 

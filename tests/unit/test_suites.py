@@ -160,8 +160,8 @@ def test_running_test_and_progress_line() -> None:
     assert console.running(out) == "generic/091"
     assert console.running(out + " 30s ...  31s\n") is None
     assert console.counts(out) == {"pass": 1, "fail": 0, "notrun": 0}
-    line = monitor.progress_line("fstests tcp", "generic/091", 130, {"pass": 1, "fail": 0}, 27)
-    assert line == "fstests tcp: generic/091 running 2m10s; 1/27 done (1 pass)"
+    line = monitor.progress_line("generic/091", 130, {"pass": 1, "fail": 0}, 27)
+    assert line == "generic/091 running 2m10s; 1/27 done (1 pass)"
     assert monitor.parse_poll("LAB-RC -\nLAB-SIZE 12\nabc") == (None, False, 12, "abc")
     assert monitor.parse_poll("LAB-RC 1\nLAB-SIZE 3\n") == (1, True, 3, "")
     assert monitor.parse_poll("garbage")[2] == -1
