@@ -5,8 +5,7 @@ and the lab creates every machine's client in its main thread: all machines shar
 threads driving it at once (machines shut down side by side, a boot thread asking slirp for its port
 while another machine is queried) fail with "This event loop is already running", and a client
 whose close failed is closed again by its __del__, which prints a traceback when QEMU is gone by
-then. One lock for every synchronous
-call keeps them in turn; each call is a short request and reply.
+then. One lock for every synchronous call keeps them in turn; each call is a short request and reply.
 """
 
 from __future__ import annotations

@@ -93,9 +93,16 @@ def mount(guest: Guest, server: str, version: str, transport: str, export: str =
     return line
 
 
-def vmstat_pins(guest: Guest) -> dict[str, int]:
-    text = guest.run("grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat", timeout=30).stdout
+_PIN_COUNTERS = "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat"
+
+
+def parse_pins(text: str) -> dict[str, int]:
+    """vmstat's 'name value' lines as a dict."""
     return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
+
+
+def vmstat_pins(guest: Guest) -> dict[str, int]:
+    return parse_pins(guest.run(_PIN_COUNTERS, timeout=30).stdout)
 
 
 # The counters read until neither moved over three reads 0.3 s apart (at most 15 s): pins of I/O
@@ -103,19 +110,18 @@ def vmstat_pins(guest: Guest) -> dict[str, int]:
 # snapshot taken meanwhile counted another row's releases as this one's.
 _SETTLED_PINS = """prev=; stable=0
 for i in $(seq 1 50); do
-    now=$(grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat)
+    now=$({counters})
     if [ "$now" = "$prev" ]; then stable=$((stable + 1)); else stable=0; fi
     [ $stable -ge 2 ] && break
     prev=$now; sleep 0.3
 done
 echo "$now"
-"""
+""".format(counters=_PIN_COUNTERS)
 
 
 def settled_vmstat_pins(guest: Guest) -> dict[str, int]:
     """vmstat's pin counters once they stopped moving (see _SETTLED_PINS)."""
-    text = guest.run(_SETTLED_PINS, timeout=60).stdout
-    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
+    return parse_pins(guest.run(_SETTLED_PINS, timeout=60).stdout)
 
 
 def describe_pins(before: dict[str, int], at_rest: dict[str, int]) -> str:

@@ -64,3 +64,11 @@ def test_pin_audit_reads_and_judges():
     assert verdict == "FAIL" and "10 still held" in reason
     assert pin_audit.judge("9p", {"acquired": 0, "released": 0}, 0, 50, True)[0] == "ERROR"
     assert pin_audit.judge("9p", {"acquired": 0, "released": 0}, 0, 0, True) == ("ERROR", "no I/O was done")
+
+
+def test_pin_counters_parsed_from_vmstat_lines():
+    from lab.scenarios.nfs import _SETTLED_PINS, parse_pins
+
+    assert parse_pins("nr_foll_pin_acquired 12\nnr_foll_pin_released 10\n\ngarbage\n") == {
+        "nr_foll_pin_acquired": 12, "nr_foll_pin_released": 10}
+    assert "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat" in _SETTLED_PINS
