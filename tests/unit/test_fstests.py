@@ -173,6 +173,26 @@ def test_a_known_issue_matches_by_test_transport_and_kernel_and_keeps_its_link(t
     assert expectation_for(f, {"test": "generic/091", "transport": "tcp"}, "6.12.1") is None
 
 
+def test_the_shipped_known_issues_tell_the_bounce_series_apart_by_kernel_and_file_system():
+    # Seen here: generic/761 fails on XFS over PI before 7.0 only, on ext4 on both kernels (the
+    # series bounces XFS only); generic/095 on both.
+    from lab.scenarios.expect import expectation_for, load_rules
+
+    shipped = Path(__file__).resolve().parents[2] / "scenarios" / "fstests" / "known-issues.toml"
+    load_rules.cache_clear()
+
+    def known(test: str, section: str, release: str) -> bool:
+        facets = {"test": test, "section": section, "pi": 1, "pif": 0, "lba": 4096}
+        return expectation_for(shipped, facets, release) is not None
+
+    assert known("generic/761", "xfs", "6.12.117+deb13-amd64")
+    assert not known("generic/761", "xfs", "7.3.4+deb13-amd64")
+    assert known("generic/761", "ext4", "7.3.4+deb13-amd64")
+    assert known("generic/095", "xfs", "7.3.4+deb13-amd64")
+    assert not known("generic/091", "xfs", "6.12.117+deb13-amd64")
+    assert "generic/761" in fstests.PRESETS["pi-dio"]
+
+
 def test_a_known_issues_file_that_is_missing_or_broken_stops_before_boot(tmp_path):
     from lab.errors import UsageError
     from lab.scenarios import framework
