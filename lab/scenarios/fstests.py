@@ -132,6 +132,20 @@ def parse_xunit(xml_text: str) -> dict[str, str]:
     return status
 
 
+def xunit_durations(xml_text: str) -> dict[str, int]:
+    """Seconds per test from the xunit report, which times failures too (check's console does not)."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError:
+        return {}
+    out = {}
+    for case in root.iter("testcase"):
+        name, secs = case.get("name", ""), case.get("time", "")
+        if _TEST_RE.match(name) and secs.isdigit() and case.find("skipped") is None:
+            out[name] = int(secs)
+    return out
+
+
 def results_from(output: str, tests: list[str]) -> dict:
     """Statuses of every requested test (missing = not reported), from xunit when check wrote it."""
     xunit = ""
@@ -144,7 +158,7 @@ def results_from(output: str, tests: list[str]) -> dict:
     statuses = {t: found.get(t, "not reported") for t in tests}
     details = check_details(console)
     return {"statuses": statuses, "check_exit": int(exit_m.group(1)) if exit_m else None, "source": "xunit" if xunit else "console",
-            "seconds_per_test": durations(console), "details": {t: d for t, d in details.items() if t in statuses}}
+            "seconds_per_test": {**durations(console), **xunit_durations(xunit)}, "details": {t: d for t, d in details.items() if t in statuses}}
 
 
 def check_details(console: str, limit: int = 8) -> dict[str, list[str]]:

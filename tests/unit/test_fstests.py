@@ -58,6 +58,9 @@ def test_console_parser() -> None:
 def test_xunit_parser() -> None:
     assert fstests.parse_xunit(XUNIT) == {"generic/091": "pass", "generic/139": "fail", "generic/143": "notrun"}
     assert fstests.parse_xunit("<not xml") == {}
+    # The report times a failure too (check's console line does not); a test that did not run has none.
+    assert fstests.xunit_durations(XUNIT) == {"generic/091": 4, "generic/139": 1}
+    assert fstests.xunit_durations("<not xml") == {}
 
 
 def test_test_lists() -> None:
