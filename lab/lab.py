@@ -31,6 +31,7 @@ from lab.rundir import RunDir
 from lab.settings import settings
 from lab.sshkeys import ensure_key
 from lab.topology.argv import Accel, BootFiles, machine_argv, namespace_drive_ids
+from lab.topology.kernel_needs import check_kernel_fits
 from lab.topology.render import Rendered
 
 LOG = logging.getLogger(__name__)
@@ -106,13 +107,14 @@ class Lab:
         key_file, key_blob = ensure_key()
         if self.run is None:
             self.run = RunDir.create("up", self.rendered.name)
-        # Unique per lab, short (unix socket paths), 0700: mkdtemp gives all three.
-        label = re.sub(r"[^A-Za-z0-9]+", "-", self.rendered.name)[:16]
-        self.runtime = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=runtime_root()))
         for name, machine in topo.machines.items():
             self.kernels[name] = self._kernel(self.kernel_ref or machine.kernel or DEFAULT_KERNEL)
             if machine.image not in self.images:
                 self.images[machine.image] = ensure_image(machine.image)
+        check_kernel_fits(topo, self.kernels, self.rendered.name)
+        # Unique per lab, short (unix socket paths), 0700: mkdtemp gives all three.
+        label = re.sub(r"[^A-Za-z0-9]+", "-", self.rendered.name)[:16]
+        self.runtime = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=runtime_root()))
         boot_image = {n: pvh_image(k.vmlinuz, k.sha256) or k.vmlinuz for n, k in self.kernels.items()}
         initrds = {n: ensure_initramfs(k) for n, k in self.kernels.items()}
         first_name = next(iter(self.kernels))

@@ -32,6 +32,10 @@ Transport = Literal["loop", "tcp", "rdma", "siw"]
 # What each transport means to blktests' config: rdma is soft-RoCE (rdma_rxe), siw soft-iWARP.
 TRANSPORT_CONFIG = {"loop": "NVMET_TRTYPES=loop", "tcp": "NVMET_TRTYPES=tcp", "rdma": "NVMET_TRTYPES=rdma\nUSE_RXE=1",
                     "siw": "NVMET_TRTYPES=rdma"}
+# The kernel options each transport needs (host and target side); Debian's kernels have no siw.
+TRANSPORT_OPTIONS = {"loop": ("NVME_TARGET_LOOP",), "tcp": ("NVME_TCP", "NVME_TARGET_TCP"),
+                     "rdma": ("NVME_RDMA", "NVME_TARGET_RDMA", "RDMA_RXE"),
+                     "siw": ("NVME_RDMA", "NVME_TARGET_RDMA", "RDMA_SIW")}
 PRESETS = {
     # Block-layer and NVMe tests of integrity metadata: they need a PI-formatted TEST_DEV.
     "pi": "block/041 block/043 nvme/049 nvme/064".split(),
@@ -48,6 +52,11 @@ _HEADER_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})(?: => \S+)?\s")
 _STATUS = {"passed": PASS_S, "failed": FAIL_S, "not run": NOTRUN_S}
 # A test that sets up an NVMe-oF target uses the transport; the others only see TEST_DEVS.
 _FABRICS_MARKERS = ("_nvmet_target_setup", "_setup_nvmet", "_nvme_connect_subsys", "_require_nvme_trtype", "nvme_trtype")
+
+
+def missing_options(ctx: Context, transport: str) -> list[str]:
+    """The transport's kernel options this kernel's config does not set (none when it has no config)."""
+    return [o for o in TRANSPORT_OPTIONS[transport] if ctx.kernel_config(o, "vm") is None]
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
@@ -237,6 +246,9 @@ class Blktests(Scenario):
         config = config_text([ctx.section["test_dev"]["device"]], transport)
         run: dict[str, Any] = {"tests": tests, "config": config, "results": {}}
         ctx.section["runs"][label] = run
+        if transport is not None and (missing := missing_options(ctx, transport)):
+            self._not_in_kernel(ctx, run, label, tests, missing)
+            return
 
         hung: dict[str, float] = {}
         seen = [""]  # the output so far
@@ -295,6 +307,19 @@ class Blktests(Scenario):
                 reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
             ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, "format": self.format},
                      expected=expected, status=statuses[test], classification=cls)
+
+    def _not_in_kernel(self, ctx: Context, run: dict[str, Any], label: str, tests: list[str], missing: list[str]) -> None:
+        """A transport the kernel lacks: its tests do not run, and the reason names the options
+        (blktests alone would say only "driver siw is not available")."""
+        why = (f"the kernel has no {', '.join('CONFIG_' + o for o in missing)} (the {label} transport needs it)"
+               + ("; Debian's kernels build rdma_rxe only: use --transport rdma, or a kernel built with the "
+                  "nfs-rdma fragment" if "RDMA_SIW" in missing else ""))
+        run.update(results={t: {"status": NOTRUN_S, "details": [why]} for t in tests}, statuses=dict.fromkeys(tests, NOTRUN_S),
+                   rerun={}, seconds=0.0, classes=dict.fromkeys(tests, NOTRUN))
+        verdict, expected = class_verdict(NOTRUN)
+        for test in tests:
+            ctx.case(f"{test} ({label})", verdict, f"not run: {why}", facets={"transport": label, "test": test, "format": self.format},
+                     expected=expected, status=NOTRUN_S, classification=NOTRUN)
 
     def _known(self, ctx: Context, test: str, transport: str):
         facets = {"transport": transport, "test": test, "format": self.format}

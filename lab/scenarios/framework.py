@@ -37,6 +37,7 @@ from lab.progress import info
 from lab.rundir import RunDir
 from lab.scenarios.expect import ERROR, INFO, NOT_APPLICABLE, PASS, expectation_for, outcome, outcome_ok
 from lab.scenarios.options import ScenarioOptions
+from lab.topology.kernel_needs import check_kernel_fits
 from lab.scenarios.verdict import FAIL, ProgramResult, aggregate, parse_program_output
 from lab.stats import Rate
 from lab.guest import Guest
@@ -516,6 +517,9 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
     check_against_qemu(variants)
     images = [m.image for v in variants if v.rendered for m in v.rendered.topology.machines.values()]
     resolved = resolve_kernels([v.kernel for v in variants], images)
+    for v in variants:  # a topology the kernel cannot drive is bad input, before the first boot
+        assert v.rendered is not None
+        check_kernel_fits(v.rendered.topology, dict.fromkeys(v.rendered.topology.machines, resolved[v.kernel]), v.topology)
     scenario.guest_images = tuple(dict.fromkeys(images))
     scenario.prepare()
     run_dir = RunDir.create(cls.name, variants[0].topology)

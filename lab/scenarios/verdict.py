@@ -82,7 +82,9 @@ def aggregate(cases: dict[str, dict[str, Any]]) -> tuple[str, str]:
     counted = [c for c in cases.values() if c["verdict"] in COUNTED]
     if not counted:
         kinds = sorted({c["verdict"] for c in cases.values()})
-        return ERROR, f"nothing was tested: all {len(cases)} case(s) were {'/'.join(kinds)}"
+        # The first case's reason says why (a missing driver, a test that never runs here).
+        name, case = next(((n, c) for n, c in cases.items() if c["verdict"] != INFO), next(iter(cases.items())))
+        return ERROR, f"nothing was tested: all {len(cases)} case(s) were {'/'.join(kinds)}; first: {name}: {case['reason']}"
     failed = [(n, c) for n, c in cases.items() if c["verdict"] == FAIL]
     if failed:
         name, case = failed[0]

@@ -17,14 +17,14 @@ def test_blktests_runner_with_the_fake_tree(tmp_path):
     cls = framework.get("blktests")
     options = validate(cls.Options, {"blktests": str(FAKE), "kernels": ["debian:7.3"], "test_timeout": 20,
                                      "test": ["block/001", "block/002", "nvme/001", "nvme/002", "nvme/003"],
-                                     "transports": ["loop", "tcp", "rdma"], "known_issues": [str(known)]})
+                                     "transports": ["loop", "tcp", "rdma", "siw"], "known_issues": [str(known)]})
     outcome = framework.run(cls, options)
     section = outcome.results["subruns"]["debian-7.3"]
     assert section["verdict"] == "FAIL" and section["outcome"] == "unexpected failure (regression)", section["reason"]
     assert section["tree"]["buildroot"] == "lab-trixie-build"
     assert section["test_dev"]["format"].startswith("T10-DIF-TYPE1-CRC 4096")
     runs = section["runs"]
-    assert list(runs) == ["device", "loop", "tcp", "rdma"]
+    assert list(runs) == ["device", "loop", "tcp", "rdma", "siw"]
     assert runs["device"]["config"] == f"TEST_DEVS=({section['test_dev']['device']})\n"
     assert runs["device"]["classes"] == {"block/001": "pass", "block/002": "timed out"}, runs["device"]
     for transport in ("loop", "tcp", "rdma"):
@@ -38,5 +38,8 @@ def test_blktests_runner_with_the_fake_tree(tmp_path):
     assert "fake failure on loop" in cases["nvme/002 (loop)"]["reason"]
     assert cases["nvme/003 (rdma)"]["verdict"] == "N/A" and "not supported" in cases["nvme/003 (rdma)"]["reason"]
     assert "timed out" in cases["block/002 (device)"]["reason"]
+    # Debian's kernels have no siw: its tests do not run, and the reason names the option.
+    assert runs["siw"]["classes"] == dict.fromkeys(["nvme/001", "nvme/002", "nvme/003"], "notrun")
+    assert cases["nvme/001 (siw)"]["verdict"] == "N/A" and "CONFIG_RDMA_SIW" in cases["nvme/001 (siw)"]["reason"]
     table = (outcome.run_dir.path / "summary.txt").read_text()
     assert "known failure" in table and "timed out" in table

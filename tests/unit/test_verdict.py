@@ -123,6 +123,8 @@ def test_combine_and_aggregate():
     assert aggregate({"a": c(PASS), "i": c(INFO), "n": c(NOT_APPLICABLE)}) == (PASS, "1 case(s) passed")
     verdict, reason = aggregate({"i": c(INFO), "n": c(NOT_APPLICABLE)})
     assert verdict == ERROR and "nothing was tested" in reason
+    # The one line says why: the first case that did not run, not an INFO line.
+    assert reason.endswith("; first: n: n/a reason"), reason
 
 
 def test_shipped_expectations():
