@@ -67,6 +67,10 @@ def test_shipped_fragments_parse() -> None:
     for option in ("CONFIG_PCI_P2PDMA", "CONFIG_BLK_DEV_INTEGRITY", "CONFIG_XFS_FS", "CONFIG_SUNRPC_XPRT_RDMA",
                    "CONFIG_RDMA_RXE", "CONFIG_RDMA_SIW", "CONFIG_IO_URING", "CONFIG_VIRTIO_BLK", "CONFIG_9P_FS", "CONFIG_PVH"):
         assert merged[option] == "y", option
+    # The extra one blktests' fabrics tests need, by name as --config takes it, not in the defaults.
+    nvmet = kconfig.merge([kconfig.fragment("nvmet")])
+    assert all(nvmet[o] == "y" for o in ("CONFIG_NVME_TARGET_TCP", "CONFIG_NVME_TARGET_RDMA", "CONFIG_NVME_RDMA"))
+    assert "CONFIG_NVME_TARGET" not in merged
 
 
 def test_dependencies_include_enclosing_if_and_skip_help() -> None:
