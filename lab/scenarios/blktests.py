@@ -313,7 +313,7 @@ class Blktests(Scenario):
         (blktests alone would say only "driver siw is not available")."""
         why = (f"the kernel has no {', '.join('CONFIG_' + o for o in missing)} (the {label} transport needs it)"
                + ("; Debian's kernels build rdma_rxe only: use --transport rdma, or a kernel built with the "
-                  "nfs-rdma fragment" if "RDMA_SIW" in missing else ""))
+                  "nfs-rdma fragment and --config nvmet" if "RDMA_SIW" in missing else ""))
         run.update(results={t: {"status": NOTRUN_S, "details": [why]} for t in tests}, statuses=dict.fromkeys(tests, NOTRUN_S),
                    rerun={}, seconds=0.0, classes=dict.fromkeys(tests, NOTRUN))
         verdict, expected = class_verdict(NOTRUN)
