@@ -24,6 +24,7 @@ from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, P
                                 classify, side_by_side)
 from lab.suites import common
 from lab.suites.monitor import kill_children_command, run_monitored
+from lab.topology.kernel_needs import RDMA_OPTIONS
 
 NAME = "blktests"
 KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
@@ -34,8 +35,8 @@ TRANSPORT_CONFIG = {"loop": "NVMET_TRTYPES=loop", "tcp": "NVMET_TRTYPES=tcp", "r
                     "siw": "NVMET_TRTYPES=rdma"}
 # The kernel options each transport needs (host and target side); Debian's kernels have no siw.
 TRANSPORT_OPTIONS = {"loop": ("NVME_TARGET_LOOP",), "tcp": ("NVME_TCP", "NVME_TARGET_TCP"),
-                     "rdma": ("NVME_RDMA", "NVME_TARGET_RDMA", "RDMA_RXE"),
-                     "siw": ("NVME_RDMA", "NVME_TARGET_RDMA", "RDMA_SIW")}
+                     "rdma": ("NVME_RDMA", "NVME_TARGET_RDMA", RDMA_OPTIONS["rxe"]),
+                     "siw": ("NVME_RDMA", "NVME_TARGET_RDMA", RDMA_OPTIONS["siw"])}
 PRESETS = {
     # Block-layer and NVMe tests of integrity metadata: they need a PI-formatted TEST_DEV.
     "pi": "block/041 block/043 nvme/049 nvme/064".split(),

@@ -112,38 +112,32 @@ def parse_check_output(text: str) -> dict[str, str]:
     return status
 
 
-def parse_xunit(xml_text: str) -> dict[str, str]:
-    """Per-test status from fstests' xunit report (check -R xunit)."""
+def _xunit_cases(xml_text: str) -> list[ET.Element]:
+    """The report's testcase elements that name a test ([] when it is not XML)."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError:
-        return {}
+        return []
+    return [case for case in root.iter("testcase") if _TEST_RE.match(case.get("name", ""))]
+
+
+def parse_xunit(xml_text: str) -> dict[str, str]:
+    """Per-test status from fstests' xunit report (check -R xunit)."""
     status = {}
-    for case in root.iter("testcase"):
-        name = case.get("name", "")
-        if not _TEST_RE.match(name):
-            continue
+    for case in _xunit_cases(xml_text):
         if case.find("skipped") is not None:
-            status[name] = NOTRUN_S
+            status[case.get("name", "")] = NOTRUN_S
         elif case.find("failure") is not None or case.find("error") is not None:
-            status[name] = FAIL_S
+            status[case.get("name", "")] = FAIL_S
         else:
-            status[name] = PASS_S
+            status[case.get("name", "")] = PASS_S
     return status
 
 
 def xunit_durations(xml_text: str) -> dict[str, int]:
     """Seconds per test from the xunit report, which times failures too (check's console does not)."""
-    try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError:
-        return {}
-    out = {}
-    for case in root.iter("testcase"):
-        name, secs = case.get("name", ""), case.get("time", "")
-        if _TEST_RE.match(name) and secs.isdigit() and case.find("skipped") is None:
-            out[name] = int(secs)
-    return out
+    return {case.get("name", ""): int(case.get("time", "")) for case in _xunit_cases(xml_text)
+            if case.get("time", "").isdigit() and case.find("skipped") is None}
 
 
 def results_from(output: str, tests: list[str]) -> dict:
