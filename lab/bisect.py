@@ -2,9 +2,15 @@
 binary-search the prefixes of the series (or the commits between two refs of a git tree). Every
 step is a normal run directory; the summary names the last good and the first bad.
 
-Only PASS, FAIL and BUILD-ERROR decide. A step whose run ends in ERROR is run once more; if it is
-still ERROR (or N/A: the scenario could not test that kernel) the bisect stops, inconclusive at that
-step, rather than let a broken boot or an untested kernel steer the search."""
+Only PASS and FAIL decide. A step whose run ends in ERROR is run once more; if it is still ERROR
+(or N/A: the scenario could not test that kernel) the bisect stops, inconclusive at that step,
+rather than let a broken boot or an untested kernel steer the search. A step that does not build is
+skipped, as `git bisect skip` does: the search goes on around it, and when it stands between the
+last good and the first bad the result says that the first bad is one of them. With --repeat, a
+batch in which every repetition ended in ERROR is inconclusive at its step, and a base that fails at
+least as often as the whole series stops the bisect at once ("the base already fails"): the series
+did not bring that failure in. `--case NAME` follows one case of the scenario, so expected failures
+of its other cases do not decide."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from lab.scenarios.options import ScenarioOptions
 from lab.stats import Rate, separated
 
 DECIDING = ("PASS", "FAIL")
+BUILD_ERROR = "BUILD-ERROR"
 
 
 class Inconclusive(Exception):
@@ -33,10 +40,16 @@ class Inconclusive(Exception):
         self.index, self.label, self.signature = index, label, signature
 
 
+class BaseFails(Exception):
+    """With --repeat: the base fails at least as often as the whole series."""
+
+    def __init__(self, base: Rate, end: Rate) -> None:
+        super().__init__(f"the base already fails: {base.failed}/{base.runs}")
+        self.base, self.end = base, end
+
+
 def decides(signature: str) -> bool:
-    """A signature bisect may compare: every part PASS or FAIL, or the step did not build."""
-    if signature == "BUILD-ERROR":
-        return True
+    """A signature bisect may compare: every part PASS or FAIL (a step that did not build is skipped)."""
     return all(part.rsplit("=", 1)[-1] in DECIDING for part in signature.split(", "))
 
 
@@ -59,28 +72,40 @@ class Step:
 
 @dataclass
 class Search:
-    """Binary search for the first candidate whose signature differs from candidate 0's."""
+    """Binary search for the first candidate whose signature differs from candidate 0's. A candidate
+    that did not build (BUILD-ERROR) is skipped; the ends must build."""
     count: int  # candidates 0..count
     evaluate: Callable[[int], str]
     seen: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # after run(): skipped candidates between the two it returned
 
     def verdict(self, i: int) -> str:
         if i not in self.seen:
             self.seen[i] = self.evaluate(i)
         return self.seen[i]
 
+    def end(self, i: int) -> str:
+        verdict = self.verdict(i)
+        if verdict == BUILD_ERROR:
+            raise Inconclusive(i, str(i), "BUILD-ERROR: an end of the bisect must build")
+        return verdict
+
     def run(self) -> tuple[int, int] | None:
         """(last index with the base's verdict, first index without), or None if the end agrees."""
-        good = self.verdict(0)
-        if self.verdict(self.count) == good:
+        good = self.end(0)
+        if self.end(self.count) == good:
             return None
         lo, hi = 0, self.count
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.verdict(mid) == good:
+        while untested := [i for i in range(lo + 1, hi) if self.seen.get(i) != BUILD_ERROR]:
+            mid = min(untested, key=lambda i: (abs(i - (lo + hi) / 2), i))
+            verdict = self.verdict(mid)
+            if verdict == BUILD_ERROR:
+                continue
+            if verdict == good:
                 lo = mid
             else:
                 hi = mid
+        self.skipped = [i for i in range(lo + 1, hi)]
         return lo, hi
 
 
@@ -107,6 +132,8 @@ class RateSearch:
 
     def run(self) -> tuple[int, int] | None:
         good, bad = self.rate(0), self.rate(self.count)
+        if good.failed and good.value >= bad.value:
+            raise BaseFails(good, bad)
         while not separated(good, bad):
             if max(self.batches[0], self.batches[self.count]) >= self.max_batches:
                 if good.value == bad.value:
@@ -161,74 +188,115 @@ def commit_candidates(tree: str, good: str, bad: str, configs: tuple[str, ...]) 
     return [build.BuildRequest(source=f"{source.path}@{c}", configs=configs) for c in chain], subjects
 
 
+def followed(outcome: framework.Outcome, case: str | None) -> list[dict[str, Any]]:
+    """What a step is judged on, per sub-run: the sub-run itself, or with --case only that case (a
+    sub-run that has no such case reads ERROR, or N/A when the sub-run was N/A)."""
+    subruns = list((outcome.results.get("subruns") or {}).values())
+    if case is None:
+        return subruns
+    out = []
+    for section in subruns:
+        found = (section.get("cases") or {}).get(case)
+        if found is None:
+            verdict = "N/A" if section.get("verdict") == "N/A" else "ERROR"
+            found = {"verdict": verdict, "reason": f"no case {case!r} in this run"}
+        out.append({**found, "facets": section.get("facets", {})})
+    return out
+
+
+def signature(outcome: framework.Outcome, case: str | None = None) -> str:
+    """The verdicts without the kernel labels: what bisect compares between steps."""
+    if case is None:
+        return outcome.signature()
+    parts = []
+    for judged in followed(outcome, case) or [{"verdict": "ERROR", "facets": {}}]:
+        tag = ",".join(str(v) for v in judged.get("facets", {}).values())
+        parts.append(f"{tag}={judged['verdict']}" if tag else judged["verdict"])
+    return ", ".join(parts)
+
+
+def counted(judged: dict[str, Any]) -> tuple[int, int]:
+    """(failed, completed) repetitions of a sub-run or case: an ERROR repetition is not counted."""
+    tally = judged.get("repetitions")
+    if isinstance(tally, dict):
+        return int(tally.get("failed", 0)), int(tally.get("passed", 0)) + int(tally.get("failed", 0))
+    rate = judged.get("rate")
+    if isinstance(rate, dict):
+        return int(rate["failed"]), int(rate["runs"])
+    if judged.get("verdict") in DECIDING:
+        return int(judged["verdict"] == "FAIL"), 1
+    return 0, 0
+
+
 def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
                describe: dict, build_kernel: Callable[[build.BuildRequest], Any] = build.build,
-               run_scenario: Callable[..., framework.Outcome] = framework.run, max_batches: int = 4) -> tuple[RunDir, dict]:
+               run_scenario: Callable[..., framework.Outcome] = framework.run, max_batches: int = 4,
+               case: str | None = None) -> tuple[RunDir, dict]:
     """build_kernel and run_scenario are the lab's own; tests of the search logic pass others."""
     run_dir = RunDir.create("bisect", scenario)
     run_dir.update(scenario=scenario, options=describe)
     steps: dict[int, Step] = {}
     summary: dict = {"scenario": scenario, **describe, "candidates": labels, "steps": [], "result": None}
+    if case is not None:
+        summary["case"] = case
 
     def save() -> None:
         summary["steps"] = [dict(vars(steps[i])) for i in sorted(steps)]
         run_dir.write("bisect.json", json.dumps(summary, indent=2))
         run_dir.write("summary.txt", report(summary) + "\n")
 
-    def run_once(i: int, kernel_ref: str) -> str:
+    def run_once(i: int, kernel_ref: str) -> tuple[str, int]:
+        """The step's signature and how many repetitions of this run completed (PASS or FAIL)."""
         step = steps[i]
         outcome = run_scenario(scenario, options.model_copy(update={"kernels": [kernel_ref]}))
-        step.signature = outcome.signature()
+        step.signature = signature(outcome, case)
         step.runs.append(str(outcome.run_dir.path))
         step.run_dir = str(outcome.run_dir.path)
-        for section in outcome.results.get("subruns", {}).values():
-            rate = section.get("rate") or ({"failed": int(section["verdict"] == "FAIL"), "runs": 1}
-                                          if section["verdict"] in DECIDING else {"failed": 0, "runs": 0})
-            step.failed += rate["failed"]
-            step.repetitions += rate["runs"]
-        return step.signature
+        completed = 0
+        for judged in followed(outcome, case):
+            failed, runs = counted(judged)
+            step.failed += failed
+            step.repetitions += runs
+            completed += runs
+        return step.signature, completed
 
     def build_step(i: int) -> str | None:
         """The step's kernel ref, or None when it does not build (BUILD-ERROR)."""
         step = steps.setdefault(i, Step(i, labels[i]))
-        if step.kernel or step.signature == "BUILD-ERROR":
+        if step.kernel or step.signature == BUILD_ERROR:
             return step.kernel or None
         info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
         try:
             step.kernel = build_kernel(requests[i]).ref
             return step.kernel
         except LabError as exc:
-            step.signature = "BUILD-ERROR"
+            # A step that does not build (or apply) is skipped, as git bisect skip does.
+            step.signature = BUILD_ERROR
             step.error = str(exc).splitlines()[0]
+            info(f"bisect: {labels[i]}: {BUILD_ERROR} ({step.error}); skipped")
             save()
-            raise Inconclusive(i, labels[i], f"BUILD-ERROR ({step.error}): a flaky reproducer needs a kernel") from None
+            return None
 
     def measure(i: int) -> Rate:
         ref = build_step(i)
-        assert ref is not None
-        run_once(i, ref)
+        if ref is None:
+            raise Inconclusive(i, labels[i], f"BUILD-ERROR ({steps[i].error}): a flaky reproducer needs a kernel")
+        _, completed = run_once(i, ref)
         step = steps[i]
-        info(f"bisect: {labels[i]}: {step.rate.describe()}")
         save()
+        if not completed:
+            raise Inconclusive(i, labels[i], f"no repetition completed ({step.signature}): a rate needs runs that happened")
+        info(f"bisect: {labels[i]}: {step.rate.describe()}")
         return step.rate
 
     def evaluate(i: int) -> str:
-        step = steps.setdefault(i, Step(i, labels[i]))
-        info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
-        try:
-            kernel = build_kernel(requests[i])
-        except LabError as exc:
-            # A series step that does not build (or apply) is a verdict of its own, like git bisect's 'bad'.
-            step.signature = "BUILD-ERROR"
-            step.error = str(exc).splitlines()[0]
-            info(f"bisect: {labels[i]}: {step.signature}")
-            save()
-            return step.signature
-        step.kernel = kernel.ref
-        signature = run_once(i, kernel.ref)
-        if "ERROR" in signature:
+        ref = build_step(i)
+        if ref is None:
+            return BUILD_ERROR
+        signature, _ = run_once(i, ref)
+        if "ERROR" in signature:  # N/A does not change on a second run; an ERROR may
             info(f"bisect: {labels[i]}: {signature}; running it once more")
-            signature = run_once(i, kernel.ref)
+            signature, _ = run_once(i, ref)
         info(f"bisect: {labels[i]}: {signature}")
         save()
         if not decides(signature):
@@ -239,29 +307,49 @@ def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.Bui
     summary["mode"] = f"failure rates, {options.repeat} repetitions a batch, at most {max_batches} batches a step" if flaky else "verdicts"
     status = "interrupted"
     try:
+        search: Search | RateSearch
         try:
             if flaky:
-                found = RateSearch(len(labels) - 1, measure, max_batches=max_batches).run()
+                search = RateSearch(len(labels) - 1, measure, max_batches=max_batches)
             else:
-                found = Search(len(labels) - 1, evaluate).run()
+                search = Search(len(labels) - 1, evaluate)
+            found = search.run()
         except Inconclusive as exc:
             label = labels[exc.index] if exc.label == str(exc.index) else exc.label
             summary["result"] = {"changed": None, "inconclusive": {"index": exc.index, "label": label,
                                                                    "signature": exc.signature}}
-            status = "done"
+        except BaseFails as exc:
+            summary["result"] = {"changed": None, "base_fails": {"base": exc.base.to_dict(), "end": exc.end.to_dict(),
+                                                                 "base_run": steps[0].run_dir}}
         else:
             if found is None:
                 summary["result"] = {"changed": False, "verdict": steps[0].signature}
             else:
                 good, bad = found
                 summary["result"] = {"changed": True, "last_good": vars(steps[good]), "first_bad": vars(steps[bad])}
-            status = "done"
+                skipped = getattr(search, "skipped", [])
+                if skipped:
+                    summary["result"]["could_be"] = [labels[i] for i in (*skipped, bad)]
+        status = "done"
     finally:
         save()
         result = summary["result"]
-        verdict = "unfinished" if result is None else {True: "changed", False: "unchanged"}.get(result["changed"], "inconclusive")
-        run_dir.finish(status, verdict=verdict)
+        run_dir.finish(status, verdict=verdict_word(result))
     return run_dir, summary
+
+
+def verdict_word(result: dict | None) -> str:
+    if result is None:
+        return "unfinished"
+    if result.get("base_fails"):
+        return "base fails"
+    return {True: "changed", False: "unchanged"}.get(result["changed"], "inconclusive")
+
+
+def exit_status(result: dict | None) -> int:
+    """0 the change was found, 1 nothing changed, 3 inconclusive (or the base already fails)."""
+    word = verdict_word(result)
+    return {"changed": 0, "unchanged": 1}.get(word, 3)
 
 
 def _max_steps(count: int) -> int:
@@ -269,7 +357,8 @@ def _max_steps(count: int) -> int:
 
 
 def report(summary: dict) -> str:
-    lines = [f"bisect of {summary['scenario']} over {len(summary['candidates']) - 1} step(s):"]
+    followed = f", following case {summary['case']!r}" if summary.get("case") else ""
+    lines = [f"bisect of {summary['scenario']}{followed} over {len(summary['candidates']) - 1} step(s):"]
     for s in summary["steps"]:
         extra = f"  ({s['error']})" if s.get("error") else ""
         rate = f"  {Rate(s['failed'], s['repetitions']).describe()}" if s.get("repetitions", 0) > 1 else ""
@@ -280,8 +369,13 @@ def report(summary: dict) -> str:
     elif result.get("inconclusive"):
         inc = result["inconclusive"]
         why = ("failure rates that do not separate, after every repetition allowed" if summary.get("mode", "").startswith("failure")
-               else "only PASS, FAIL and BUILD-ERROR decide; an ERROR was run twice")
+               else "only PASS and FAIL decide; an ERROR was run twice")
         lines.append(f"inconclusive at {inc['label']}: {inc['signature']} ({why})")
+    elif result.get("base_fails"):
+        base, end = result["base_fails"]["base"], result["base_fails"]["end"]
+        lines.append(f"the base already fails: {base['failed']}/{base['runs']} (the whole series: {end['failed']}/{end['runs']}); "
+                     f"the series did not bring this failure in, so there is nothing to bisect")
+        lines.append(f"  base run: {result['base_fails'].get('base_run', '')}")
     elif not result["changed"]:
         lines.append(f"the verdict does not change: {result['verdict']} on the base and with every patch")
     else:
@@ -289,4 +383,6 @@ def report(summary: dict) -> str:
         lines.append(f"first change: {bad['label']}  ({good['signature']} -> {bad['signature']})")
         lines.append(f"  last good: {good['label']}  {good['kernel']}  {good['run_dir']}")
         lines.append(f"  first bad: {bad['label']}  {bad['kernel']}  {bad['run_dir'] or bad.get('error', '')}")
+        if result.get("could_be"):
+            lines.append(f"  steps between them did not build (skipped): the first bad is one of {', '.join(result['could_be'])}")
     return "\n".join(lines)

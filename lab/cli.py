@@ -523,7 +523,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from lab.bisect import commit_candidates, report, run_bisect, series_candidates
+    from lab.bisect import commit_candidates, exit_status, report, run_bisect, series_candidates
     from lab.host import ensure_host
     from lab.lab import reap_stale_runtimes
 
@@ -552,11 +552,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     framework.get(args.scenario)(options.model_copy(update={"kernels": ["debian:7.3"]})).plan()
     ensure_host()
     reap_stale_runtimes()
-    run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe, max_batches=args.max_batches)
+    run_dir, summary = run_bisect(args.scenario, options, requests, labels, describe, max_batches=args.max_batches,
+                                  case=args.case)
     print(report(summary))
     print(f"results: {run_dir.path}")
-    result = summary["result"] or {}
-    return 0 if result.get("changed") else 1
+    return exit_status(summary["result"])
 
 
 def cmd_results_list(args: argparse.Namespace) -> int:
@@ -882,7 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Builds the base and base + each prefix of the series (incrementally, cached) and runs the "
                                    "scenario on each, binary search. Scenario options go after --, e.g. "
                                    "lab bisect --base linux-source-7.3 --series fix.mbox --scenario stable-pages -- --direction write. "
-                                   "With the scenario's --repeat N, steps are compared by failure rate (95 %% intervals).")
+                                   "With the scenario's --repeat N, steps are compared by failure rate (95 %% intervals). "
+                                   "Exit status: 0 the first changed step was found, 1 nothing changed, 3 inconclusive "
+                                   "(a step that errored twice, or the base already fails).")
     p.add_argument("--base", required=True, metavar="SOURCE", help="linux-source-X.Y, a tarball, a tree, or a git tree (with --good/--bad)")
     p.add_argument("--series", metavar="FILE|DIR|MSGID")
     p.add_argument("--good", metavar="REF", help="with a git --base: a commit where the verdict is the old one")
@@ -892,6 +894,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=_whole_number, default=4,
                    help="with the scenario's --repeat N: run a step at most this many times N when its failure rate "
                         "cannot be told from either end's (default: 4)")
+    p.add_argument("--case", metavar="NAME", help="follow this case of the scenario only (its verdict, or its failure rate "
+                                                  "with --repeat); other cases' expected failures then do not decide")
     p.add_argument("scenario_args", nargs=argparse.REMAINDER, help="options of 'lab run SCENARIO' (after --)")
     p.set_defaults(func=cmd_bisect)
 

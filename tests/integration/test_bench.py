@@ -21,3 +21,17 @@ def test_dio_bench_measures_zero_copy_and_bounce_each_proven():
     ratio = section["ratios"]["write-64k"]
     assert ratio["bounce"] is not None and 0 < ratio["bounce"] < 5, ratio
     assert "bounce/zc" in outcome.table and "seed 003" in outcome.table
+
+
+def test_bench_boot_from_the_command_line_times_the_lab_against_bare_qemu():
+    """The benchmarks' small real case in CI: `lab bench boot --runs 1`, as a user types it."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lab", "bench", "boot", "--runs", "1", "--kernel", "debian:7.3"],
+                          capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = re.search(r"first guest command: lab ([\d.]+) s \(median of 1\), bare QEMU ([\d.]+) s", proc.stdout)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, proc.stdout
+    assert "boot phases, median of 1 run(s):" in proc.stdout

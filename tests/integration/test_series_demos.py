@@ -5,7 +5,8 @@
    write path ignore the offset of a user buffer inside its first page. nfs-dio fails on it, naming
    the case and the file offset, passes without it, and bisect names that patch.
 2. A reproducer that fails 30 % of the time from one patch on and never before it: bisect finds the
-   patch by comparing failure rates, with more runs where the rates are close."""
+   patch by comparing failure rates, with more runs where the rates are close. A reproducer that
+   already fails on the base (it reads a file only the series adds) stops the bisect at once."""
 
 from __future__ import annotations
 
@@ -115,22 +116,43 @@ late_initcall(lab_flaky_init);
 """
 
 
-def test_a_flaky_regression_is_bisected_by_failure_rate(tmp_path):
+def flaky_series(out: Path) -> Path:
     # Patch 1 adds the file (0 %) by appending it to an existing init file; patch 3 makes it fail 30 %.
-    mbox = make_series(tmp_path, "flaky", [
+    return make_series(out, "flaky", [
         ("init: add /proc/lab_flaky\n\nNever fails yet.", {"init/version.c": (r"\Z", "\n" + FLAKY_C.replace("#include <linux/init.h>\n", ""))}),
         ("init: a comment\n\nNothing changes.", {"init/version.c": (r"^#define LAB_FAIL_PERCENT 0", "/* percent */\n#define LAB_FAIL_PERCENT 0")}),
         ("init: make /proc/lab_flaky fail 30 % of the time\n\nThe flaky regression.",
          {"init/version.c": (r"^#define LAB_FAIL_PERCENT 0", "#define LAB_FAIL_PERCENT 30")}),
         ("init: another comment\n\nNothing changes.", {"init/version.c": (r"^/\* percent \*/", "/* percent of reads that fail */")}),
     ])
+
+
+def test_a_flaky_regression_is_bisected_by_failure_rate(tmp_path):
+    mbox = flaky_series(tmp_path)
     cls = framework.get("repro")
-    options = validate(cls.Options, {"command": "test \"$(cat /proc/lab_flaky)\" = ok", "repeat": 20})
+    # The base has no /proc/lab_flaky: there the reproducer passes (nothing to be flaky yet).
+    command = "test ! -e /proc/lab_flaky || test \"$(cat /proc/lab_flaky)\" = ok"
+    options = validate(cls.Options, {"command": command, "repeat": 20})
     requests, labels = series_candidates(BASE, str(mbox), ())
     run_dir, summary = run_bisect("repro", options, requests, labels, {"base": BASE, "series": str(mbox)}, max_batches=6)
     result = summary["result"]
     assert result["changed"], summary
     assert result["first_bad"]["label"] == "patch 3/4 init: make /proc/lab_flaky fail 30 % of the time"
+    assert summary["steps"][0]["failed"] == 0 and summary["steps"][0]["repetitions"] >= 20  # the base ran and passed
     assert result["last_good"]["failed"] == 0
     text = (run_dir.path / "summary.txt").read_text()
     assert "first change: patch 3/4" in text and "failed (" in text
+
+
+def test_a_base_that_already_fails_stops_the_bisect_with_that_verdict(tmp_path):
+    """What happened on a fresh clone: a reproducer that reads a file only patch 1 adds fails 20/20 on
+    the base. The bisect says so after the two ends instead of running a middle step 120 times."""
+    mbox = flaky_series(tmp_path)
+    cls = framework.get("repro")
+    options = validate(cls.Options, {"command": "test \"$(cat /proc/lab_flaky)\" = ok", "repeat": 20})
+    requests, labels = series_candidates(BASE, str(mbox), ())
+    run_dir, summary = run_bisect("repro", options, requests, labels, {"base": BASE, "series": str(mbox)}, max_batches=6)
+    result = summary["result"]
+    assert result["changed"] is None and result["base_fails"]["base"]["failed"] == 20, summary
+    assert [s["index"] for s in summary["steps"]] == [0, 4]  # the two ends, once each
+    assert "the base already fails: 20/20" in (run_dir.path / "summary.txt").read_text()

@@ -27,9 +27,21 @@ def test_no_change() -> None:
     assert calls == [0, 5]
 
 
-def test_build_error_counts_as_change() -> None:
-    verdicts = ["PASS", "PASS", "BUILD-ERROR", "FAIL"]
-    assert Search(3, lambda i: verdicts[i]).run() == (1, 2)
+def test_a_step_that_does_not_build_is_skipped_not_the_first_bad() -> None:
+    # p2 does not build, p3 is the first FAIL: the search tests around p2 and names p3.
+    verdicts = ["PASS", "PASS", "BUILD-ERROR", "FAIL", "FAIL"]
+    search = Search(4, lambda i: verdicts[i])
+    assert search.run() == (1, 3) and search.skipped == [2]
+    # Every step between the ends skipped: the first bad is one of them or the end.
+    search = Search(3, lambda i: ["PASS", "BUILD-ERROR", "BUILD-ERROR", "FAIL"][i])
+    assert search.run() == (0, 3) and search.skipped == [1, 2]
+
+
+def test_an_end_that_does_not_build_is_inconclusive() -> None:
+    from lab.bisect import Inconclusive
+
+    with pytest.raises(Inconclusive, match="BUILD-ERROR"):
+        Search(3, lambda i: "BUILD-ERROR" if i == 3 else "PASS").run()
 
 
 def test_report_names_last_good_and_first_bad() -> None:
@@ -46,8 +58,10 @@ class _Kernel:
         self.ref = ref
 
 
-def _bisect(tmp_path, monkeypatch, verdicts: dict[int, list[str]]):
-    """run_bisect over 4 candidates whose runs give `verdicts[i]` in turn (a list per candidate)."""
+def _bisect(tmp_path, monkeypatch, verdicts: dict[int, list[str]], *, unbuildable: tuple[int, ...] = (),
+            cases: dict[int, list[dict]] | None = None, case: str | None = None, repeat: int = 1):
+    """run_bisect over 4 candidates whose runs give `verdicts[i]` in turn (a list per candidate);
+    `cases[i]` gives each run's cases instead, `unbuildable` candidates fail to build."""
     from lab.bisect import run_bisect
     from lab.kernels.build import BuildRequest
     from lab.rundir import RunDir
@@ -61,11 +75,20 @@ def _bisect(tmp_path, monkeypatch, verdicts: dict[int, list[str]]):
     def run_scenario(name, options):
         i = int(options.kernels[0])
         runs.append(i)
-        verdict = verdicts[i].pop(0)
-        return Outcome(RunDir.create("x", str(i)), {"subruns": {"k": {"verdict": verdict, "facets": {}}}}, verdict == "PASS", "")
+        if cases is not None:
+            section = {"verdict": "FAIL", "facets": {}, "cases": cases[i].pop(0)}
+        else:
+            section = {"verdict": verdicts[i].pop(0), "facets": {}, "cases": {}}
+        return Outcome(RunDir.create("x", str(i)), {"subruns": {"k": section}}, section["verdict"] == "PASS", "")
 
-    _, summary = run_bisect("stable-pages", ScenarioOptions(), requests, ["base", "p1", "p2", "p3"], {},
-                            build_kernel=lambda r: _Kernel(r.source), run_scenario=run_scenario)
+    def build_kernel(request):
+        if int(request.source) in unbuildable:
+            from lab.errors import LabError
+            raise LabError("patch 2/3 does not apply")
+        return _Kernel(request.source)
+
+    _, summary = run_bisect("stable-pages", ScenarioOptions(repeat=repeat), requests, ["base", "p1", "p2", "p3"], {},
+                            build_kernel=build_kernel, run_scenario=run_scenario, case=case)
     return summary, runs
 
 
@@ -113,3 +136,59 @@ def test_rate_search_says_when_it_cannot_decide() -> None:
     with pytest.raises(Inconclusive, match="do not separate"):
         RateSearch(3, lambda i: Rate(1 if i == 0 else 2, 10), max_batches=4).run()
     assert RateSearch(3, lambda i: Rate(0, 10), max_batches=2).run() is None  # 0 % at both ends: no change
+
+
+def test_a_step_that_does_not_build_is_reported_and_skipped(tmp_path, monkeypatch) -> None:
+    summary, runs = _bisect(tmp_path, monkeypatch, {0: ["PASS"], 3: ["FAIL"], 1: ["PASS"]}, unbuildable=(2,))
+    result = summary["result"]
+    assert result["changed"] and result["first_bad"]["label"] == "p3" and result["could_be"] == ["p2", "p3"]
+    assert 2 not in runs
+    text = report(summary)
+    assert "p2" in text and "BUILD-ERROR" in text and "the first bad is one of p2, p3" in text
+
+
+def test_case_follows_one_case_and_ignores_expected_failures_elsewhere(tmp_path, monkeypatch) -> None:
+    """stable-pages' raw target fails on every kernel (expected): followed alone, the xfs case
+    decides, and the sub-run's FAIL at both ends does not read as 'unchanged'."""
+    def run(xfs: str) -> list[dict]:
+        return [{"raw": {"verdict": "FAIL"}, "xfs": {"verdict": xfs}}]
+
+    cases = {0: run("FAIL"), 1: run("FAIL"), 2: run("PASS"), 3: run("PASS")}
+    summary, _ = _bisect(tmp_path, monkeypatch, {}, cases=cases, case="xfs")
+    assert summary["result"]["changed"] and summary["result"]["first_bad"]["label"] == "p2"
+    assert "following case 'xfs'" in report(summary)
+    # Without --case the sub-run verdict is FAIL everywhere: unchanged.
+    cases = {0: run("FAIL"), 3: run("PASS")}
+    summary, _ = _bisect(tmp_path, monkeypatch, {}, cases=cases)
+    assert summary["result"]["changed"] is False
+
+
+def test_a_followed_case_that_did_not_run_is_inconclusive(tmp_path, monkeypatch) -> None:
+    cases = {0: [{"raw": {"verdict": "PASS"}}, {"raw": {"verdict": "PASS"}}]}
+    summary, runs = _bisect(tmp_path, monkeypatch, {}, cases=cases, case="xfs")
+    assert summary["result"]["inconclusive"]["label"] == "base" and runs == [0, 0]
+
+
+def test_a_rate_step_whose_repetitions_all_errored_is_inconclusive(tmp_path, monkeypatch) -> None:
+    """Every repetition of the ends ended in ERROR: inconclusive at the base, never 'unchanged'."""
+    errored = {"verdict": "ERROR", "repetitions": {"runs": 20, "passed": 0, "failed": 0, "other": 20}}
+    cases = {i: [{"c": dict(errored)} for _ in range(4)] for i in range(4)}
+    summary, runs = _bisect(tmp_path, monkeypatch, {}, cases=cases, case="c", repeat=20)
+    assert summary["result"]["changed"] is None
+    assert summary["result"]["inconclusive"]["label"] == "base" and runs == [0]
+    assert "no repetition completed" in report(summary)
+
+
+def test_a_base_that_already_fails_stops_the_rate_bisect(tmp_path, monkeypatch) -> None:
+    """The kernel-full demo's trap: the reproducer reads a file only patch 1 adds, so the base fails
+    20/20 and the end 8/20. The bisect says so after the two ends, not after 120 runs of a middle step."""
+    def rep(failed: int) -> list[dict]:
+        return [{"c": {"verdict": "FAIL", "repetitions": {"runs": 20, "passed": 20 - failed, "failed": failed, "other": 0}}}]
+
+    summary, runs = _bisect(tmp_path, monkeypatch, {}, cases={0: rep(20), 3: rep(8)}, case="c", repeat=20)
+    assert runs == [0, 3]
+    assert summary["result"]["base_fails"]["base"]["failed"] == 20
+    assert "the base already fails: 20/20" in report(summary)
+    from lab.bisect import exit_status
+
+    assert exit_status(summary["result"]) == 3
