@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab import kernel_log
 from lab.errors import BootError, BootEvidence, LabError
 from lab.guest import Guest
 from lab.qmp_link import QmpLink
@@ -39,6 +40,9 @@ _STALE_INT3_CODE = re.compile(r"^.*Code: (?:[0-9a-f]{2} )*([0-9a-f]{2}) <[0-9a-f
 # An emulated NVMe controller that never answered its first admin command (the Identify times out
 # after the kernel's 60 s admin timeout and the probe fails with -4): seen now and then under
 # multi-threaded TCG with two controllers; the topology's device is missing, so the boot failed.
+_PANIC = re.compile(r"Kernel panic - not syncing: ([^\n]*)")
+# Where one oops's report ends: its end-of-trace line, the next oops, or a panic.
+_OOPS_END = re.compile(r"---\[ end trace|Oops: |Kernel panic - not syncing")
 _NVME_IDENTIFY_TIMEOUT = re.compile(r"(nvme nvme\d+): Identify Controller failed \(-4\)")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -79,19 +83,31 @@ def console_tail(text: str, lines: int = 25) -> str:
     return "\n    ".join(tail) or "(console is empty)"
 
 
+def _own_oops(text: str, start: int) -> str:
+    """The oops that starts at `start`, up to its end-of-trace line or the next oops or panic: what
+    its RIP and Code lines are read from (never another oops's)."""
+    rest = text[start:]
+    ends = [m.start() for m in _OOPS_END.finditer(rest, 1)]
+    return rest[:min(ends)] if ends else rest
+
+
 def stale_int3(text: str) -> str | None:
     """Where the multi-threaded TCG fault struck, when `text` shows it: an int3 oops in
     sched_clock_cpu, or at a site whose int3 the kernel's text patching had already replaced (the
-    byte before RIP no longer cc). A real int3 left in kernel text still reads "cc <..>"."""
+    byte before RIP no longer cc). A real int3 left in kernel text still reads "cc <..>". An int3
+    oops after another kernel problem (oops, BUG, KASAN, WARNING, panic) in the same boot is not the
+    emulator's: the kernel under test had already gone wrong."""
     oops = _INT3_OOPS.search(text)
     if not oops:
         return None
-    text = text[oops.start():]
-    if _INT3_RIP.search(text):
+    if kernel_log.first_crash(text[:oops.start()]) is not None:
+        return None
+    own = _own_oops(text, oops.start())
+    if _INT3_RIP.search(own):
         return "sched_clock_cpu"
-    code = _STALE_INT3_CODE.search(text)
+    code = _STALE_INT3_CODE.search(own)
     if code and code.group(1) != "cc":
-        rip = re.search(r"RIP: \S+:(\S+)", text)
+        rip = re.search(r"RIP: \S+:(\S+)", own)
         return rip.group(1) if rip else "?"
     return None
 
@@ -99,17 +115,24 @@ def stale_int3(text: str) -> str | None:
 def emulator_fault_after_ready(text: str) -> str | None:
     """The same emulator fault after the ready marker: text patching at run time (tracepoints,
     kprobes and static keys turned on and off by a scenario) meets it too. None for a console
-    without it, including a real int3 or any other oops of the kernel under test."""
+    without it, including a real int3, any other oops of the kernel under test, and an int3 oops
+    that followed another kernel problem in that boot."""
     if READY_MARKER not in text:
         return None
-    where = stale_int3(text.split(READY_MARKER, 1)[1])
+    before, after = text.split(READY_MARKER, 1)
+    if kernel_log.first_crash(before) is not None:
+        return None
+    where = stale_int3(after)
     if where is None:
         return None
     return f"the guest kernel oopsed on an int3 already patched away at {where} (the known multi-threaded TCG fault)"
 
 
 def classify_console(text: str) -> tuple[str, str] | None:
-    """(phase, detail) when the console shows the guest kernel died before the lab's ready marker."""
+    """(phase, detail) when the console shows the guest kernel died before the lab's ready marker.
+    The emulator's int3 fault first (only when nothing went wrong before it), then a panic (anywhere
+    in the console when an NVMe controller also timed out), then an NVMe controller that never
+    answered."""
     before_ready = text.split(READY_MARKER, 1)[0]
     where = stale_int3(before_ready)
     if where == "sched_clock_cpu":
@@ -117,13 +140,16 @@ def classify_console(text: str) -> tuple[str, str] | None:
     if where is not None:
         return "tcg-int3", (f"guest kernel oopsed on an int3 already patched away at {where} "
                             "during early boot (the known multi-threaded TCG fault)")
-    m = _NVME_IDENTIFY_TIMEOUT.search(before_ready)
+    timeout = _NVME_IDENTIFY_TIMEOUT.search(before_ready)
+    # A panic before the ready marker, or anywhere when the NVMe signature would otherwise read as the
+    # emulator's: the kernel's panic is never retried away.
+    m = _PANIC.search(text if timeout else before_ready)
+    if m:
+        return "panic", f"guest kernel panicked: {m.group(1).strip()[:120]}"
+    m = timeout
     if m:
         return "nvme-timeout", (f"{m.group(1)} of the topology never answered its Identify command (timed out in the "
                                 "guest, the emulated controller did not respond)")
-    m = re.search(r"Kernel panic - not syncing: ([^\n]*)", before_ready)
-    if m:
-        return "panic", f"guest kernel panicked: {m.group(1).strip()[:120]}"
     return None
 
 

@@ -9,10 +9,11 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import model_validator
 
+from lab import kernel_log
 from lab.errors import LabError, UsageError
 from lab.paths import scenarios_dir
 from lab.scenarios.framework import Context, Scenario, register
@@ -282,6 +283,7 @@ class Blktests(Scenario):
         known = {t: self._known(ctx, t, label) for t in tests}
         rerun = self._rerun(ctx, vm, label, config, [t for t in tests if statuses[t] == FAIL_S and not known[t]])
         run.update(statuses=statuses, rerun=rerun, seconds=round(time.monotonic() - t0, 1), classes={})
+        per_test, others = common.kernel_windows(ctx, "vm", kernel_log.BLKTESTS_MARKER)
         for test in tests:
             cls = classify(statuses[test], known[test] is not None, rerun.get(test))
             run["classes"][test] = cls
@@ -307,7 +309,11 @@ class Blktests(Scenario):
             if entry is not None:
                 reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
             ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, "format": self.format},
-                     expected=expected, status=statuses[test], classification=cls)
+                     expected=expected, status=statuses[test], classification=cls, kernel_window={"vm": per_test.get(test, "")})
+        common.judge_other_machines(ctx, label, others, {"transport": label, "format": self.format})
+
+    def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
+        return common.kernel_log_rules(facets.get("test"))
 
     def _not_in_kernel(self, ctx: Context, run: dict[str, Any], label: str, tests: list[str], missing: list[str]) -> None:
         """A transport the kernel lacks: its tests do not run, and the reason names the options

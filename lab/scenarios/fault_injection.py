@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
-from lab import faults
+from lab import faults, kernel_log
 from lab.errors import LabError, UsageError
 from lab.scenarios import kmsg, nfs
 from lab.scenarios.framework import Context, Scenario, ScenarioError, Variant, matrix_label, register
@@ -91,6 +91,10 @@ class Faults(Scenario):
                 raise UsageError(f"--kind {kind} needs an NVMe namespace on the first machine of {variant.topology}")
             if kind == "pi" and not first.nvme[0].namespaces[0].pi:
                 raise UsageError("--kind pi needs a namespace with protection information (pi=1, 2 or 3)")
+
+    def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
+        # The injected fault is meant to make the storage path report errors; a crash is still the kernel's.
+        return (kernel_log.Rule(frozenset(kernel_log.DEVICE), "the scenario injected a fault on this path"),)
 
     def setup(self, ctx: Context) -> None:
         ctx.section.setdefault("faults", [])

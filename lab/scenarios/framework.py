@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from lab import junit
+from lab import junit, kernel_log
 from lab.errors import BootError, LabError, UsageError
 from lab.kernels.kernel import Kernel
 from lab.lab import Lab
-from lab.machine import emulator_fault_after_ready, read_text
+from lab.machine import emulator_fault_after_ready, read_text, stale_int3
 from lab.paths import scenarios_dir
 from lab.progress import info
 from lab.rundir import RunDir
@@ -152,6 +152,11 @@ class Scenario:
         """One repetition of the scenario's cases (ctx.repetition counts from 1)."""
         raise NotImplementedError
 
+    def kernel_log_rules(self, ctx: "Context", case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
+        """Why problems in the kernel log of this case's window are there (the scenario provoked
+        them, or a known emulation fact explains them); any other problem fails the case."""
+        return ()
+
     def more(self, ctx: "Context", started: float) -> bool:
         """Whether to run another repetition; by default --repeat of them."""
         return ctx.repetition < self.options.repeat
@@ -268,6 +273,7 @@ class Context:
     boots: int = 1
     failed_repetitions: set[int] = field(default_factory=set)
     counted_repetitions: set[int] = field(default_factory=set)
+    log_marks: dict[str, int] = field(default_factory=dict)  # console file -> bytes already judged
 
     @property
     def topology(self):
@@ -288,12 +294,50 @@ class Context:
     def note(self, message: str) -> None:
         info(f"{self.variant.label}: {message}")
 
+    def kernel_log_window(self, peek: bool = False) -> dict[str, str]:
+        """What each machine's console printed since the last window (the first one starts at boot;
+        a reboot starts new consoles). `peek` leaves it to the next case's window."""
+        out: dict[str, str] = {}
+        for name, machine in self.lab.machines.items():
+            key = str(machine.console_log)
+            start = self.log_marks.get(key, 0)
+            try:
+                with open(machine.console_log, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+            except OSError:
+                data = b""
+            if not peek:
+                self.log_marks[key] = start + len(data)
+            out[name] = data.decode(errors="replace")
+        return out
+
+    def judge_kernel_log(self, name: str, facets: dict[str, Any],
+                         windows: dict[str, str] | None = None) -> kernel_log.Judgement:
+        """Every machine's kernel log over this case's window, against the scenario's rules."""
+        windows = self.kernel_log_window() if windows is None else windows
+        rules = self.scenario.kernel_log_rules(self, name, facets)
+        tcg = self.lab.chosen_accel is not None and self.lab.chosen_accel.name == "tcg"
+        # The emulator's own fault and what follows it (the oops, the panic) are not the case's:
+        # the attempt is run again, and what came before the fault is still judged.
+        found = [p for text in windows.values()
+                 for p in kernel_log.detect(text.split("Oops: int3", 1)[0] if tcg and stale_int3(text) else text)]
+        return kernel_log.judge(found, rules)
+
     def case(self, name: str, verdict: str, reason: str, *, facets: dict[str, Any] | None = None,
-             machine: str | None = None, expected: str | None = None, **data: Any) -> dict[str, Any]:
+             machine: str | None = None, expected: str | None = None, kernel_window: dict[str, str] | None = None,
+             **data: Any) -> dict[str, Any]:
         """Record one case. Its expectation is `expected`, else the scenario's expect.toml rule for
         its facets and the kernel's version, else PASS. Over several repetitions the case keeps a
-        tally, its first failure and its failure rate."""
+        tally, its first failure and its failure rate. The kernel log of every machine since the
+        previous case (or `kernel_window`, per machine) is judged: a problem no rule explains
+        turns a PASS into a FAIL."""
         facets = {**self.variant.facets, **(facets or {})}
+        judged = self.judge_kernel_log(name, facets, kernel_window)
+        if judged.unexpected or judged.explained:
+            data["kernel_log_problems"] = judged.to_dict()
+        if judged.unexpected and verdict == PASS:
+            verdict, reason = FAIL, f"{judged.headline()} (the case itself passed: {reason})"
         why = None
         if expected is None and self.scenario.expect_file is not None:
             rule = expectation_for(self.scenario.expect_file, facets, self.release(machine))
@@ -337,6 +381,13 @@ class Context:
         result = parse_program_output(res.stdout, required, count)
         if res.exit_code != 0 and not result.error:
             result.error = f"program exited {res.exit_code}: {res.stderr.strip()[-200:]}"
+        elif res.exit_code != 0 and result.data is None:
+            # It crashed before it reported: its own last error line, and what the kernels logged meanwhile.
+            last = next((line.strip() for line in reversed(res.stderr.splitlines()) if line.strip()), "")
+            result.error = f"the program crashed (exit {res.exit_code}{', ' + last[:160] if last else ', nothing on stderr'})"
+            found = [p for text in self.kernel_log_window(peek=True).values() for p in kernel_log.detect(text)]
+            if found:
+                result.error += "; kernel log: " + "; ".join(f"{p.kind}: {p.line[:120]}" for p in found[:3])
         return result
 
     def dmesg(self, machine: str | None = None, clear: bool = False) -> str:
@@ -543,7 +594,12 @@ def run(name: str | type[Scenario], options: ScenarioOptions, tags: dict[str, An
 def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[str, Kernel],
                 into: dict[str, Any] | None = None) -> dict[str, Any]:
     """One sub-run. Its section is placed in `into` from the start, so a run interrupted in the middle
-    of it still writes what it had (a suite's finished tests) to results.json."""
+    of it still writes what it had (a suite's finished tests) to results.json.
+
+    An attempt whose guest met the emulator's fault (TCG only, with nothing wrong in that boot
+    before it) is run again from a fresh boot, at most SUBRUN_ATTEMPTS in all. A discarded attempt
+    is kept whole under attempt-N/ and listed in the section; one that failed a case or logged a
+    kernel problem keeps the sub-run from ending PASS."""
     sub = run_dir.child(f"subruns/{v.label}", kernel_ref=v.kernel, facets=v.facets)
     sub.update(scenario=scenario.name, options=scenario.options.to_dict())
     section: dict[str, Any] = {"label": v.label, "kernel": v.kernel, "facets": v.facets, "verdict": ERROR, "reason": "",
@@ -552,57 +608,30 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
         into[v.label] = section
     started = time.monotonic()
     status = "interrupted"
-    lab: Lab | None = None
     assert v.rendered is not None
     ctx: Context | None = None
     fresh = dict(section)  # what a sub-run run again after an emulator fault starts from
-    retried: list[dict[str, Any]] = []
+    discarded: list[dict[str, Any]] = []
     try:
         for attempt in range(1, SUBRUN_ATTEMPTS + 1):
             lab = Lab(v.rendered, kernel_ref=v.kernel, accel=scenario.options.accel, run=sub, resolved=resolved)
             ctx = Context(scenario, v, lab, sub, section, resolved=resolved)
-            fault: str | None = None
-            try:
-                lab.start()
-                first = next(iter(lab.machines))
-                section["release"] = lab.kernels[first].release
-                section["boot"] = {"seconds": dict(lab.boot_seconds), "retries": list(lab.boot_retries)}
-                scenario.setup(ctx)
-                started_at = time.monotonic()
-                while True:
-                    scenario.exercise(ctx)
-                    if not scenario.more(ctx, started_at):
-                        break
-                    ctx.repetition += 1
-            except BootError:
-                raise
-            except LabError as exc:
-                # A command that failed because its machine stopped answering: say that, with evidence.
-                fault = emulator_fault(lab)
-                stalled = diagnose(ctx.lab, sub)
-                if fault is None or attempt == SUBRUN_ATTEMPTS:
-                    if fault or stalled:
-                        raise ScenarioError(fault or stalled) from exc
-                    raise
-            finally:
-                ctx.lab.stop()
-            fault = fault or emulator_fault(lab)
+            fault = run_attempt(scenario, ctx)
             if fault is None:
                 break
             if attempt == SUBRUN_ATTEMPTS:
                 raise ScenarioError(f"{fault}, in each of {attempt} attempts")
-            # The emulator failed the kernel under test, not the other way round: run the whole
-            # sub-run again from a fresh boot; the failed attempt's consoles are kept.
-            retried.append({"attempt": attempt, "detail": fault})
-            for m in lab.machines.values():
-                if m.console_log.exists():
-                    m.console_log.rename(m.console_log.with_name(f"console.fault{attempt}.log"))
-            info(f"{v.label}: {fault}; running the sub-run again from a fresh boot (consoles kept as "
-                 f"console.fault{attempt}.log)")
+            discarded.append(discard_attempt(attempt, fault, ctx))
+            info(f"{v.label}: {fault}; running the sub-run again from a fresh boot (attempt {attempt} kept in "
+                 f"{sub.path / discarded[-1]['dir']})")
             section.clear()
-            section.update(fresh, cases={}, boot={}, emulator_retries=list(retried))
+            section.update(fresh, cases={}, boot={}, attempts=list(discarded))
         assert ctx is not None
         verdict, reason = aggregate(section["cases"])
+        held = held_against(discarded)
+        if held and verdict == PASS:
+            verdict, reason = FAIL, f"{held}; the attempt after it passed ({reason})"
+            section["attempt_failed"] = held
         section.update(verdict=verdict, reason=reason)
         if scenario.options.repeat > 1 or ctx.repetition > 1:
             rate = Rate(len(ctx.failed_repetitions), len(ctx.counted_repetitions))
@@ -628,11 +657,12 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
             section.update(verdict=ERROR, reason="interrupted")
         elif section["verdict"] == ERROR:
             status = "error"
-        if lab is not None:
-            section["boot"]["retries"] = list(lab.boot_retries)
-            if lab.kernels and "release" not in section:
-                section["release"] = next(iter(lab.kernels.values())).release
+        if discarded:
+            section["attempts"] = discarded
         if ctx is not None:
+            section["boot"]["retries"] = list(ctx.lab.boot_retries)
+            if ctx.lab.kernels and "release" not in section:
+                section["release"] = next(iter(ctx.lab.kernels.values())).release
             section["boot"]["boots"] = ctx.boots
         section["seconds"] = round(time.monotonic() - started, 1)
         section["outcome"] = section_outcome(section)
@@ -642,10 +672,94 @@ def run_variant(scenario: Scenario, v: Variant, run_dir: RunDir, resolved: dict[
     return section
 
 
+def run_attempt(scenario: Scenario, ctx: Context) -> str | None:
+    """Boot, set up and run every repetition; the machines are stopped whatever happens. Returns
+    the emulator's fault when the attempt met it (the caller runs it again), else None; a failure
+    of the kernel or the scenario is raised."""
+    section = ctx.section
+    try:
+        ctx.lab.start()
+        first = next(iter(ctx.lab.machines))
+        section["release"] = ctx.lab.kernels[first].release
+        section["boot"] = {"seconds": dict(ctx.lab.boot_seconds), "retries": list(ctx.lab.boot_retries)}
+        scenario.setup(ctx)
+        started_at = time.monotonic()
+        while True:
+            scenario.exercise(ctx)
+            if not scenario.more(ctx, started_at):
+                break
+            ctx.repetition += 1
+        judge_rest_of_log(ctx)
+    except BootError:
+        raise
+    except LabError as exc:
+        # A command that failed because its machine stopped answering: say that, with evidence.
+        fault = emulator_fault(ctx.lab)
+        if fault is not None:
+            return fault
+        stalled = diagnose(ctx.lab, ctx.sub)
+        if stalled:
+            raise ScenarioError(stalled) from exc
+        raise
+    finally:
+        ctx.lab.stop()
+    return emulator_fault(ctx.lab)
+
+
+def judge_rest_of_log(ctx: Context) -> None:
+    """What the kernels logged after the last case (tear-down, late messages): a problem no rule
+    explains is a case of its own."""
+    if not ctx.section["cases"]:
+        return
+    judged = ctx.judge_kernel_log("kernel log", dict(ctx.variant.facets))
+    if judged.unexpected:
+        ctx.case("kernel log", FAIL, judged.headline(), kernel_window={},
+                 kernel_log_problems=judged.to_dict())
+
+
+def discard_attempt(attempt: int, fault: str, ctx: Context) -> dict[str, Any]:
+    """Move what the attempt left in the sub-run directory (consoles, program output, cases) to
+    attempt-N/ and say what it had: its cases, failures and kernel problems before the fault."""
+    sub = ctx.sub
+    keep = sub.path / f"attempt-{attempt}"
+    keep.mkdir()
+    for entry in list(sub.path.iterdir()):
+        if entry.name == sub.manifest_path.name or entry.name.startswith("attempt-"):
+            continue
+        entry.rename(keep / entry.name)
+    cases = ctx.section.get("cases", {})
+    (keep / "verdict.json").write_text(json.dumps({**ctx.section, "discarded": fault}, indent=2, default=str))
+    problems: list[dict[str, Any]] = []
+    rules = ctx.scenario.kernel_log_rules(ctx, "kernel log", dict(ctx.variant.facets))
+    for name, machine in ctx.lab.machines.items():
+        console = keep / machine.console_log.relative_to(sub.path) if machine.console_log.is_relative_to(sub.path) else machine.console_log
+        text = read_text(console).split("Oops: int3", 1)[0]
+        for p in kernel_log.judge(kernel_log.detect(text), rules).unexpected:
+            problems.append({"machine": name, **p.to_dict()})
+    return {"attempt": attempt, "fault": fault, "dir": keep.name,
+            "cases": {name: c.get("verdict") for name, c in cases.items()},
+            "failed": [name for name, c in cases.items() if c.get("verdict") == FAIL and not outcome_ok(c.get("outcome", "error"))],
+            "kernel_problems": problems[:8]}
+
+
+def held_against(discarded: list[dict[str, Any]]) -> str | None:
+    """Why a sub-run may not end PASS after its discarded attempts: one failed a case, or its kernel
+    logged a problem before the emulator's fault."""
+    for a in discarded:
+        if a["failed"]:
+            return f"attempt {a['attempt']} (run again after an emulator fault) failed {', '.join(a['failed'][:3])}"
+        if a["kernel_problems"]:
+            p = a["kernel_problems"][0]
+            return (f"attempt {a['attempt']} (run again after an emulator fault) logged {p['kind']} on {p['machine']}: "
+                    f"{p['line'][:100]}")
+    return None
+
+
 def emulator_fault(lab: Lab | None) -> str | None:
     """A guest that died of the known multi-threaded TCG fault after it was ready (its console
-    says so), or None."""
-    if lab is None:
+    says so, with nothing wrong before it in that boot), or None. Under KVM it is never the
+    emulator's."""
+    if lab is None or lab.chosen_accel is None or lab.chosen_accel.name != "tcg":
         return None
     for name, machine in lab.machines.items():
         detail = emulator_fault_after_ready(read_text(machine.console_log))
@@ -678,6 +792,8 @@ def section_outcome(section: dict[str, Any]) -> str:
         return "error"
     if verdict == NOT_APPLICABLE:
         return "not applicable"
+    if section.get("attempt_failed"):
+        return "unexpected failure (regression)"
     outcomes = [c["outcome"] for c in section["cases"].values() if c["verdict"] not in (NOT_APPLICABLE, INFO)]
     for bad in ("unexpected failure (regression)", "unexpected pass (finding)", "error"):
         if bad in outcomes:
@@ -702,9 +818,10 @@ def verdict_line(label: str, section: dict[str, Any]) -> str:
     if retries:
         what = ", ".join(f"attempt {r['attempt']}: {r['phase']}" for r in retries)
         line += f" [boot retried {len(retries)}x after emulator faults: {what}]"
-    again = section.get("emulator_retries") or []
+    again = section.get("attempts") or []
     if again:
-        line += f" [sub-run run again {len(again)}x after the emulator failed the guest: {again[0]['detail'][:80]}]"
+        line += f" [sub-run run again {len(again)}x after the emulator failed the guest: {again[0]['fault'][:80]}; " \
+                f"discarded attempts kept in {', '.join(a['dir'] for a in again)}]"
     return line
 
 
@@ -718,10 +835,17 @@ def junit_cases(scenario_name: str, results: dict[str, Any]) -> list[dict[str, A
     cases = []
     for label, s in results.get("subruns", {}).items():
         classname = f"{scenario_name}.{label}"
-        if not s["cases"]:
-            kind = "skipped" if s["verdict"] == NOT_APPLICABLE else "error"
+        # A sub-run ERROR shows even after passing cases; so does a discarded attempt's failure.
+        kind = ("error" if s["verdict"] == ERROR else "failure" if s.get("attempt_failed")
+                else "skipped" if not s["cases"] and s["verdict"] == NOT_APPLICABLE else "error" if not s["cases"] else None)
+        if kind is not None:
             cases.append({"name": "run", "classname": classname, "kind": kind, "message": s["reason"] or s["verdict"],
                           "seconds": s.get("seconds", 0)})
+        for a in s.get("attempts") or []:
+            cases.append({"name": f"attempt {a['attempt']} (discarded)", "classname": classname,
+                          "kind": "failure" if a["failed"] or a["kernel_problems"] else "skipped",
+                          "message": f"run again after the emulator failed the guest: {a['fault']}; kept in {a['dir']}",
+                          "details": json.dumps(a, indent=1, default=str)[:4000]})
         for name, c in s["cases"].items():
             if c["verdict"] == ERROR:
                 kind = "error"

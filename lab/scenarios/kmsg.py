@@ -63,32 +63,3 @@ def parse(text: str, max_samples: int = 6) -> KernelMessages:
             if len(out.samples) < max_samples and not any(s.split(",")[0] == line.split(",")[0] for s in out.samples):
                 out.samples.append(line[:200])
     return out
-
-
-# Lines that mean the kernel itself went wrong, whatever the program in the guest printed.
-PROBLEMS = {
-    "oops": re.compile(r"\bOops\b|\bgeneral protection fault\b|\bunable to handle (kernel|page)"),
-    "bug": re.compile(r"\bBUG: |\bkernel BUG at\b"),
-    "warning": re.compile(r"\bWARNING: .* at |------------\[ cut here \]------------"),
-    "kasan": re.compile(r"\bKASAN: |\bUBSAN: |\bKFENCE: "),
-    "hung_task": re.compile(r"\bblocked for more than \d+ seconds|\bsoft lockup\b|\brcu_sched detected stalls|\bhard LOCKUP\b"),
-    "panic": re.compile(r"Kernel panic - not syncing"),
-}
-
-
-def problems(text: str) -> dict[str, list[str]]:
-    """Kind of problem -> the first lines of it (at most 3 each): oops, BUG, WARN, KASAN, hangs, and
-    the PI and I/O errors parse() counts."""
-    found: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = _TS.sub("", raw.strip())
-        for kind, pattern in PROBLEMS.items():
-            if pattern.search(line):
-                found.setdefault(kind, [])
-                if len(found[kind]) < 3:
-                    found[kind].append(line[:200])
-    messages = parse(text)
-    for kind in ("protection_errors", "guard_tag_errors", "ref_tag_errors", "app_tag_errors", "nvme_pi_status", "io_errors"):
-        if getattr(messages, kind):
-            found[kind] = [s for s in messages.samples if kind.split("_")[0] in s.lower()][:3] or [f"{getattr(messages, kind)} line(s)"]
-    return found

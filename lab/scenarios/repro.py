@@ -11,12 +11,12 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import model_validator
 
+from lab import kernel_log
 from lab.errors import LabError, UsageError
-from lab.scenarios import kmsg
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, PASS
@@ -153,7 +153,7 @@ class Repro(Scenario):
         if not dmesg:
             dmesg = ctx.lab.machines[name].console_log.read_text(errors="replace")[-200_000:]
         ctx.sub.write(ctx.path("dmesg"), dmesg)
-        problems = kmsg.problems(dmesg)
+        problems = kernel_log.summary(dmesg)
         verdict, reason = judge(exit_code, problems, fio_failed, note)
         if note and not ctx.lab.machines[name].alive():
             verdict = FAIL
@@ -162,6 +162,10 @@ class Repro(Scenario):
             self._fetch(ctx, name, "first-failure" if first_failure else "last")
         ctx.case("repro", verdict, reason, expected=self._expected(), exit_code=exit_code, kernel_problems=problems,
                  seconds=round(time.monotonic() - t0, 1), output=ctx.path("stdout"), kernel_log=ctx.path("dmesg"))
+
+    def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
+        # The reproducer's verdict reads the guest's whole dmesg itself (judge() above).
+        return (kernel_log.Rule(frozenset(kernel_log.CRASH + kernel_log.DEVICE), "judged by the reproducer's own verdict"),)
 
     def _expected(self) -> str | None:
         return {"pass": PASS, "fail": FAIL}.get(self.options.expect or "")

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lab import kernel_log
 from lab.errors import UsageError
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
@@ -122,3 +123,32 @@ def install_tree(ctx: Any, guest: Any, tree: Any, suite: str, guest_tree: str, s
               timeout=600, check=True)
     ctx.section["tree"] = {"path": str(tree.path), **tree.meta}
     check_libraries(guest, guest_tree, suite, library_packages(tree))
+
+
+# -- the kernel log per test -----------------------------------------------------------------------
+def kernel_log_rules(test: str | None, read_races: Mapping[str, str] | None = None) -> tuple[kernel_log.Rule, ...]:
+    """A suite's test judges the errors of the storage path itself (its golden output, its exit);
+    READ guard errors of a test that races buffered or mapped reads with direct writes are the
+    emulation's. A crash-class problem is never the test's to judge."""
+    rules: list[kernel_log.Rule] = []
+    read_races = read_races or {}
+    if test is not None and test in read_races:
+        rules.append(kernel_log.emulation_read_race(f"{test} ({read_races[test]})"))
+    rules.append(kernel_log.Rule(frozenset(kernel_log.DEVICE), "storage errors: the suite's test judges them itself"))
+    return tuple(rules)
+
+
+def kernel_windows(ctx: Any, runner: str, marker: re.Pattern[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The kernel logs since the last case: the runner's cut per test at the line each test writes to
+    /dev/kmsg, and every other machine's (an NFS server) whole."""
+    windows = ctx.kernel_log_window()
+    per_test = kernel_log.split_by_marker(windows.get(runner, ""), marker)
+    return per_test, {m: text for m, text in windows.items() if m != runner}
+
+
+def judge_other_machines(ctx: Any, label: str, windows: dict[str, str], facets: dict[str, Any]) -> None:
+    """Problems on the other machines of the run (the server) while the suite ran: a case of their
+    own when no rule explains them (they cannot be told to one test)."""
+    judged = ctx.judge_kernel_log(f"kernel log ({label})", facets, windows)
+    if judged.unexpected:
+        ctx.case(f"kernel log ({label})", FAIL, judged.headline(), facets=facets, kernel_window={})
