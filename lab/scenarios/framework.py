@@ -35,7 +35,7 @@ from lab.machine import emulator_fault_after_ready, read_text, stale_int3
 from lab.paths import scenarios_dir
 from lab.progress import info
 from lab.rundir import RunDir
-from lab.scenarios.expect import ERROR, INFO, NOT_APPLICABLE, PASS, expectation_for, outcome, outcome_ok
+from lab.scenarios.expect import ERROR, FLAKY, INFO, NOT_APPLICABLE, PASS, expectation_for, outcome, outcome_ok
 from lab.scenarios.options import ScenarioOptions
 from lab.topology.kernel_needs import check_kernel_fits
 from lab.scenarios.verdict import FAIL, ProgramResult, aggregate, parse_program_output
@@ -481,12 +481,16 @@ class Context:
 
 
 def merge_repetition(previous: dict[str, Any] | None, entry: dict[str, Any], repetition: int) -> dict[str, Any]:
-    """One case over repetitions: FAIL when any repetition failed, PASS when some passed and none
-    failed, else the latest verdict (ERROR, N/A); the tally, the rate and the first failure kept."""
+    """One case over repetitions: FAIL when any repetition failed, ERROR when one errored and none
+    failed (an ERROR never merges into a PASS), PASS when all that ran passed, else the latest
+    verdict (N/A); the tally, the rate over completed repetitions and the first failure kept."""
     tally = dict((previous or {}).get("repetitions") or {"runs": 0, "passed": 0, "failed": 0, "other": 0})
+    tally.setdefault("errored", 0)
     tally["runs"] += 1
     key = {PASS: "passed", FAIL: "failed"}.get(entry["verdict"], "other")
     tally[key] += 1
+    if entry["verdict"] == ERROR:
+        tally["errored"] += 1
     merged = dict(entry)
     merged["repetitions"] = tally
     first_failure = (previous or {}).get("first_failure")
@@ -494,13 +498,22 @@ def merge_repetition(previous: dict[str, Any] | None, entry: dict[str, Any], rep
         first_failure = {"repetition": repetition, "reason": entry["reason"],
                          **{k: v for k, v in entry.items() if k not in ("verdict", "reason", "repetitions", "first_failure")}}
     merged["first_failure"] = first_failure
+    first_error = (previous or {}).get("first_error")
+    if first_error is None and entry["verdict"] == ERROR:
+        first_error = {"repetition": repetition, "reason": entry["reason"]}
+    merged["first_error"] = first_error
     counted = tally["passed"] + tally["failed"]
     rate = Rate(tally["failed"], counted)
     if counted:
         merged["rate"] = rate.to_dict()
+    errored = f"; {tally['errored']} of {tally['runs']} repetitions errored" if tally["errored"] else ""
     if tally["failed"] and first_failure is not None:
         merged["verdict"] = FAIL
-        merged["reason"] = f"{rate.describe()}; first (repetition {first_failure['repetition']}): {first_failure['reason']}"
+        merged["reason"] = f"{rate.describe()}; first (repetition {first_failure['repetition']}): {first_failure['reason']}{errored}"
+    elif tally["errored"] and first_error is not None:
+        merged["verdict"] = ERROR
+        merged["reason"] = (f"{tally['errored']} of {tally['runs']} repetitions errored (passed {tally['passed']}); first "
+                            f"(repetition {first_error['repetition']}): {first_error['reason']}")
     elif tally["passed"]:
         merged["verdict"] = PASS
         merged["reason"] = f"passed {tally['passed']} of {tally['runs']} repetitions; last: {entry['reason']}"
@@ -795,7 +808,7 @@ def section_outcome(section: dict[str, Any]) -> str:
     if section.get("attempt_failed"):
         return "unexpected failure (regression)"
     outcomes = [c["outcome"] for c in section["cases"].values() if c["verdict"] not in (NOT_APPLICABLE, INFO)]
-    for bad in ("unexpected failure (regression)", "unexpected pass (finding)", "error"):
+    for bad in ("unexpected failure (regression)", "unexpected pass (finding)", "error", "flaky"):
         if bad in outcomes:
             return bad
     return "as expected"
@@ -851,11 +864,14 @@ def junit_cases(scenario_name: str, results: dict[str, Any]) -> list[dict[str, A
                 kind = "error"
             elif c["verdict"] == NOT_APPLICABLE:
                 kind = "skipped"
+            elif c["verdict"] == FLAKY:
+                kind = "flaky"
             elif not outcome_ok(c["outcome"]):
                 kind = "failure"
             else:
                 kind = "pass"
-            cases.append({"name": name, "classname": classname, "kind": kind, "seconds": c.get("seconds", 0),
+            reruns = [f"failed again when run again: {c['reason']}"] if kind == "failure" and c.get("rerun") == "fail" else []
+            cases.append({"name": name, "classname": classname, "kind": kind, "seconds": c.get("seconds", 0), "reruns": reruns,
                           "message": f"{c['verdict']} ({c['outcome']}): {c['reason']}",
                           "details": json.dumps({k: v for k, v in c.items() if k not in ("reason",)}, indent=1, default=str)[:4000]})
     return cases

@@ -281,7 +281,7 @@ class FstestsSuite(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
-        common.check_known_issue_files(self.options.known_issues)
+        common.check_known_issue_files(self.options.known_issues, self.known_issues_file)
         common.check_source("fstests", self.options.fstests, "--fstests")
 
     def prepare(self) -> None:
@@ -323,6 +323,10 @@ class FstestsSuite(Scenario):
         except LabError:  # the results tree is a bonus; the console output is kept anyway
             pass
         known = {t: self._known(ctx, t, label) for t in tests}
+        logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get(self.runner, ""), kernel_log.FSTESTS_MARKER)
+        parsed["fails_differently"] = common.failing_differently(
+            known, [t for t in tests if parsed["statuses"][t] == FAIL_S],
+            lambda t: "\n".join(parsed.get("details", {}).get(t, [])) + "\n" + logs.get(t, ""))
         rerun_status = self._rerun(ctx, label, config, [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
         parsed["rerun"] = rerun_status
         parsed["seconds"] = round(time.monotonic() - t0, 1)
@@ -347,13 +351,15 @@ class FstestsSuite(Scenario):
                 reason += ": " + " | ".join(detail[:3])
             if entry is not None:
                 reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
+            if test in parsed["fails_differently"]:
+                reason += f" (fails differently from its known issue: no match for {parsed['fails_differently'][test]!r})"
             if cls == FLAKY:
                 reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
             if cls == HUNG:
                 why = parsed.get("kill_reasons", {}).get(test) or f"still running after {parsed['timed_out'][test]:.0f} s"
                 reason = f"timed out: {why}, killed; check went on with the next test"
             ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
-                     expected=expected, status=status, classification=cls, kernel_window={self.runner: per_test.get(test, "")})
+                     expected=expected, status=status, classification=cls, rerun=rerun_status.get(test), kernel_window={self.runner: per_test.get(test, "")})
         common.judge_other_machines(ctx, label, others, {self.facet: label, **self.extra_facets})
         return parsed
 

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lab.scenarios.expect import ERROR, FAIL, INFO, NOT_APPLICABLE, PASS  # noqa: F401 - the vocabulary
+from lab.scenarios.expect import ERROR, FAIL, FLAKY, INFO, NOT_APPLICABLE, PASS  # noqa: F401 - the vocabulary
 
-COUNTED = (PASS, FAIL, ERROR)
+COUNTED = (PASS, FAIL, ERROR, FLAKY)
 
 
 @dataclass
@@ -86,10 +86,12 @@ def aggregate(cases: dict[str, dict[str, Any]]) -> tuple[str, str]:
         name, case = next(((n, c) for n, c in cases.items() if c["verdict"] != INFO), next(iter(cases.items())))
         return ERROR, f"nothing was tested: all {len(cases)} case(s) were {'/'.join(kinds)}; first: {name}: {case['reason']}"
     failed = [(n, c) for n, c in cases.items() if c["verdict"] == FAIL]
+    flaky = [n for n, c in cases.items() if c["verdict"] == FLAKY]
+    also = f"; {len(flaky)} flaky (failed, then passed when run again): {', '.join(flaky[:3])}" if flaky else ""
     if failed:
         name, case = failed[0]
-        return FAIL, f"{len(failed)} of {len(counted)} case(s) failed; first: {name}: {case['reason']}"
-    return PASS, f"{len(counted)} case(s) passed"
+        return FAIL, f"{len(failed)} of {len(counted)} case(s) failed; first: {name}: {case['reason']}{also}"
+    return PASS, f"{len(counted) - len(flaky)} case(s) passed{also}"
 
 
 def combine(verdicts: list[str]) -> str:

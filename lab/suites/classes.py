@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
+from lab.scenarios.verdict import FLAKY as FLAKY_V
 
 PASS_S, FAIL_S, NOTRUN_S, TIMEOUT_S = "pass", "fail", "notrun", "timeout"
 
@@ -27,15 +28,15 @@ def classify(status: str, known_failure: bool, rerun: str | None = None) -> str:
         if known_failure:
             return KNOWN
         return FLAKY if rerun == PASS_S else NEW
-    if status == TIMEOUT_S:  # killed after --test-timeout: a hang is a failure unless it is known
-        return KNOWN if known_failure else HUNG
+    if status == TIMEOUT_S:  # killed after --test-timeout: a hang is new even for a test known to fail
+        return HUNG
     return UNREPORTED
 
 
 def class_verdict(cls: str) -> tuple[str, str]:
     """(verdict, expected verdict) so that CI's outcome follows the class: a known failure is an
-    expected FAIL, a new failure a regression, a fix a finding, a flake a PASS that says so."""
-    return {PASSED: (PASS, PASS), KNOWN: (FAIL, FAIL), NEW: (FAIL, PASS), FIXED: (PASS, FAIL), FLAKY: (PASS, PASS),
+    expected FAIL, a new failure a regression, a fix a finding, a flake its own verdict (FLAKY)."""
+    return {PASSED: (PASS, PASS), KNOWN: (FAIL, FAIL), NEW: (FAIL, PASS), FIXED: (PASS, FAIL), FLAKY: (FLAKY_V, PASS),
             NOTRUN: (NOT_APPLICABLE, PASS), UNREPORTED: (ERROR, PASS), HUNG: (FAIL, PASS)}[cls]
 
 

@@ -8,7 +8,7 @@ import io
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from lab import kernel_log
 from lab.errors import UsageError
@@ -53,22 +53,42 @@ def check_source(suite: str, spec: str, flag: str) -> None:
         check_layout(SUITES[suite], path, f"{flag} {spec}")
 
 
-def check_known_issue_files(files: Sequence[str]) -> None:
+# The keys a known-issues entry may match: the suite's facets and the topology's namespace format.
+SUITE_FACETS = frozenset({"test", "transport", "section", "format", "pi", "pif", "lba"})
+
+
+def check_known_issue_files(files: Sequence[str], shipped: Path | None = None) -> None:
+    """Every known-issues file (the user's and the shipped one) validated before anything boots."""
     for f in files:
         path = Path(f).expanduser()
         if not path.is_file():
             raise UsageError(f"--known-issues {f}: no such file")
-        load_rules(path)  # a malformed file is a usage error now, not a surprise after the run
+        load_rules(path, SUITE_FACETS, ("test",))
+    if shipped is not None:
+        load_rules(shipped, SUITE_FACETS, ("test",))
 
 
 def known_failure(files: Sequence[str], shipped: Path, facets: dict[str, Any], release: str) -> Expectation | None:
     """The entry saying this test fails here: the user's files first, then the shipped one. An entry
     that expects anything but FAIL says the test is fine here."""
     for path in [Path(f).expanduser() for f in files] + [shipped]:
-        rule = expectation_for(path, facets, release)
+        rule = expectation_for(path, facets, release, SUITE_FACETS, ("test",))
         if rule is not None:
             return rule if rule.verdict == FAIL else None
     return None
+
+
+def failing_differently(known: dict[str, Expectation | None], failed: Sequence[str],
+                        evidence: Callable[[str], str]) -> dict[str, str]:
+    """Known failures whose output and kernel log do not match their entry's signature: they fail
+    differently, so they are new. Removed from `known`; test -> the signature they missed."""
+    out: dict[str, str] = {}
+    for test in failed:
+        entry = known.get(test)
+        if entry is not None and not entry.fails_the_same_way(evidence(test)):
+            out[test] = entry.signature
+            known[test] = None
+    return out
 
 
 def tree_tarball(path: Path, arcname: str, skip: Sequence[str] = (".git", "results")) -> bytes:

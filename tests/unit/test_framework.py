@@ -297,3 +297,28 @@ def test_a_run_whose_lab_process_died_reads_abandoned(tmp_path, monkeypatch):
     old.update(owner=None)  # made by a lab before owners were recorded
     assert {r["id"].split("-")[3]: r["status"] for r in list_runs()} == {"alive": "running", "dead": "interrupted",
                                                                          "old": "running"}
+
+
+def test_junit_carries_a_sub_run_error_after_passing_cases_flakes_and_no_control_characters(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from lab import junit
+    from lab.scenarios.framework import junit_cases
+
+    results = {"subruns": {"debian-7.3": {
+        "verdict": "ERROR", "reason": "interrupted", "seconds": 3,
+        "cases": {
+            "generic/001 (tcp)": {"verdict": "PASS", "outcome": "as expected", "reason": "passed"},
+            "generic/002 (tcp)": {"verdict": "FLAKY", "outcome": "flaky", "reason": "flaky: failed, then passed"},
+            "generic/003 (tcp)": {"verdict": "FAIL", "outcome": "unexpected failure (regression)", "rerun": "fail",
+                                  "reason": "new failure: +\x1b[31mcorrupt\x00 output\x07"},
+        }}}}
+    path = tmp_path / "junit.xml"
+    junit.write("nfs-fstests", junit_cases("nfs-fstests", results), path)
+    suite = ET.parse(path).getroot()  # parses: no control character reached the file
+    by_name = {c.get("name"): c for c in suite}
+    assert by_name["run"].find("error").get("message") == "interrupted"  # the sub-run ERROR is there beside the passes
+    assert by_name["generic/002 (tcp)"].find("flakyFailure") is not None
+    failed = by_name["generic/003 (tcp)"]
+    assert failed.find("failure") is not None and failed.find("rerunFailure") is not None
+    assert "\x1b" not in path.read_text() and "\x00" not in path.read_text()

@@ -4,6 +4,7 @@ tree, the parsers of check's console output and xunit report, test lists and the
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import tarfile
@@ -152,10 +153,11 @@ def test_each_result_is_read_against_the_known_issues():
         ("fail", True, None): ("known failure", "as expected"),
         ("fail", False, "fail"): ("new failure", "unexpected failure (regression)"),
         ("fail", False, None): ("new failure", "unexpected failure (regression)"),
-        ("fail", False, "pass"): ("flaky", "as expected"),
+        ("fail", False, "pass"): ("flaky", "flaky"),
         ("pass", True, None): ("fixed", "unexpected pass (finding)"),
         ("notrun", True, None): ("notrun", "not applicable"),
         ("not reported", False, None): ("not reported", "error"),
+        ("timeout", True, None): ("timed out", "unexpected failure (regression)"),  # a known failure that hangs is new
     }
     for (status, known, rerun), (cls, read_as) in cases.items():
         assert classify(status, known, rerun) == cls, (status, known, rerun)
@@ -232,3 +234,77 @@ Ran: generic/091 generic/095 generic/263
     assert fstests.durations(console) == {"generic/091": 12}
     parsed = fstests.results_from(console + "LAB-CHECK-EXIT 1\n", ["generic/091", "generic/095", "generic/263"])
     assert parsed["seconds_per_test"] == {"generic/091": 12} and "generic/095" in parsed["details"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[[expect]]\ntset = "generic/095"\nverdict = "FAIL"\n', "rule 1: unknown key 'tset'"),
+    ('[[expect]]\nsection = "xfs"\nverdict = "FAIL"\n', 'rule 1: needs test = "..." (a string)'),
+    ('[[expect]]\ntest = 95\nverdict = "FAIL"\n', 'rule 1: needs test = "..." (a string)'),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\nkernel_below = 7.0\n', "rule 1: kernel_below: Input should be a valid string"),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\nkernel_below = "seven"\n', 'kernel_below: Value error, must look like "7.0" or "6.12.58"'),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\nsignature = "io thread ("\n', "signature: Value error, not a regular expression"),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\nwhy = ["a"]\n', "rule 1: why: Input should be a valid string"),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\npi = []\n', "pi: a facet is a string, a number or a non-empty list"),
+    ('[[expected]]\ntest = "generic/095"\nverdict = "FAIL"\n', "unknown table or key 'expected'"),
+    ('[[expect]]\ntest = "generic/095"\nverdict = "FAIL"\n[extra]\nx = 1\n', "unknown table or key 'extra'"),
+])
+def test_a_known_issues_file_is_validated_by_its_schema(tmp_path, text, message):
+    """A typo used to leave a rule silently inert, and a rule without `test` matched every test."""
+    from lab.errors import UsageError
+    from lab.scenarios.expect import load_rules
+    from lab.suites import common
+
+    f = tmp_path / "known.toml"
+    f.write_text(text)
+    load_rules.cache_clear()
+    with pytest.raises(UsageError, match=re.escape(message)):
+        common.check_known_issue_files([str(f)])
+
+
+def test_kernel_ranges_reach_the_sublevel_and_an_unparseable_release_matches_no_range(tmp_path):
+    from lab.scenarios.expect import expectation_for, load_rules
+
+    f = tmp_path / "known.toml"
+    f.write_text('[[expect]]\ntest = "generic/095"\nkernel_from = "6.12"\nkernel_below = "6.12.58"\nverdict = "FAIL"\n'
+                 'why = "fixed in a stable release"\n')
+    load_rules.cache_clear()
+    facets = {"test": "generic/095"}
+    assert expectation_for(f, facets, "6.12.57+deb13-amd64") is not None
+    assert expectation_for(f, facets, "6.12.58+deb13-amd64") is None
+    assert expectation_for(f, facets, "6.12.117+deb13-amd64") is None
+    assert expectation_for(f, facets, "6.12") is not None
+    assert expectation_for(f, facets, "custom-kernel") is None  # used to read as 0.0, inside every kernel_below
+
+
+def test_a_known_failure_that_fails_differently_is_new():
+    from lab.scenarios.expect import Expectation
+    from lab.suites import common
+
+    entry = Expectation("FAIL", "guard error on the write", signature="io thread failed|protection error")
+    known = {"generic/761": entry, "generic/095": Expectation("FAIL", "no signature")}
+    evidence = {"generic/761": "+Segmentation fault\n[ 40.1] BUG: KASAN: slab-use-after-free in iomap_dio_bio_end_io",
+                "generic/095": "anything"}
+    differently = common.failing_differently(known, ["generic/761", "generic/095"], evidence.__getitem__)
+    assert differently == {"generic/761": "io thread failed|protection error"} and known["generic/761"] is None
+    assert known["generic/095"] is not None  # no signature: any failure is that known issue
+    known = {"generic/761": entry}
+    assert common.failing_differently(known, ["generic/761"], lambda t: "+io thread failed") == {}
+    assert known["generic/761"] is entry
+
+
+def test_the_shipped_entries_match_only_the_formats_they_were_seen_on():
+    from lab.scenarios.expect import expectation_for, load_rules
+    from lab.suites import common
+
+    shipped = Path(__file__).resolve().parents[2] / "scenarios" / "fstests" / "known-issues.toml"
+    load_rules.cache_clear()
+    common.check_known_issue_files([], shipped)  # the shipped file passes its own schema
+
+    def known(pi: int, pif: int, lba: int) -> bool:
+        facets = {"test": "generic/761", "section": "xfs", "pi": pi, "pif": pif, "lba": lba}
+        return expectation_for(shipped, facets, "6.12.117+deb13-amd64", common.SUITE_FACETS, ("test",)) is not None
+
+    assert known(1, 0, 4096) and known(3, 2, 4096)
+    assert not known(2, 0, 4096) and not known(1, 0, 512) and not known(1, 2, 4096)
+    blk = Path(__file__).resolve().parents[2] / "scenarios" / "blktests" / "known-issues.toml"
+    common.check_known_issue_files([], blk)

@@ -49,12 +49,25 @@ def test_repetitions_keep_a_tally_a_rate_and_the_first_failure():
     case = None
     for rep, verdict in enumerate(["PASS", "FAIL", "PASS", "FAIL"], start=1):
         case = merge_repetition(case, {"verdict": verdict, "reason": f"run {rep}", "log": f"rep{rep}/dmesg"}, rep)
-    assert case["verdict"] == "FAIL" and case["repetitions"] == {"runs": 4, "passed": 2, "failed": 2, "other": 0}
+    assert case["verdict"] == "FAIL" and case["repetitions"] == {"runs": 4, "passed": 2, "failed": 2, "other": 0, "errored": 0}
     assert case["first_failure"]["repetition"] == 2 and case["first_failure"]["log"] == "rep2/dmesg"
     assert case["rate"]["failed"] == 2 and case["rate"]["runs"] == 4
     assert case["reason"].startswith("2/4 failed (50 %, 95 % CI 15-85 %); first (repetition 2): run 2")
     ok = merge_repetition(None, {"verdict": "PASS", "reason": "fine"}, 1)
     assert ok["verdict"] == "PASS" and ok["rate"]["failed"] == 0
+
+
+def test_an_errored_repetition_never_merges_into_a_pass():
+    """Three passes and a repetition whose guest program crashed: ERROR, the rate over the three that
+    completed, and the count of those that errored in the reason."""
+    case = None
+    for rep, verdict in enumerate(["PASS", "ERROR", "PASS", "PASS"], start=1):
+        case = merge_repetition(case, {"verdict": verdict, "reason": f"run {rep}"}, rep)
+    assert case["verdict"] == "ERROR" and case["repetitions"]["errored"] == 1
+    assert case["rate"]["runs"] == 3 and case["rate"]["failed"] == 0
+    assert case["reason"] == "1 of 4 repetitions errored (passed 3); first (repetition 2): run 2"
+    case = merge_repetition(case, {"verdict": "FAIL", "reason": "data differed"}, 5)
+    assert case["verdict"] == "FAIL" and case["reason"].endswith("; 1 of 5 repetitions errored")
 
 
 def test_repro_options(tmp_path):

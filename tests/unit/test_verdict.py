@@ -140,7 +140,7 @@ def test_shipped_expectations():
 def test_expectation_files_are_checked(tmp_path):
     bad = tmp_path / "expect.toml"
     bad.write_text("[[expect]]\nverdict = 'MAYBE'\n")
-    with pytest.raises(UsageError, match="rule 1 needs verdict"):
+    with pytest.raises(UsageError, match="rule 1: verdict: Input should be 'PASS' or 'FAIL'"):
         expectation_for(bad, {}, "7.3")
     bad.write_text("[[expect]\n")
     with pytest.raises(UsageError, match="not valid TOML"):
