@@ -321,6 +321,9 @@ class Blktests(Scenario):
             ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, **self.ns_facets},
                      expected=expected, status=statuses[test], classification=cls, rerun=rerun.get(test), kernel_window={"vm": per_test.get(test, "")})
         common.judge_other_machines(ctx, label, others, {"transport": label, **self.ns_facets})
+        first = next(iter(run["classes"]), "")
+        common.require_a_test_ran(ctx, label, run["classes"], (results.get(first, {}).get("details") or ["no reason given"])[0],
+                                  {"transport": label, **self.ns_facets})
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
         return common.kernel_log_rules(facets.get("test"))
@@ -337,6 +340,7 @@ class Blktests(Scenario):
         for test in tests:
             ctx.case(f"{test} ({label})", verdict, f"not run: {why}", facets={"transport": label, "test": test, **self.ns_facets},
                      expected=expected, status=NOTRUN_S, classification=NOTRUN)
+        common.require_a_test_ran(ctx, label, run["classes"], why, {"transport": label, **self.ns_facets})
 
     def _known(self, ctx: Context, test: str, transport: str):
         facets = {"transport": transport, "test": test, **self.ns_facets}

@@ -361,6 +361,9 @@ class FstestsSuite(Scenario):
             ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
                      expected=expected, status=status, classification=cls, rerun=rerun_status.get(test), kernel_window={self.runner: per_test.get(test, "")})
         common.judge_other_machines(ctx, label, others, {self.facet: label, **self.extra_facets})
+        first = next(iter(parsed["classes"]), "")
+        common.require_a_test_ran(ctx, label, parsed["classes"], " | ".join(parsed.get("details", {}).get(first, [])[:1]) or "not run",
+                                  {self.facet: label, **self.extra_facets})
         return parsed
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:

@@ -14,7 +14,7 @@ from lab import kernel_log
 from lab.errors import UsageError
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
-from lab.scenarios.verdict import FAIL
+from lab.scenarios.verdict import ERROR, FAIL
 from lab.suites.build import SUITES, check_layout
 from lab.suites.source import is_bare_repository, is_url, split_ref
 
@@ -172,3 +172,14 @@ def judge_other_machines(ctx: Any, label: str, windows: dict[str, str], facets: 
     judged = ctx.judge_kernel_log(f"kernel log ({label})", facets, windows)
     if judged.unexpected:
         ctx.case(f"kernel log ({label})", FAIL, judged.headline(), facets=facets, kernel_window={})
+
+
+def require_a_test_ran(ctx: Any, label: str, classes: Mapping[str, str], first_reason: str, facets: dict[str, Any]) -> None:
+    """A transport or section in which no test ran (every one not run) tested nothing: an ERROR case
+    of its own, so a passing neighbour cannot make the sub-run PASS."""
+    from lab.suites.classes import NOTRUN
+
+    if classes and all(cls == NOTRUN for cls in classes.values()):
+        test = next(iter(classes))
+        ctx.case(f"check ({label})", ERROR, f"nothing was tested over {label}: all {len(classes)} test(s) were not run; "
+                 f"first: {test}: {first_reason}", facets=facets, kernel_window={})

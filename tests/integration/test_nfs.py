@@ -101,7 +101,8 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
         assert cases[f"generic/003 ({transport})"]["verdict"] == "N/A"
         assert cases[f"generic/002 ({transport})"]["outcome"] == "as expected"
         assert "https://example.org/fake-002" in cases[f"generic/002 ({transport})"]["reason"]
-        assert cases[f"generic/004 ({transport})"]["outcome"] == "as expected"
+        assert cases[f"generic/004 ({transport})"]["verdict"] == "FLAKY"  # not a PASS: it failed once
+        assert cases[f"generic/004 ({transport})"]["outcome"] == "flaky"
         assert "flaky" in cases[f"generic/004 ({transport})"]["reason"]
         assert cases[f"generic/005 ({transport})"]["outcome"] == "unexpected failure (regression)"
         assert cases[f"generic/006 ({transport})"]["verdict"] == "FAIL"
@@ -111,6 +112,8 @@ def test_fstests_runner_in_the_pair_with_the_fake_tree(tmp_path):
     table = (outcome.run_dir.path / "summary.txt").read_text()
     assert "known failure" in table and "new failure" in table and "flaky" in table
     assert "tcp: 1 pass, 3 fail, 1 notrun, 1 timed out" in table
+    junit = (outcome.run_dir.path / "junit.xml").read_text()
+    assert junit.count("<flakyFailure") == 2 and junit.count("<rerunFailure") == 2  # 004 and 005, per transport
 
 
 def test_local_fstests_section_on_the_pi_namespaces():
