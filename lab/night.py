@@ -66,6 +66,12 @@ def cell_entry(run: Path, results: dict[str, Any], m: dict[str, Any]) -> dict[st
         "rate": section.get("rate") or next((c["rate"] for c in section.get("cases", {}).values() if c.get("rate")), None),
         "figures": figures(section),
         "subruns": list(subruns),
+        # Discarded attempts (the emulator's fault) and flaky cases: shown, never silently merged.
+        "attempts": [{"subrun": label, **{k: a.get(k) for k in ("attempt", "fault", "failed", "kernel_problems")}}
+                     for label, s in subruns.items() if isinstance(s, dict) for a in (s.get("attempts") or [])
+                     if isinstance(a, dict)],
+        "flaky": [name for s in subruns.values() if isinstance(s, dict)
+                  for name, c in (s.get("cases") or {}).items() if isinstance(c, dict) and c.get("verdict") == "FLAKY"],
         "provenance": {"run": m.get("id"), "lab": m.get("lab"), "host": m.get("host"), "started": m.get("started"),
                        "finished": m.get("finished"), "status": m.get("status"), "source": str(run)},
     }

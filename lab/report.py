@@ -40,6 +40,8 @@ def classify(cell: dict[str, Any], base: dict[str, Any] | None) -> str:
     rate = cell.get("rate")
     if rate and 0 < rate.get("failed", 0) < rate.get("runs", 0):
         return "flaky"
+    if verdict == "PASS" and cell.get("flaky"):
+        return "flaky"
     if base is not None and base.get("verdict") in ("PASS", "FAIL"):
         if base["verdict"] == "PASS" and verdict == "FAIL":
             return "regression"
@@ -53,6 +55,18 @@ def classify(cell: dict[str, Any], base: dict[str, Any] | None) -> str:
     if verdict == "PASS" and cell.get("outcome", "").startswith("unexpected pass"):
         return "fixed"
     return "pass"
+
+
+def cell_notes(cell: dict[str, Any]) -> str:
+    """What a cell's verdict alone does not say: attempts discarded after the emulator's fault, flaky cases."""
+    notes = []
+    attempts = cell.get("attempts") or []
+    if attempts:
+        notes.append(f"run again {len(attempts)}x after emulator faults")
+    flaky = cell.get("flaky") or []
+    if flaky:
+        notes.append(f"{len(flaky)} flaky: {', '.join(map(str, flaky[:3]))}")
+    return "; ".join(notes)
 
 
 def links(night_dir: Path, report_dir: Path, cell: dict[str, Any]) -> list[tuple[str, str]]:
@@ -188,7 +202,7 @@ details { margin: 2px 0; }
 <table class="grid" id="grid"><tr><th>entry / parameters</th>{% for k in kernels %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for row, by_kernel in rows.items() %}<tr><th>{{ row }}</th>
 {% for k in kernels %}{% set c = by_kernel.get(k) %}{% if c %}<td class="cell {{ c.cls }}" id="cell-{{ c.id }}" data-class="{{ c.cls }}" title="{{ c.reason }}">
-<a href="{{ c.summary }}">{{ c.verdict }}</a>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}
+<a href="{{ c.summary }}">{{ c.verdict }}</a>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}{% if c.notes %} <span class="notes">[{{ c.notes }}]</span>{% endif %}
 <details><summary>files</summary>{% for label, href in c.links %}<div><a href="{{ href }}">{{ label }}</a></div>{% endfor %}</details></td>
 {% else %}<td></td>{% endif %}{% endfor %}</tr>
 {% endfor %}</table>
@@ -221,6 +235,7 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None) -> tuple
             "id": cid, "cls": cls, "verdict": c["verdict"], "reason": c.get("reason", ""),
             "rate": Rate(int(rate["failed"]), int(rate["runs"])).describe() if rate else "",
             "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
+            "notes": cell_notes(c),
             "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,
         }
     plots = _plots(night, baseline, out)

@@ -164,3 +164,23 @@ def test_classes_without_a_baseline():
     assert report.classify({"verdict": "PASS", "outcome": "unexpected pass (finding)"}, None) == "fixed"
     assert report.classify({"verdict": "N/A"}, None) == "na"
     assert report.classify({"verdict": "FAIL", "outcome": "unexpected failure (regression)"}, {"verdict": "FAIL"}) == "failing"
+
+
+def test_a_retried_sub_run_and_a_flaky_case_show_in_the_night_and_the_report(tmp_path):
+    """A sub-run run again after the emulator's fault, and a suite test that failed then passed: the
+    night carries both and the report's cell says so next to its verdict."""
+    now_dir = tmp_path / "b"
+    run = fake_run(now_dir, "c1", "debian:7.3", "PASS")
+    results = json.loads((run / "results.json").read_text())
+    section = results["subruns"]["debian-7.3"]
+    section["attempts"] = [{"attempt": 1, "fault": "vm: the guest kernel oopsed on an int3", "failed": [], "kernel_problems": [],
+                            "dir": "attempt-1"}]
+    section["cases"]["generic/004 (tcp)"] = {"verdict": "FLAKY", "outcome": "flaky", "reason": "flaky"}
+    (run / "results.json").write_text(json.dumps(results))
+    tonight = night.merge([now_dir], tmp_path / "night")
+    cell = tonight["cells"]["c1"]
+    assert cell["attempts"][0]["fault"].startswith("vm: the guest kernel oopsed") and cell["flaky"] == ["generic/004 (tcp)"]
+    index, _ = report.write(tmp_path / "night", tmp_path / "report")
+    page = index.read_text()
+    assert 'data-class="flaky"' in page
+    assert "[run again 1x after emulator faults; 1 flaky: generic/004 (tcp)]" in page
