@@ -22,6 +22,7 @@ from typing import Any
 from lab.errors import UsageError
 from lab.paths import scenarios_dir
 from lab.results import manifest, results_of
+from lab.safepaths import check_tree
 
 FORMAT = 2
 MAX_BUNDLE_BYTES = 32 << 20
@@ -112,6 +113,10 @@ def _carried_files(results: dict[str, Any]) -> dict[str, list[tuple[str, bytes, 
             path = Path(spec).expanduser()
             if not path.exists():
                 raise UsageError(f"{option} {spec}: gone since the run; cannot bundle it")
+            if not (path.is_file() or path.is_dir()):
+                raise UsageError(f"{option} {spec}: not a regular file or a directory; cannot bundle it")
+            if path.is_dir():
+                check_tree(path, f"{option} {spec}")  # a link out of the tree would carry a host file away
             items = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
             for item in items:
                 rel = item.name if path.is_file() else f"{path.name}/{item.relative_to(path)}"

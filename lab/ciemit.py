@@ -6,11 +6,14 @@ nothing itself."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lab.errors import UsageError
 from lab.matrix import Matrix
 
 # What a job installs before it runs a cell (the same as .ci/run minus the tests).
@@ -20,11 +23,30 @@ IMAGE_KEY_FILES = ["images/**"]
 KERNEL_KEY_FILES = ["kernel/**", "lab/kernels/**"]
 
 
+# One cron field: numbers, names of days and months, ranges, lists, steps and '*'.
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,-]{1,40}")
+
+
+def check_cron(cron: str) -> None:
+    fields = cron.split(" ")
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise UsageError(f"--cron {cron!r}: five cron fields separated by single spaces (minute hour day month weekday), "
+                         "e.g. '0 2 * * *'")
+
+
+def check_path(matrix: Matrix) -> None:
+    """The matrix path goes into job scripts (quoted) and a YAML comment: no control characters."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(matrix.path)):
+        raise UsageError(f"{str(matrix.path)!r}: a matrix path with control characters cannot go into a CI job")
+
+
 def _rel(matrix: Matrix) -> str:
+    """The matrix path as a job script's shell word, relative to the checkout when it is inside."""
     try:
-        return str(matrix.path.resolve().relative_to(Path.cwd().resolve()))
+        path = str(matrix.path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(matrix.path)
+        path = str(matrix.path)
+    return shlex.quote(path)
 
 
 def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = None) -> str:

@@ -79,18 +79,23 @@ def cmd_topology_show(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from lab.images import load_recipe
     from lab.qemu_caps import probe
     from lab.topology.argv import Accel, dry_run_files, machine_argv
     from lab.topology.render import render
 
     rendered = render(args.topology, _params(args))
+    topo = rendered.topology
+    # What `lab up` would refuse is refused here too: an image recipe that does not exist, a CPU
+    # model or device property this QEMU lacks.
+    for machine in topo.machines.values():
+        load_recipe(machine.image)
+    caps = probe()
+    plans = {name: machine_argv(topo, name, dry_run_files(topo, name), caps, Accel(args.accel_name)) for name in topo.machines}
     if not args.qemu:
         print(yaml.safe_dump(rendered.topology.model_dump(), sort_keys=False).rstrip())
         return 0
-    caps = probe()
-    topo = rendered.topology
-    for name in topo.machines:
-        plan = machine_argv(topo, name, dry_run_files(topo, name), caps, Accel(args.accel_name))
+    for name, plan in plans.items():
         print(f"# {name}")
         lines: list[list[str]] = []
         for a in plan.argv:
@@ -350,6 +355,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_fault(args: argparse.Namespace) -> int:
     from lab import faults
+    from lab.safepaths import inside
     from lab.topology.model import Namespace
 
     directory, state = _live_state(args.lab)
@@ -376,9 +382,10 @@ def cmd_fault(args: argparse.Namespace) -> int:
         if drive not in namespaces:
             raise UsageError(f"--drive {drive}: {name} has {', '.join(namespaces) or 'no NVMe namespaces'}")
         entry = namespaces[drive]
-        image = Path(entry["image"])
-        if not str(image).startswith(str(directory)):
-            raise UsageError(f"{image} is not in this lab's runtime directory")
+        image = Path(str(entry.get("image")))
+        # Compared after resolving: a state file naming runtime/../../elsewhere must not reach a host file.
+        if not inside(image, Path(directory)) or image.is_symlink() or not image.is_file():
+            raise UsageError(f"{image} is not a namespace image in this lab's runtime directory {directory}")
         detail = faults.corrupt_pi(image, Namespace.model_validate(entry["model"]), args.lba, args.field)
     elif args.kind == "stop":
         detail = faults.stop(qmp_cmd)
@@ -631,7 +638,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _matrix(args: argparse.Namespace):
     from lab import matrix
 
-    m = matrix.load(Path(args.file))
+    m = matrix.load(Path(args.file), max_cells=args.max_cells)
     return m, matrix.select(m, args.cell)
 
 
@@ -672,7 +679,9 @@ def cmd_matrix_run(args: argparse.Namespace) -> int:
 def cmd_matrix_emit(args: argparse.Namespace) -> int:
     from lab import ciemit, matrix
 
-    m = matrix.load(Path(args.file))
+    ciemit.check_cron(args.cron)
+    m = matrix.load(Path(args.file), max_cells=args.max_cells)
+    ciemit.check_path(m)
     problems = matrix.validate(m.cells)
     if problems:
         for line in problems:
@@ -939,13 +948,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = mat.add_parser(name, help=what)
         p.add_argument("file", metavar="FILE")
         p.add_argument("--cell", action="append", metavar="ID", help="only these cells (repeatable)")
+        p.add_argument("--max-cells", type=_whole_number, default=500, metavar="N",
+                       help="refuse a matrix that expands to more cells (default: 500)")
         p.set_defaults(func=func)
     p = mat.add_parser("emit", help="a GitHub Actions workflow or a GitLab pipeline with one job per cell")
     p.add_argument("file", metavar="FILE")
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--github", action="store_true")
     kind.add_argument("--gitlab", action="store_true")
-    p.add_argument("--cron", default="0 2 * * *", help="GitHub schedule (default: 0 2 * * *)")
+    p.add_argument("--cron", default="0 2 * * *", help="GitHub schedule, five cron fields (default: 0 2 * * *)")
+    p.add_argument("--max-cells", type=_whole_number, default=500, metavar="N",
+                   help="refuse a matrix that expands to more cells (default: 500)")
     p.set_defaults(func=cmd_matrix_emit)
 
     p = sub.add_parser("report", help="a static HTML report of a night, against a baseline night; exits 1 on a regression")

@@ -29,6 +29,10 @@ from typing import Any
 from lab.errors import LabError, UsageError
 
 ENTRY_KEYS = {"scenario", "topology", "kernels", "params", "options", "exclude", "name"}
+HEAD_KEYS = {"name", "kernels"}
+# A matrix or a -p list that expands past this is refused with its count (a typo can make 512,000).
+MAX_CELLS = 500
+_SCALAR = (str, int, float, bool)
 
 
 @dataclass(frozen=True)
@@ -75,19 +79,41 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def load(path: Path) -> Matrix:
-    """Parse and expand a matrix file. Structure errors are usage errors naming the file."""
+def _check_values(where: str, what: str, value: Any, allow_list: bool = True) -> None:
+    values = value if allow_list and isinstance(value, list) else [value]
+    if not values:
+        raise UsageError(f"{where}: {what} is an empty list: it expands to no cell")
+    for v in values:
+        if not isinstance(v, _SCALAR):
+            raise UsageError(f"{where}: {what} holds {type(v).__name__} {v!r}; a value is a string, number or boolean")
+
+
+def load(path: Path, max_cells: int = MAX_CELLS) -> Matrix:
+    """Parse and expand a matrix file. Structure errors are usage errors naming the file: unknown
+    keys, values that are not strings, numbers or booleans, lists that expand to nothing, an entry
+    that every exclude removes, and a matrix larger than max_cells."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such matrix file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a matrix file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    stray = sorted(set(data) - {"matrix", "entry"})
+    if stray:
+        raise UsageError(f"{path}: unknown table or key {stray[0]!r} (a matrix has [matrix] and [[entry]])")
     head = data.get("matrix", {})
     if not isinstance(head, dict):
         raise UsageError(f"{path}: [matrix] must be a table")
-    name = str(head.get("name") or path.stem)
+    unknown = sorted(set(head) - HEAD_KEYS)
+    if unknown:
+        raise UsageError(f"{path}: [matrix]: unknown key {unknown[0]!r}; keys: {', '.join(sorted(HEAD_KEYS))}")
+    from lab.safepaths import check_name
+
+    name = check_name(str(head.get("name") or path.stem), f"{path}: the matrix name")
     default_kernels = _list(head.get("kernels", ["debian:7.3"]))
+    _check_values(f"{path}: [matrix]", "kernels", default_kernels)
     entries = data.get("entry", [])
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"{path}: no [[entry]] tables: a matrix names at least one scenario")
@@ -97,29 +123,46 @@ def load(path: Path) -> Matrix:
         where = f"{path}: entry {i}"
         if not isinstance(entry, dict) or not isinstance(entry.get("scenario"), str):
             raise UsageError(f"{where}: needs scenario = \"...\"")
-        unknown = set(entry) - ENTRY_KEYS
+        unknown = sorted(set(entry) - ENTRY_KEYS)
         if unknown:
-            raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; keys: {', '.join(sorted(ENTRY_KEYS))}")
+            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(ENTRY_KEYS))}")
         params = entry.get("params", {})
         options = entry.get("options", {})
         excludes = entry.get("exclude", [])
-        if not isinstance(params, dict) or not isinstance(options, dict) or not isinstance(excludes, list):
+        if not isinstance(params, dict) or not isinstance(options, dict) or not isinstance(excludes, list) \
+                or not all(isinstance(x, dict) for x in excludes):
             raise UsageError(f"{where}: params and options are tables, exclude a list of tables")
+        for key, value in params.items():
+            _check_values(where, f"params.{key}", value)
+        kernels = _list(entry.get("kernels", default_kernels))
+        _check_values(where, "kernels", kernels)
+        if "name" in entry:
+            check_name(str(entry["name"]), f"{where}: name")
         for reserved in ("kernels", "params", "topology"):
             if reserved in options:
                 raise UsageError(f"{where}: options.{reserved}: set it with the entry's own '{reserved}' key")
         keys = sorted(params)
+        size = len(kernels)
+        for k in keys:
+            size *= len(_list(params[k]))
+        if len(matrix.cells) + size > max_cells:
+            raise UsageError(f"{path}: {len(matrix.cells) + size} cells or more (entry {i} alone expands to {size}), above the "
+                             f"limit of {max_cells}; --max-cells N raises it")
+        made = 0
         for combo in itertools.product(*[_list(params[k]) for k in keys]) if keys else [()]:
             chosen = dict(zip(keys, combo, strict=True))
-            if any(isinstance(x, dict) and all(chosen.get(k) == v for k, v in x.items()) for x in excludes):
+            if any(all(chosen.get(k) == v for k, v in x.items()) for x in excludes):
                 continue
-            for kernel in _list(entry.get("kernels", default_kernels)):
+            for kernel in kernels:
                 cell = Cell(name, entry["scenario"], str(kernel), entry.get("topology"), chosen, options,
                             str(entry.get("name") or entry["scenario"]))
                 if cell.id in seen:
                     raise UsageError(f"{where}: cell {cell.id} is also made by entry {seen[cell.id]}")
                 seen[cell.id] = i
                 matrix.cells.append(cell)
+                made += 1
+        if not made:
+            raise UsageError(f"{where}: every combination of its params is excluded: it expands to no cell")
     return matrix
 
 
@@ -139,9 +182,20 @@ def validate(cells: list[Cell]) -> list[str]:
     from lab.scenarios import framework
     from lab.scenarios.options import validate as validate_options
 
+    from lab.kernels import resolve
+
     problems = []
     checked_topologies: set[str] = set()
+    bad_kernels: dict[str, str] = {}
+    for ref in dict.fromkeys(cell.kernel for cell in cells):
+        try:
+            resolve.check(ref)
+        except LabError as exc:
+            bad_kernels[ref] = str(exc).splitlines()[0]
     for cell in cells:
+        if cell.kernel in bad_kernels:
+            problems.append(f"{cell.id}: kernel {cell.kernel}: {bad_kernels[cell.kernel]}")
+            continue
         try:
             cls = framework.get(cell.scenario)
             options = validate_options(cls.Options, cell.scenario_options())

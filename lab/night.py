@@ -16,6 +16,8 @@ from typing import Any
 from lab import __version__
 from lab.errors import UsageError
 from lab.results import manifest, read_json
+from lab.safepaths import check_name, child, copy_tree
+from lab.schemas import NightIn, ResultsIn, validated
 
 NIGHT_FORMAT = 1
 
@@ -96,16 +98,20 @@ def merge(sources: list[Path], out: Path) -> dict[str, Any]:
     merged_results: dict[str, Any] = {"night": out.name, "cells": {}}
     suites = ET.Element("testsuites", name=out.name)
     for run in sorted(runs, key=lambda r: str(manifest(r).get("finished", ""))):
-        results = read_json(run / "results.json", "results")
+        results = validated(ResultsIn, read_json(run / "results.json", "results"), run / "results.json", "results.json")
         m = manifest(run, strict=True)
-        cell_id = str(results.get("cell") or f"{results.get('scenario', 'run')}_{run.name}")
+        # The cell id comes from the artifact: a name, never a path (it becomes cells/<id> under -o).
+        cell_id = check_name(str(results.get("cell") or f"{results.get('scenario') or 'run'}_{run.name}"),
+                             f"{run}: cell id")
         if cell_id in night["cells"]:
             night["superseded"].append(night["cells"][cell_id]["provenance"])
         entry = cell_entry(run, results, m)
-        target = out / "cells" / cell_id
+        target = child(out / "cells", cell_id, "cell id")
         if target.resolve() != run.resolve():
+            if target.is_symlink():
+                target.unlink()
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(run, target, ignore=shutil.ignore_patterns("*.bundle.tar.gz", "fstests.tar.gz"))
+            copy_tree(run, target, f"cell {cell_id}", ignore=shutil.ignore_patterns("*.bundle.tar.gz", "fstests.tar.gz"))
         entry["run"] = f"cells/{cell_id}"
         night["cells"][cell_id] = entry
         merged_results["cells"][cell_id] = results
@@ -130,4 +136,8 @@ def load(night: Path) -> dict[str, Any]:
     data = read_json(night / "night.json", "night")
     if data.get("format") != NIGHT_FORMAT or not isinstance(data.get("cells"), dict):
         raise UsageError(f"{night}: not a night made by 'lab results merge' (format {data.get('format')!r})")
+    data = validated(NightIn, data, night / "night.json", "night.json")
+    for cid, cell in data["cells"].items():
+        check_name(cid, f"{night}: cell id")
+        child(night, cell["run"], f"{night}: cell {cid}'s run")  # a cell's files are inside the night
     return data

@@ -86,6 +86,8 @@ def _plots(night: dict[str, Any], baseline: dict[str, Any] | None, out: Path) ->
     import matplotlib
 
     matplotlib.use("Agg")
+    # Names come from the cells ('$' in a parameter): text, never mathtext to parse.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     made: list[tuple[str, str]] = []

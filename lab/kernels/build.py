@@ -97,8 +97,10 @@ def kernels_root() -> Path:
     return root
 
 
-def plan(request: BuildRequest) -> Plan:
-    # Cheap checks of the user's input first; resolving a Debian source may need the network.
+def check_request(request: BuildRequest):
+    """The user's input checked without build tools or network (before any host package is
+    installed): the series and its prefix, the fragments, the source's spelling. Returns the
+    series prefix, the fragments and the merged config they ask for."""
     series = load_series(request.series) if request.series else None
     if series and request.patches is not None:
         if not 0 <= request.patches <= len(series.patches):
@@ -107,7 +109,13 @@ def plan(request: BuildRequest) -> Plan:
     lab_fragments = ([kconfig.fragment(f) for f in request.fragments] if request.fragments is not None
                      else kconfig.default_fragments())
     fragments = lab_fragments + [kconfig.fragment(c) for c in request.configs]
-    requested = kconfig.merge(fragments)
+    sources.check_source_spec(request.source)
+    return series, fragments, kconfig.merge(fragments)
+
+
+def plan(request: BuildRequest) -> Plan:
+    # Cheap checks of the user's input first; resolving a Debian source may need the network.
+    series, fragments, requested = check_request(request)
     compiler = compiler_version()
     src = sources.resolve_source(request.source)
     return Plan(request, src, series, fragments, requested, compiler)
@@ -126,6 +134,7 @@ def build(request: BuildRequest, jobs: int | None = None) -> Kernel:
     """The kernel for a request: from the cache when it was asked before, else built."""
     from lab.host import ensure_host
 
+    check_request(request)  # bad input is an error before any host package is installed
     ensure_host(build=True)
     p = plan(request)
     hit = cached(p)

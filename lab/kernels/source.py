@@ -69,6 +69,23 @@ def _tree_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_source_spec(spec: str) -> None:
+    """What can be told of a source without tools or network: a Debian name, or a path that exists
+    and is a tarball or a kernel tree (git trees are read later, with git)."""
+    spec = spec.strip()
+    if _DEB_RE.match(spec):
+        return
+    repo, _, _ref = spec.partition("@") if "@" in spec and not Path(spec).exists() else (spec, "", "")
+    path = Path(repo).expanduser()
+    if not path.exists():
+        raise UsageError(f"kernel source {spec!r}: no such file or directory; use linux-source-X.Y (Debian's package), "
+                         "a source tarball, an unpacked tree, or a git tree as PATH[@REF]")
+    if path.is_file() and not path.name.endswith(TARBALL_SUFFIXES):
+        raise UsageError(f"kernel source {spec}: not a tarball ({', '.join(TARBALL_SUFFIXES)})")
+    if path.is_dir() and not (path / ".git").exists() and not ((path / "Makefile").is_file() and (path / "Kconfig").is_file()):
+        raise UsageError(f"kernel source {spec}: {path.resolve()} is not a kernel tree (no Makefile and Kconfig at its top)")
+
+
 def resolve_source(spec: str) -> Source:
     spec = spec.strip()
     m = _DEB_RE.match(spec)

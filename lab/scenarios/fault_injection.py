@@ -11,6 +11,7 @@ it: that it noticed (and how long that took), that nothing hung, that no corrupt
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from typing import Any, Literal, Sequence
@@ -20,7 +21,7 @@ from lab.errors import LabError, UsageError
 from lab.scenarios import kmsg, nfs
 from lab.scenarios.framework import Context, Scenario, ScenarioError, Variant, matrix_label, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
-from lab.scenarios.verdict import FAIL, PASS, ProgramResult
+from lab.scenarios.verdict import FAIL, PASS, ProgramResult, errno_name
 from lab.guest import Guest
 
 NAME = "faults"
@@ -40,6 +41,18 @@ class FaultOptions(ScenarioOptions):
     deadline: Seconds = opt(300.0, "seconds after the fault within which the guest must be done (default: 300)",
                             metavar="SECONDS")
     pi_field: Literal["guard", "ref", "app"] = opt("guard", "pi: which field of the block's PI to corrupt (default: guard)")
+
+
+# What a write to a controller that went away may fail with: the block layer's EIO, or the device
+# node's ENODEV/ENXIO once it is gone. Anything else (EINVAL, EFAULT) is not the removal's doing.
+REMOVED_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO})
+
+
+def rpc_calls(guest: Guest) -> int | None:
+    """The NFS client's RPC call count (/proc/net/rpc/nfs 'rpc CALLS RETRANS AUTHREFRESH')."""
+    res = guest.run("awk '$1 == \"rpc\" {print $2}' /proc/net/rpc/nfs", timeout=30)
+    text = res.stdout.strip()
+    return int(text) if res.ok and text.isdigit() else None
 
 
 def poll(guest: Guest, command: str, deadline: float, interval: float = 0.2) -> float | None:
@@ -127,15 +140,21 @@ class Faults(Scenario):
         time.sleep(3)  # into the matrix
         watcher = Guest("client", client.port, client.key_file)
         try:
+            # The thing under test is I/O in flight when the link goes: the program must still be running.
+            if not watcher.run(["pgrep", "-f", self.program], timeout=30).ok:
+                raise ScenarioError("the NFS O_DIRECT program was not running when the link was to go down "
+                                    "(it finished or died in its first 3 s): nothing was in flight")
             t0 = time.monotonic()
             self._record(ctx, "client", "link", "link-lan", faults.link(machine.qmp_cmd, "link-lan", False))
             noticed = poll(watcher, "test \"$(cat /sys/class/net/lan/carrier)\" = 0", 30)
             time.sleep(max(0.0, self.options.down - (time.monotonic() - t0)))
             self._record(ctx, "client", "link", "link-lan", faults.link(machine.qmp_cmd, "link-lan", True))
             back = poll(watcher, "test \"$(cat /sys/class/net/lan/carrier)\" = 1", 30)
+            calls_back = rpc_calls(watcher)
+            thread.join(self.options.deadline)
+            calls_end = rpc_calls(watcher) if not thread.is_alive() else None
         finally:
             watcher.close()
-        thread.join(self.options.deadline)
         done_in = round(time.monotonic() - t0, 1)
         if thread.is_alive():
             ctx.case("link-flap", FAIL, f"the NFS O_DIRECT matrix did not finish within {self.options.deadline:g} s of the link "
@@ -151,17 +170,21 @@ class Faults(Scenario):
         cases = result.data["cases"]
         corrupt = [c for c in cases if "differs" in c.get("error", "")]
         failed = [c for c in cases if "error" in c]
+        resumed = calls_back is not None and calls_end is not None and calls_end > calls_back
         if corrupt:
             verdict, reason = FAIL, f"data differs after the flap without an error: {corrupt[0]['name']}: {corrupt[0]['error']}"
         elif noticed is None:
             verdict, reason = FAIL, "the guest never saw its link go down"
+        elif not resumed:
+            verdict, reason = FAIL, (f"no NFS call was made after the link came back (RPC calls {calls_back} then {calls_end}): "
+                                     f"the I/O did not resume")
         else:
             verdict = PASS
             reason = (f"link down for {self.options.down:g} s, noticed in {noticed} s; the matrix finished {done_in} s after the "
                       f"fault: {len(cases) - len(failed)} of {len(cases)} cases verified"
                       + (f", {len(failed)} reported an I/O error" if failed else ""))
         ctx.case("link-flap", verdict, reason, noticed_seconds=noticed, carrier_back_seconds=back, finished_seconds=done_in,
-                 mount=line, reported_errors=[c["error"] for c in failed][:5])
+                 mount=line, reported_errors=[c["error"] for c in failed][:5], rpc_calls={"link_back": calls_back, "end": calls_end})
 
     # -- the controller goes away during O_DIRECT ------------------------------------------------------
     def _remove(self, ctx: Context) -> None:
@@ -177,6 +200,9 @@ class Faults(Scenario):
         time.sleep(4)
         watcher = Guest(name, guest.port, guest.key_file)
         try:
+            if not watcher.run(["pgrep", "-x", "dio_mutate"], timeout=30).ok:
+                raise ScenarioError("the O_DIRECT writer was not running when the controller was to be removed "
+                                    "(it finished or died in its first 4 s): nothing was in flight")
             self._record(ctx, name, "remove", ctrl, faults.remove_device(machine.qmp_cmd, ctrl))
             noticed = poll(watcher, f"! test -e /sys/class/nvme/{ctrl}", self.options.deadline)
             unplugged = faults.wait_removed(machine.qmp_cmd, ctrl, timeout=60)
@@ -191,14 +217,20 @@ class Faults(Scenario):
         result: ProgramResult = holder["res"]
         dmesg = ctx.dmesg()
         ctx.sub.write(ctx.path("remove/dmesg"), dmesg)
-        errors = result.errnos if result.data else {}
+        if result.data is None:
+            raise ScenarioError(f"the O_DIRECT writer gave no result after the removal: {result.error}")
+        errors = result.errnos
+        unexpected = {k: v for k, v in errors.items() if k not in REMOVED_ERRNOS}
+        shown = ", ".join(f"{errno_name(k)} x{v}" for k, v in errors.items())
         if noticed is None:
             verdict, reason = FAIL, f"the guest still had {ctrl} {self.options.deadline:g} s after device_del"
-        elif not errors and not result.error:
+        elif not errors:
             verdict, reason = FAIL, "every write after the removal succeeded: the I/O did not notice"
+        elif unexpected:
+            verdict, reason = FAIL, (f"the writes failed with {shown}: a removed device should fail them with "
+                                     f"{'/'.join(errno_name(e) for e in sorted(REMOVED_ERRNOS))} only")
         else:
             verdict = PASS
-            shown = ", ".join(f"{k} x{v}" for k, v in errors.items()) or result.error
             reason = f"{ctrl} gone from the guest {noticed} s after device_del; the writes failed ({shown}); no hang"
         ctx.case("remove-during-dio", verdict, reason, noticed_seconds=noticed, unplug_completed=unplugged,
                  errnos={str(k): v for k, v in errors.items()}, program_error=result.error,

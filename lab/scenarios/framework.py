@@ -68,10 +68,11 @@ def safe_label(text: str, limit: int = 60) -> str:
 _INT_LIST = re.compile(r"^-?\d+(,-?\d+)+$")
 
 
-def param_matrix(params: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def param_matrix(params: dict[str, Any], limit: int = 500, kernels: int = 1) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Cross the parameters that hold several values: a list (a bundle, a matrix file) or a string
-    of comma-separated integers from `-p pi=1,3`; other strings are one value (`cpu=EPYC,pmu=off`)."""
-    cells: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {})]
+    of comma-separated integers from `-p pi=1,3`; other strings are one value (`cpu=EPYC,pmu=off`).
+    More than `limit` sub-runs (with `kernels` kernels each) is refused before anything is made."""
+    expanded: dict[str, list[Any]] = {}
     for key, value in params.items():
         if isinstance(value, str) and _INT_LIST.match(value):
             values: list[Any] = [int(v) for v in value.split(",")]
@@ -83,6 +84,15 @@ def param_matrix(params: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str,
             raise UsageError(f"parameter {key}: an empty list of values")
         if len(values) != len(set(map(repr, values))):
             raise UsageError(f"parameter {key}: a value is given twice ({value})")
+        expanded[key] = values
+    count = kernels
+    for values in expanded.values():
+        count *= len(values)
+    if count > limit:
+        raise UsageError(f"{count} sub-runs ({kernels} kernel(s) x the -p lists), above the limit of {limit}; "
+                         f"--max-subruns N raises it")
+    cells: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {})]
+    for key, values in expanded.items():
         varying = len(values) > 1
         cells = [({**p, key: v}, {**vary, key: v} if varying else vary) for p, vary in cells for v in values]
     return cells
@@ -129,7 +139,7 @@ class Scenario:
     def param_sets(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(parameters, the ones that vary) per cell of the -p matrix: `-p pi=1,3 -p pif=0,2` is four
         cells, crossed in the order given; without a list it is the one set of parameters."""
-        return param_matrix(self.options.params)
+        return param_matrix(self.options.params, self.options.max_subruns, len(self.kernels))
 
     # -- what a scenario may override ----------------------------------------------------------
     def variants(self) -> list[Variant]:
@@ -239,15 +249,28 @@ def load_file(path: Path) -> str:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit() at import is the file's error too, not the lab's exit
+        raise UsageError(f"{path}: importing it called sys.exit({exc.code!r})") from None
     except Exception as exc:  # the user's file: its error, in one line
-        raise UsageError(f"{path}: importing it raised {exc.__class__.__name__}: {exc}") from None
+        raise UsageError(f"{path}: importing it raised {exc.__class__.__name__}: {str(exc)[:200]}") from None
     found = [obj for obj in vars(module).values()
              if isinstance(obj, type) and issubclass(obj, Scenario) and obj.__module__ == module_name and hasattr(obj, "name")]
     if len(found) != 1:
         raise UsageError(f"{path}: defines {len(found)} Scenario subclasses with a name; lab run takes a file with one")
     cls = found[0]
+    builtin = scenarios().get(getattr(cls, "name", None))  # type: ignore[arg-type]
+    if builtin is not None and builtin.source_file is None:
+        raise UsageError(f"{path}: scenario name {cls.name!r} is the lab's own ({builtin.__module__}); give yours another name")
+    if not (isinstance(cls.Options, type) and issubclass(cls.Options, ScenarioOptions)):
+        raise UsageError(f"{path}: {cls.__name__}.Options must be a subclass of lab.scenarios.options.ScenarioOptions "
+                         f"(a pydantic model), not {cls.Options!r}")
+    if not callable(getattr(cls, "exercise", None)) or cls.exercise is Scenario.exercise:
+        raise UsageError(f"{path}: {cls.__name__} does not define exercise(self, ctx)")
     cls.source_file = path.resolve()
-    register(cls)
+    try:
+        register(cls)
+    except TypeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     return cls.name
 
 

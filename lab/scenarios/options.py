@@ -39,6 +39,17 @@ def _kernel_ref(value: str) -> str:
         raise ValueError(f"{value!r}: packaged kernels are debian:MAJOR.MINOR, e.g. debian:7.3")
     if value.startswith("build:") and not value.removeprefix("build:"):
         raise ValueError("build: needs a key (build:KEY) or source=... (build:source=linux-source-7.3)")
+    if "/" in value and not value.startswith(("debian:", "build:")):
+        # A bzImage path: checked now (exists, a bootable header), before the host is touched.
+        from pathlib import Path
+
+        from lab.errors import UsageError
+        from lab.kernels.kernel import check_bzimage
+
+        try:
+            check_bzimage(Path(value.removeprefix("file:")).expanduser())
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
     return value
 
 
@@ -89,6 +100,8 @@ class ScenarioOptions(BaseModel):
                        "(default: $LAB_ACCEL or auto)")
     repeat: int = opt(1, "run the cases N times in each boot and report the failure rate with its 95 % interval "
                       "(default: 1)", metavar="N", ge=1, le=10000)
+    max_subruns: int = opt(500, "refuse a run whose kernels and -p lists cross to more sub-runs (default: 500)",
+                           metavar="N", ge=1, le=1000000)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

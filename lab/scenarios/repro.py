@@ -17,6 +17,7 @@ from pydantic import model_validator
 
 from lab import kernel_log
 from lab.errors import LabError, UsageError
+from lab.safepaths import links_out_of
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, PASS
@@ -51,8 +52,16 @@ class ReproOptions(ScenarioOptions):
         if self.max_time is not None and not self.until_fail:
             raise ValueError("--max-time goes with --until-fail")
         for path in [*self.put, *([self.fio] if self.fio else [])]:
-            if not Path(path).expanduser().exists():
+            local = Path(path).expanduser()
+            if not local.exists():
                 raise ValueError(f"{path}: no such file or directory")
+            # A FIFO or a device would hang or stream for ever; a link out of a directory would carry a host file.
+            if not (local.is_file() or local.is_dir()) or (path == self.fio and not local.is_file()):
+                raise ValueError(f"{path}: not a regular file{' or a directory' if path != self.fio else ''}")
+            if local.is_dir():
+                escaping = links_out_of(local)
+                if escaping:
+                    raise ValueError(f"{path}: {escaping[0]} is a symlink out of the directory; refusing to follow it")
         return self
 
 

@@ -51,11 +51,13 @@ def test_each_fault_once():
     assert pi["verdict"] == "PASS" and "EILSEQ" in pi["reason"], pi
     removed = subruns["debian-7.3-remove"]["cases"]["remove-during-dio"]
     assert removed["verdict"] == "PASS" and removed["noticed_seconds"] is not None, removed
+    assert removed["errnos"] and set(removed["errnos"]) <= {"5", "6", "19"}, removed  # EIO, ENXIO, ENODEV only
     stopped = subruns["debian-7.3-stop"]
     assert stopped["verdict"] == "ERROR" and "stopped answering" in stopped["reason"] and "'paused'" in stopped["reason"]
     status = json.loads((outcome.run_dir.path / "subruns/debian-7.3-stop/machines/vm/query-status.json").read_text())
     assert status["status"] == "paused"
     link = subruns["debian-7.3-link"]["cases"]["link-flap"]
     assert link["verdict"] == "PASS" and link["noticed_seconds"] is not None, link
+    assert link["rpc_calls"]["end"] > link["rpc_calls"]["link_back"], link  # the I/O resumed after the link came back
     for label in subruns:
         assert subruns[label]["faults"], label  # every fault is recorded with its time

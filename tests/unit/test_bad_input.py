@@ -47,6 +47,16 @@ def d(tmp_path_factory) -> Path:
     (d / "notakernel").write_text("hello\n")
     (d / "raises.py").write_text("raise RuntimeError('broken on import')\n")
     (d / "empty.py").write_text("x = 1\n")
+    header = "from lab.scenarios.framework import Scenario\n"
+    (d / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (d / "shadow.py").write_text(header + "class StablePages(Scenario):\n    name = 'stable-pages'\n"
+                                 "    def exercise(self, ctx):\n        ctx.case('x', 'PASS', 'mine')\n")
+    (d / "notamodel.py").write_text(header + "class Mine(Scenario):\n    name = 'mine-a'\n    Options = dict\n"
+                                    "    def exercise(self, ctx):\n        pass\n")
+    (d / "two.py").write_text(header + "class A(Scenario):\n    name = 'mine-b'\nclass B(Scenario):\n    name = 'mine-c'\n")
+    (d / "noexercise.py").write_text(header + "class Mine(Scenario):\n    name = 'mine-d'\n")
+    (d / "badname.py").write_text(header + "class Mine(Scenario):\n    name = 'Bad Name!'\n"
+                                  "    def exercise(self, ctx):\n        pass\n")
     (d / "results").mkdir()
     for name, files in {"badmanifest": {"manifest.json": "{\"id\": \"x\", "},
                         "badresults": {"manifest.json": "{}", "results.json": "[1, 2"},
@@ -230,6 +240,12 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["run", "{d}/nonexistent.py"], {}, "no such scenario file"),
     (["run", "{d}/raises.py"], {}, "importing it raised RuntimeError: broken on import"),
     (["run", "{d}/empty.py"], {}, "defines 0 Scenario subclasses"),
+    (["run", "{d}/exits.py"], {}, "importing it called sys.exit(3)"),
+    (["run", "{d}/shadow.py"], {}, "scenario name 'stable-pages' is the lab's own"),
+    (["run", "{d}/notamodel.py"], {}, "Mine.Options must be a subclass of lab.scenarios.options.ScenarioOptions"),
+    (["run", "{d}/two.py"], {}, "defines 2 Scenario subclasses"),
+    (["run", "{d}/noexercise.py"], {}, "Mine does not define exercise(self, ctx)"),
+    (["run", "{d}/badname.py"], {}, "name must be a short lower-case word"),
     (["cp", "a", "b"], {}, "no running lab"),
     (["replay", "{d}/oldformat.tar.gz", "--kernel", ""], {}, "bundle format 1"),
     (["bisect", "--base", "/tmp", "--series", "x", "--scenario", "stable-pages", "--max-batches", "0"], {},
@@ -256,6 +272,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_started(argv, env, expected, d
 
     monkeypatch.setattr(Lab, "start", forbidden)
     monkeypatch.setattr(RunDir, "create", classmethod(forbidden))
+    if argv[:2] == ["kernel", "build"]:
+        import lab.host
+
+        monkeypatch.setattr(lab.host, "ensure_host", forbidden)  # refused before host packages are installed
     monkeypatch.setenv("LAB_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("LAB_RUNTIME", runtime)  # no lab of anyone else's is running here
     monkeypatch.delenv("LAB_FSTESTS", raising=False)
