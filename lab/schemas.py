@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from lab.errors import UsageError
+from lab.validation import describe
 
 Verdict = Literal["PASS", "FAIL", "ERROR", "N/A", "FLAKY", "INFO"]
 Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
@@ -91,6 +92,4 @@ def validated(model: type[M], data: dict[str, Any], path: Path, what: str) -> di
     try:
         return model.model_validate(data).model_dump()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise UsageError(f"{path}: a damaged {what}: {where}: {first['msg']}") from None
+        raise UsageError(f"{path}: a damaged {what}: {describe(exc)}") from None

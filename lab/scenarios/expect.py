@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from lab.errors import UsageError
+from lab.validation import describe
 
 PASS, FAIL, ERROR, NOT_APPLICABLE, INFO, FLAKY = "PASS", "FAIL", "ERROR", "N/A", "INFO", "FLAKY"
 RULE_KEYS = ("verdict", "why", "kernel_from", "kernel_below", "link", "signature")
@@ -118,12 +119,6 @@ def _check_facet_values(rule: Rule) -> str | None:
     return None
 
 
-def _one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "rule"
-    return f"{where}: {first['msg']}"
-
-
 @lru_cache(maxsize=64)
 def load_rules(path: Path, facet_keys: frozenset[str] | None = None, required: tuple[str, ...] = ()) -> tuple[Rule, ...]:
     """The file's rules, validated. `facet_keys`: the keys a rule may match (others are typos, which
@@ -148,7 +143,7 @@ def load_rules(path: Path, facet_keys: frozenset[str] | None = None, required: t
         try:
             rule = Rule.model_validate(table)
         except ValidationError as exc:
-            raise UsageError(f"{path}: rule {i}: {_one_line(exc)}") from None
+            raise UsageError(f"{path}: rule {i}: {describe(exc)}") from None
         problem = _check_facet_values(rule)
         if problem:
             raise UsageError(f"{path}: rule {i}: {problem}")

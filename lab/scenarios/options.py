@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lab.errors import UsageError
-from lab.topology.render import format_loc
+from lab.validation import format_loc
 
 MAX_REF = 512
 _REF_CHARS = re.compile(r"^[^\s\0]+$")

@@ -23,6 +23,7 @@ from lab.errors import UsageError
 from lab.paths import topologies_dir
 from lab.topology.checks import check_references
 from lab.topology.model import Topology
+from lab.validation import describe
 
 SUFFIX = ".yaml.j2"
 MAX_TEMPLATE_BYTES = 256 << 10
@@ -156,33 +157,6 @@ def template_parameters(template: Path) -> list[str]:
     return sorted(jinja2.meta.find_undeclared_variables(ast))
 
 
-def format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(document)"
-
-
-def _describe_validation(err: ValidationError) -> str:
-    errors = err.errors(include_url=False)
-    first = errors[0]
-    loc = format_loc(tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    elif "input" in first and first["type"] not in ("model_type", "dict_type"):
-        shown = repr(first["input"])
-        if len(shown) < 60:
-            msg += f" (got {shown})"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{more}"
-
-
 def render(name: str, params: dict[str, Any] | None = None, directory: Path | None = None) -> Rendered:
     template = find_template(name, directory)
     label = _label(template)
@@ -256,7 +230,7 @@ def validate_text(text: str, label: str) -> Topology:
     try:
         topology = Topology.model_validate(document)
     except ValidationError as exc:
-        raise TopologyError(f"{label}: {_describe_validation(exc)}") from None
+        raise TopologyError(f"{label}: {describe(exc)}") from None
     problem = check_references(topology)
     if problem:
         raise TopologyError(f"{label}: {problem}")
