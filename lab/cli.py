@@ -205,9 +205,9 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 def _lab_for(args: argparse.Namespace, run=None, die_with_parent: bool = True):
     """A Lab for a topology, with every input checked before anything is created or started."""
     from lab.host import ensure_host
+    from lab.kernels.resolve import kernel_ref
     from lab.lab import Lab, reap_stale_runtimes
-    from lab.scenarios.framework import Variant, check_against_qemu, resolve_kernels
-    from lab.scenarios.options import _kernel_ref
+    from lab.preflight import check_against_qemu, resolve_kernels
     from lab.topology.render import render
 
     rendered = render(args.topology, _params(args))
@@ -215,10 +215,10 @@ def _lab_for(args: argparse.Namespace, run=None, die_with_parent: bool = True):
     kernel = None
     if args.kernel is not None:
         try:
-            kernel = _kernel_ref(args.kernel)
+            kernel = kernel_ref(args.kernel)
         except ValueError as exc:
             raise UsageError(f"--kernel: {exc}") from None
-    check_against_qemu([Variant("x", kernel or "", args.topology, {}, rendered=rendered)])
+    check_against_qemu([rendered.topology])
     ensure_host()
     refs = [kernel] if kernel else [m.kernel or "debian:7.3" for m in rendered.topology.machines.values()]
     resolved = resolve_kernels(refs, [m.image for m in rendered.topology.machines.values()])

@@ -183,6 +183,7 @@ def validate(cells: list[Cell]) -> list[str]:
     from lab.scenarios.options import validate as validate_options
 
     from lab.kernels import resolve
+    from lab.preflight import check_against_qemu
 
     problems = []
     checked_topologies: set[str] = set()
@@ -202,7 +203,7 @@ def validate(cells: list[Cell]) -> list[str]:
             variants = cls(options).plan()
             key = json.dumps([cell.scenario, cell.topology, cell.params], sort_keys=True)
             if key not in checked_topologies:
-                framework.check_against_qemu(variants)
+                check_against_qemu([v.rendered.topology for v in variants if v.rendered is not None])
                 checked_topologies.add(key)
         except LabError as exc:
             problems.append(f"{cell.id}: {str(exc).splitlines()[0]}")

@@ -190,10 +190,11 @@ def register(cls: type[Scenario]) -> type[Scenario]:
     return cls
 
 
-def scenarios() -> dict[str, type[Scenario]]:
-    """Every registered scenario: the lab's own, then those of installed packages."""
+def scenarios(refresh: bool = False) -> dict[str, type[Scenario]]:
+    """Every registered scenario: the lab's own, then those of installed packages (looked up once;
+    `refresh` looks again, for packages installed since)."""
     global _LOADED
-    if not _LOADED:
+    if refresh or not _LOADED:
         _LOADED = True
         for module in BUILTIN_MODULES:
             importlib.import_module(f"lab.scenarios.{module}")

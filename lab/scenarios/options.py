@@ -21,37 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lab.errors import UsageError
+from lab.kernels.resolve import kernel_ref
 from lab.validation import format_loc
-
-MAX_REF = 512
-_REF_CHARS = re.compile(r"^[^\s\0]+$")
-
-
-def _kernel_ref(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("a kernel reference cannot be empty (debian:7.3, build:KEY, a name, or a bzImage path)")
-    if len(value) > MAX_REF:
-        raise ValueError(f"a kernel reference is at most {MAX_REF} characters")
-    if not _REF_CHARS.match(value):
-        raise ValueError("a kernel reference has no spaces or control characters")
-    if value.startswith("debian:") and not re.fullmatch(r"debian:\d+\.\d+", value):
-        raise ValueError(f"{value!r}: packaged kernels are debian:MAJOR.MINOR, e.g. debian:7.3")
-    if value.startswith("build:") and not value.removeprefix("build:"):
-        raise ValueError("build: needs a key (build:KEY) or source=... (build:source=linux-source-7.3)")
-    if "/" in value and not value.startswith(("debian:", "build:")):
-        # A bzImage path: checked now (exists, a bootable header), before the host is touched.
-        from pathlib import Path
-
-        from lab.errors import UsageError
-        from lab.kernels.kernel import check_bzimage
-
-        try:
-            check_bzimage(Path(value.removeprefix("file:")).expanduser())
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
 
 def _finite(value: float) -> float:
     if math.isnan(value) or math.isinf(value):
@@ -59,7 +30,7 @@ def _finite(value: float) -> float:
     return value
 
 
-KernelRef = Annotated[str, AfterValidator(_kernel_ref)]
+KernelRef = Annotated[str, AfterValidator(kernel_ref)]
 Seconds = Annotated[float, Field(gt=0, le=7 * 86400), AfterValidator(_finite)]
 Accel = Literal["auto", "kvm", "tcg"]
 

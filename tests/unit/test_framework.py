@@ -39,10 +39,9 @@ def test_register_checks_names():
 def test_entry_point_scenarios_are_found(monkeypatch):
     """A package that declares a `lab.scenarios` entry point (here a dist-info on sys.path) is loaded."""
     monkeypatch.syspath_prepend(str(FIXTURES / "example-scenario"))
-    monkeypatch.setattr(framework, "_LOADED", False)
     for mod in [m for m in sys.modules if m.startswith("lab_example_scenario")]:
         monkeypatch.delitem(sys.modules, mod)
-    found = framework.scenarios()
+    found = framework.scenarios(refresh=True)
     assert "example-integrity" in found
     assert found["example-integrity"].__module__ == "lab_example_scenario"
 
