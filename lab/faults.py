@@ -105,3 +105,45 @@ def stop(qmp_cmd) -> dict[str, Any]:
 def cont(qmp_cmd) -> dict[str, Any]:
     qmp_cmd("cont")
     return {"status": qmp_cmd("query-status").get("status")}
+
+
+def inject_live(directory: Path, name: str, machine: dict[str, Any], kind: str, *, link_name: str | None = None, up: bool = False,
+                down: bool = False, device: str | None = None, drive: str | None = None, lba: int = 0,
+                pi_field: str = "guard") -> dict[str, Any]:
+    """A fault in a machine of a lab that is up (`lab fault`), from its state: QMP through the
+    machine's user monitor socket, PI corruption in its namespace image (which must be inside the
+    lab's runtime directory after resolving: a state file naming runtime/../elsewhere is refused)."""
+    from lab.live import qmp_call
+    from lab.safepaths import inside
+
+    socket_path = str(machine.get("qmp"))
+
+    def qmp_cmd(command: str, **arguments: Any) -> Any:
+        reply = qmp_call(socket_path, command, arguments)
+        if "error" in reply:
+            raise LabError(f"{name}: QMP {command}: {reply['error'].get('desc')}")
+        return reply["return"]
+
+    if kind == "link":
+        if not link_name or up == down:
+            raise UsageError("lab fault MACHINE link --link NAME (--down | --up)")
+        return link(qmp_cmd, f"link-{link_name}", up)
+    if kind == "remove":
+        if not device:
+            raise UsageError("lab fault MACHINE remove --device ID (an NVMe controller id of the topology, e.g. nvme0)")
+        return remove_device(qmp_cmd, device)
+    if kind == "pi":
+        namespaces = machine.get("namespaces") or {}
+        drive = drive or next(iter(namespaces), None)
+        if drive not in namespaces:
+            raise UsageError(f"--drive {drive}: {name} has {', '.join(namespaces) or 'no NVMe namespaces'}")
+        entry = namespaces[drive]
+        image = Path(str(entry.get("image")))
+        if not inside(image, Path(directory)) or image.is_symlink() or not image.is_file():
+            raise UsageError(f"{image} is not a namespace image in this lab's runtime directory {directory}")
+        return corrupt_pi(image, Namespace.model_validate(entry["model"]), lba, pi_field)
+    if kind == "stop":
+        return stop(qmp_cmd)
+    if kind == "cont":
+        return cont(qmp_cmd)
+    raise UsageError(f"fault kind {kind!r}: one of {', '.join(KINDS)}")

@@ -26,6 +26,7 @@ import json
 from typing import Any, Callable, Iterator
 
 import pytest
+from lab.settings import ACCELS
 
 DEFAULT_KERNEL = "debian:7.3"
 
@@ -33,7 +34,7 @@ DEFAULT_KERNEL = "debian:7.3"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lab", "QEMU guests from the lab")
     group.addoption("--lab-kernel", default=None, metavar="REF", help=f"default kernel of lab fixtures (default: {DEFAULT_KERNEL})")
-    group.addoption("--lab-accel", default=None, choices=("auto", "kvm", "tcg"), help="accelerator (default: $LAB_ACCEL or auto)")
+    group.addoption("--lab-accel", default=None, choices=ACCELS, help="accelerator (default: $LAB_ACCEL or auto)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,10 +12,12 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from lab.errors import UsageError
 
-ACCELS = ("auto", "kvm", "tcg")
+Accel = Literal["auto", "kvm", "tcg"]
+ACCELS: tuple[str, ...] = get_args(Accel)  # the one list of accelerators every option and check uses
 # Variables the lab reads; anything else starting with LAB_ is left alone (tests use their own).
 KNOWN = ("LAB_ACCEL", "LAB_BOOT_TIMEOUT", "LAB_CACHE", "LAB_RESULTS", "LAB_RUNTIME", "LAB_TOPOLOGIES",
          "LAB_KERNELS", "LAB_FSTESTS", "LAB_CC")

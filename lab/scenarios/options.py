@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from lab.errors import UsageError
 from lab.kernels.resolve import kernel_ref
+from lab.settings import Accel
 from lab.validation import format_loc
 
 def _finite(value: float) -> float:
@@ -32,7 +33,6 @@ def _finite(value: float) -> float:
 
 KernelRef = Annotated[str, AfterValidator(kernel_ref)]
 Seconds = Annotated[float, Field(gt=0, le=7 * 86400), AfterValidator(_finite)]
-Accel = Literal["auto", "kvm", "tcg"]
 
 
 def _size_value(value: object) -> object:

@@ -177,7 +177,9 @@ def test_a_state_file_cannot_point_fault_injection_out_of_the_runtime(tmp_path, 
     image = runtime / ".." / ".." / "host-file.img"  # a string prefix of the runtime directory, then out
     state = {"machines": {"vm": {"qmp": str(runtime / "qmp.sock"), "namespaces": {
         "ns0": {"image": str(image), "model": {"size": "1G", "lba": 4096, "ms": 8, "pi": 1}}}}}}
-    monkeypatch.setattr(cli, "_live_state", lambda which: (runtime, state))
+    from lab.commands import machines
+
+    monkeypatch.setattr(machines, "live_state", lambda which: (runtime, state))
     line = one_error(["fault", "vm", "pi", "--lba", "1"], capsys)
     assert "is not a namespace image in this lab's runtime directory" in line
     assert outside.read_bytes() == b"\0" * 8192
