@@ -228,114 +228,128 @@ def counted(judged: dict[str, Any]) -> tuple[int, int]:
     return 0, 0
 
 
-def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
-               describe: dict, build_kernel: Callable[[build.BuildRequest], Any] = build.build,
-               run_scenario: Callable[..., framework.Outcome] = framework.run, max_batches: int = 4,
-               case: str | None = None) -> tuple[RunDir, dict]:
-    """build_kernel and run_scenario are the lab's own; tests of the search logic pass others."""
-    run_dir = RunDir.create("bisect", scenario)
-    run_dir.update(scenario=scenario, options=describe)
-    steps: dict[int, Step] = {}
-    summary: dict = {"scenario": scenario, **describe, "candidates": labels, "steps": [], "result": None}
-    if case is not None:
-        summary["case"] = case
+class Bisect:
+    """One bisect: its steps (built once, run as often as the search asks), the search that
+    drives them, and bisect.json and summary.txt rewritten after every step."""
 
-    def save() -> None:
-        summary["steps"] = [dict(vars(steps[i])) for i in sorted(steps)]
-        run_dir.write("bisect.json", json.dumps(summary, indent=2))
-        run_dir.write("summary.txt", report(summary) + "\n")
+    def __init__(self, scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
+                 describe: dict, build_kernel: Callable[[build.BuildRequest], Any], run_scenario: Callable[..., framework.Outcome],
+                 max_batches: int, case: str | None) -> None:
+        self.scenario, self.options, self.requests, self.labels = scenario, options, requests, labels
+        self.build_kernel, self.run_scenario, self.max_batches, self.case = build_kernel, run_scenario, max_batches, case
+        self.run_dir = RunDir.create("bisect", scenario)
+        self.run_dir.update(scenario=scenario, options=describe)
+        self.steps: dict[int, Step] = {}
+        self.summary: dict = {"scenario": scenario, **describe, "candidates": labels, "steps": [], "result": None}
+        if case is not None:
+            self.summary["case"] = case
 
-    def run_once(i: int, kernel_ref: str) -> tuple[str, int]:
+    def save(self) -> None:
+        self.summary["steps"] = [dict(vars(self.steps[i])) for i in sorted(self.steps)]
+        self.run_dir.write("bisect.json", json.dumps(self.summary, indent=2))
+        self.run_dir.write("summary.txt", report(self.summary) + "\n")
+
+    def run_once(self, i: int, kernel_ref: str) -> tuple[str, int]:
         """The step's signature and how many repetitions of this run completed (PASS or FAIL)."""
-        step = steps[i]
-        outcome = run_scenario(scenario, options.model_copy(update={"kernels": [kernel_ref]}))
-        step.signature = signature(outcome, case)
+        step = self.steps[i]
+        outcome = self.run_scenario(self.scenario, self.options.model_copy(update={"kernels": [kernel_ref]}))
+        step.signature = signature(outcome, self.case)
         step.runs.append(str(outcome.run_dir.path))
         step.run_dir = str(outcome.run_dir.path)
         completed = 0
-        for judged in followed(outcome, case):
+        for judged in followed(outcome, self.case):
             failed, runs = counted(judged)
             step.failed += failed
             step.repetitions += runs
             completed += runs
         return step.signature, completed
 
-    def build_step(i: int) -> str | None:
-        """The step's kernel ref, or None when it does not build (BUILD-ERROR)."""
-        step = steps.setdefault(i, Step(i, labels[i]))
+    def kernel(self, i: int) -> str | None:
+        """The step's kernel ref, built once; None when it does not build (BUILD-ERROR: skipped, as
+        git bisect skip does)."""
+        step = self.steps.setdefault(i, Step(i, self.labels[i]))
         if step.kernel or step.signature == BUILD_ERROR:
             return step.kernel or None
-        info(f"bisect: {labels[i]} ({len(steps)} of at most {_max_steps(len(labels) - 1)} steps)")
+        info(f"bisect: {self.labels[i]} ({len(self.steps)} of at most {_max_steps(len(self.labels) - 1)} steps)")
         try:
-            step.kernel = build_kernel(requests[i]).ref
+            step.kernel = self.build_kernel(self.requests[i]).ref
             return step.kernel
         except LabError as exc:
-            # A step that does not build (or apply) is skipped, as git bisect skip does.
             step.signature = BUILD_ERROR
             step.error = str(exc).splitlines()[0]
-            info(f"bisect: {labels[i]}: {BUILD_ERROR} ({step.error}); skipped")
-            save()
+            info(f"bisect: {self.labels[i]}: {BUILD_ERROR} ({step.error}); skipped")
+            self.save()
             return None
 
-    def measure(i: int) -> Rate:
-        ref = build_step(i)
+    def measure(self, i: int) -> Rate:
+        """With --repeat: one more batch of the step; its failure rate over every completed repetition."""
+        ref = self.kernel(i)
         if ref is None:
-            raise Inconclusive(i, labels[i], f"BUILD-ERROR ({steps[i].error}): a flaky reproducer needs a kernel")
-        _, completed = run_once(i, ref)
-        step = steps[i]
-        save()
+            raise Inconclusive(i, self.labels[i], f"BUILD-ERROR ({self.steps[i].error}): a flaky reproducer needs a kernel")
+        _, completed = self.run_once(i, ref)
+        step = self.steps[i]
+        self.save()
         if not completed:
-            raise Inconclusive(i, labels[i], f"no repetition completed ({step.signature}): a rate needs runs that happened")
-        info(f"bisect: {labels[i]}: {step.rate.describe()}")
+            raise Inconclusive(i, self.labels[i], f"no repetition completed ({step.signature}): a rate needs runs that happened")
+        info(f"bisect: {self.labels[i]}: {step.rate.describe()}")
         return step.rate
 
-    def evaluate(i: int) -> str:
-        ref = build_step(i)
+    def evaluate(self, i: int) -> str:
+        """The step's verdict signature; an ERROR is run once more, and what still does not decide stops the bisect."""
+        ref = self.kernel(i)
         if ref is None:
             return BUILD_ERROR
-        signature, _ = run_once(i, ref)
-        if "ERROR" in signature:  # N/A does not change on a second run; an ERROR may
-            info(f"bisect: {labels[i]}: {signature}; running it once more")
-            signature, _ = run_once(i, ref)
-        info(f"bisect: {labels[i]}: {signature}")
-        save()
-        if not decides(signature):
-            raise Inconclusive(i, labels[i], signature)
-        return signature
+        sig, _ = self.run_once(i, ref)
+        if "ERROR" in sig:  # N/A does not change on a second run; an ERROR may
+            info(f"bisect: {self.labels[i]}: {sig}; running it once more")
+            sig, _ = self.run_once(i, ref)
+        info(f"bisect: {self.labels[i]}: {sig}")
+        self.save()
+        if not decides(sig):
+            raise Inconclusive(i, self.labels[i], sig)
+        return sig
 
-    flaky = options.repeat > 1
-    summary["mode"] = f"failure rates, {options.repeat} repetitions a batch, at most {max_batches} batches a step" if flaky else "verdicts"
-    status = "interrupted"
-    try:
-        search: Search | RateSearch
+    def result(self) -> dict[str, Any]:
+        """Run the search and say what it found, why it stopped, or that nothing changed."""
+        flaky = self.options.repeat > 1
+        search: Search | RateSearch = (RateSearch(len(self.labels) - 1, self.measure, max_batches=self.max_batches) if flaky
+                                       else Search(len(self.labels) - 1, self.evaluate))
         try:
-            if flaky:
-                search = RateSearch(len(labels) - 1, measure, max_batches=max_batches)
-            else:
-                search = Search(len(labels) - 1, evaluate)
             found = search.run()
         except Inconclusive as exc:
-            label = labels[exc.index] if exc.label == str(exc.index) else exc.label
-            summary["result"] = {"changed": None, "inconclusive": {"index": exc.index, "label": label,
-                                                                   "signature": exc.signature}}
+            label = self.labels[exc.index] if exc.label == str(exc.index) else exc.label
+            return {"changed": None, "inconclusive": {"index": exc.index, "label": label, "signature": exc.signature}}
         except BaseFails as exc:
-            summary["result"] = {"changed": None, "base_fails": {"base": exc.base.to_dict(), "end": exc.end.to_dict(),
-                                                                 "base_run": steps[0].run_dir}}
-        else:
-            if found is None:
-                summary["result"] = {"changed": False, "verdict": steps[0].signature}
-            else:
-                good, bad = found
-                summary["result"] = {"changed": True, "last_good": vars(steps[good]), "first_bad": vars(steps[bad])}
-                skipped = getattr(search, "skipped", [])
-                if skipped:
-                    summary["result"]["could_be"] = [labels[i] for i in (*skipped, bad)]
-        status = "done"
-    finally:
-        save()
-        result = summary["result"]
-        run_dir.finish(status, verdict=verdict_word(result))
-    return run_dir, summary
+            return {"changed": None, "base_fails": {"base": exc.base.to_dict(), "end": exc.end.to_dict(),
+                                                    "base_run": self.steps[0].run_dir}}
+        if found is None:
+            return {"changed": False, "verdict": self.steps[0].signature}
+        good, bad = found
+        result = {"changed": True, "last_good": vars(self.steps[good]), "first_bad": vars(self.steps[bad])}
+        skipped = getattr(search, "skipped", [])
+        if skipped:
+            result["could_be"] = [self.labels[i] for i in (*skipped, bad)]
+        return result
+
+    def run(self) -> tuple[RunDir, dict]:
+        self.summary["mode"] = (f"failure rates, {self.options.repeat} repetitions a batch, at most {self.max_batches} batches "
+                                f"a step" if self.options.repeat > 1 else "verdicts")
+        status = "interrupted"
+        try:
+            self.summary["result"] = self.result()
+            status = "done"
+        finally:
+            self.save()
+            self.run_dir.finish(status, verdict=verdict_word(self.summary["result"]))
+        return self.run_dir, self.summary
+
+
+def run_bisect(scenario: str, options: ScenarioOptions, requests: list[build.BuildRequest], labels: list[str],
+               describe: dict, build_kernel: Callable[[build.BuildRequest], Any] = build.build,
+               run_scenario: Callable[..., framework.Outcome] = framework.run, max_batches: int = 4,
+               case: str | None = None) -> tuple[RunDir, dict]:
+    """build_kernel and run_scenario are the lab's own; tests of the search logic pass others."""
+    return Bisect(scenario, options, requests, labels, describe, build_kernel, run_scenario, max_batches, case).run()
 
 
 def verdict_word(result: dict | None) -> str:
