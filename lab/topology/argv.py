@@ -160,11 +160,32 @@ def kernel_cmdline(topology: Topology, name: str, files: BootFiles) -> str:
 
 
 def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps, accel: Accel) -> MachinePlan:
+    """The machine's whole QEMU command line, in the order QEMU reads it: the machine itself, its
+    disks, its NICs and shares, then the PCIe tree (switches, root ports) and the NVMe devices."""
     machine = topology.machines[name]
     index = list(topology.machines).index(name)
-    base = f"machines.{name}"
     cmdline = kernel_cmdline(topology, name, files)
-    check_cpu_model(caps, machine.cpu_model, f"{base}.cpu_model")
+    check_cpu_model(caps, machine.cpu_model, f"machines.{name}.cpu_model")
+    argv = [*_base_argv(machine, name, files, caps, accel, cmdline), *_network_argv(machine, index, files),
+            *_share_argv(machine, files)]
+    chassis = _Chassis()
+    argv += _switch_argv(machine, chassis)
+    nvme, sizes = _nvme_argv(topology, name, files, caps, chassis)
+    return MachinePlan(name=name, argv=argv + nvme, cmdline=cmdline, namespace_sizes=sizes)
+
+
+class _Chassis:
+    """PCIe chassis numbers, one per root port or switch level, handed out in order."""
+
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+def _base_argv(machine: Machine, name: str, files: BootFiles, caps: QemuCaps, accel: Accel, cmdline: str) -> list[str]:
     argv = [
         caps.binary,
         "-name", f"lab-{name},debug-threads=on",
@@ -192,7 +213,12 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
             "-drive", f"file={opt_path(files.modules_image)},format=raw,if=none,id=modules,readonly=on",
             "-device", "virtio-blk-pci,drive=modules,serial=lab-modules",
         ]
-    argv += [
+    return argv
+
+
+def _network_argv(machine: Machine, index: int, files: BootFiles) -> list[str]:
+    """The management NIC (user networking, SSH forwarded from loopback) and one NIC per private link."""
+    argv = [
         "-netdev", "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
         "-device", f"virtio-net-pci,netdev=mgmt,mac={mac_address(index, 0)}",
     ]
@@ -204,7 +230,11 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
             f"dgram,id={netdev},local.type=unix,local.path={opt_path(local)},remote.type=unix,remote.path={opt_path(remote)}",
             "-device", f"virtio-net-pci,netdev={netdev},mac={mac_address(index, i)}",
         ]
+    return argv
 
+
+def _share_argv(machine: Machine, files: BootFiles) -> list[str]:
+    argv: list[str] = []
     for share in machine.shares:
         fsdev = f"fs-{share.tag}"
         argv += [
@@ -212,25 +242,35 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
                       + (",readonly=on" if share.readonly else ""),
             "-device", f"virtio-9p-pci,fsdev={fsdev},mount_tag={share.tag}",
         ]
+    return argv
 
-    chassis = 1
+
+def _switch_argv(machine: Machine, chassis: _Chassis) -> list[str]:
+    """Each PCIe switch: a root port, its upstream port, and its downstream ports."""
+    argv: list[str] = []
     for sw in machine.switches:
         argv += [
-            "-device", f"pcie-root-port,id={sw.name}-rp,bus=pcie.0,chassis={chassis},slot=0",
+            "-device", f"pcie-root-port,id={sw.name}-rp,bus=pcie.0,chassis={chassis.take()},slot=0",
             "-device", f"x3130-upstream,id={sw.name}-up,bus={sw.name}-rp",
         ]
-        chassis += 1
+        downstream = chassis.take()
         for port in range(sw.ports):
-            argv += ["-device", f"xio3130-downstream,id={sw.name}-dp{port},bus={sw.name}-up,chassis={chassis},slot={port}"]
-        chassis += 1
+            argv += ["-device", f"xio3130-downstream,id={sw.name}-dp{port},bus={sw.name}-up,chassis={downstream},slot={port}"]
+    return argv
 
+
+def _nvme_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps, chassis: _Chassis) -> tuple[list[str], dict[str, int]]:
+    """Every NVMe controller on its bus (the root complex, a root port of its own, or a switch's
+    downstream port) with its namespaces; the namespace sizes by drive id."""
+    machine = topology.machines[name]
+    base = f"machines.{name}"
+    argv: list[str] = []
     placement = switch_port_of(topology, name)
     sizes: dict[str, int] = {}
     for i, ctrl in enumerate(machine.nvme):
         path = f"{base}.nvme[{i}]"
         if ctrl.bus == "root-port":
-            argv += ["-device", f"pcie-root-port,id={ctrl.id}-rp,bus=pcie.0,chassis={chassis},slot=0"]
-            chassis += 1
+            argv += ["-device", f"pcie-root-port,id={ctrl.id}-rp,bus=pcie.0,chassis={chassis.take()},slot=0"]
             bus = f"{ctrl.id}-rp"
         elif ctrl.bus == "root-complex":
             bus = "pcie.0"
@@ -246,22 +286,16 @@ def machine_argv(topology: Topology, name: str, files: BootFiles, caps: QemuCaps
             props.append("legacy-cmb=on")
         argv += ["-device", ",".join(props)]
         for j, ns in enumerate(ctrl.namespaces):
-            nspath = f"{path}.namespaces[{j}]"
             nsid = ns.nsid or j + 1
             drive = f"{ctrl.id}n{nsid}"
             sizes[drive] = ns.size
             argv += ["-drive", f"file={opt_path(files.namespace_images[drive])},format=raw,if=none,id={drive},aio=threads"]
-            nsprops = [
-                f"nvme-ns,drive={drive}",
-                f"bus={ctrl.id}",
-                f"nsid={nsid}",
-                f"logical_block_size={ns.lba}",
-                f"physical_block_size={ns.lba}",
-            ]
+            nsprops = [f"nvme-ns,drive={drive}", f"bus={ctrl.id}", f"nsid={nsid}", f"logical_block_size={ns.lba}",
+                       f"physical_block_size={ns.lba}"]
             for prop in ("ms", "mset", "pi", "pil", "pif"):
                 value = getattr(ns, prop)
                 if value:
-                    _prop_check(caps, "nvme-ns", prop, f"{nspath}.{prop}")
+                    _prop_check(caps, "nvme-ns", prop, f"{path}.namespaces[{j}].{prop}")
                     nsprops.append(f"{prop}={value}")
             argv += ["-device", ",".join(nsprops)]
-    return MachinePlan(name=name, argv=argv, cmdline=cmdline, namespace_sizes=sizes)
+    return argv, sizes
