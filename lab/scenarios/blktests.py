@@ -21,9 +21,9 @@ from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.build import suite_tree
-from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict,
+from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict,
                                 classify, side_by_side)
-from lab.suites import common
+from lab.scenarios import suite
 from lab.suites.monitor import kill_children_command, run_monitored
 from lab.topology.kernel_needs import RDMA_OPTIONS
 
@@ -62,7 +62,7 @@ def missing_options(ctx: Context, transport: str) -> list[str]:
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
-    return common.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "nvme/004")
+    return suite.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "nvme/004")
 
 
 def uses_transport(tree: Path, test: str) -> bool:
@@ -164,10 +164,10 @@ TARBALL_SKIP = (".git", "results", "config")  # config is written by the lab per
 
 
 def tree_tarball(path: Path) -> bytes:
-    return common.tree_tarball(path, "blktests", skip=TARBALL_SKIP)
+    return suite.tree_tarball(path, "blktests", skip=TARBALL_SKIP)
 
 
-class BlktestsOptions(common.SuiteOptions):
+class BlktestsOptions(suite.SuiteOptions):
     blktests: str = opt(None, "a blktests source tree, git repository[@REF] or git URL[@REF], built for the guest "
                         "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_BLKTESTS)",
                         metavar="PATH|URL", min_length=1, max_length=1024)
@@ -184,7 +184,7 @@ class BlktestsOptions(common.SuiteOptions):
     @model_validator(mode="before")
     @classmethod
     def _tree_from_environment(cls, data: Any) -> Any:
-        return common.tree_from_environment(data, "blktests", settings().blktests,
+        return suite.tree_from_environment(data, "blktests", settings().blktests,
                                             "blktests needs a blktests tree: --blktests PATH (or a git URL), or LAB_BLKTESTS=PATH")
 
     @property
@@ -203,8 +203,8 @@ class Blktests(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked before anything boots
-        common.check_known_issue_files(self.options.known_issues, KNOWN_ISSUES)
-        common.check_source("blktests", self.options.blktests, "--blktests")
+        suite.check_known_issue_files(self.options.known_issues, KNOWN_ISSUES)
+        suite.check_source("blktests", self.options.blktests, "--blktests")
 
     def prepare(self) -> None:
         self.tree = suite_tree("blktests", self.options.blktests, self.guest_images[0])
@@ -214,7 +214,7 @@ class Blktests(Scenario):
 
     def setup(self, ctx: Context) -> None:
         vm = ctx.guest("vm")
-        common.install_tree(ctx, vm, self.tree, "blktests", GUEST_TREE, skip=TARBALL_SKIP)
+        suite.install_tree(ctx, vm, self.tree, "blktests", GUEST_TREE, skip=TARBALL_SKIP)
         device = ctx.namespace_device("vm")
         ns = ctx.topology.machines["vm"].nvme[0].namespaces[0]
         if any(t in PRESETS["pi"] for t in self.options.tests) and ns.pi:
@@ -285,13 +285,13 @@ class Blktests(Scenario):
         statuses = {t: results.get(t, {}).get("status", "not reported") for t in tests}
         known = {t: self._known(ctx, t, label) for t in tests}
         logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get("vm", ""), kernel_log.BLKTESTS_MARKER)
-        differently = common.failing_differently(
+        differently = suite.failing_differently(
             known, [t for t in tests if statuses[t] == FAIL_S],
             lambda t: "\n".join(results.get(t, {}).get("details", [])) + "\n" + logs.get(t, ""))
         run["fails_differently"] = differently
         rerun = self._rerun(ctx, vm, label, config, [t for t in tests if statuses[t] == FAIL_S and not known[t]])
         run.update(statuses=statuses, rerun=rerun, seconds=round(time.monotonic() - t0, 1), classes={})
-        per_test, others = common.kernel_windows(ctx, "vm", kernel_log.BLKTESTS_MARKER)
+        per_test, others = suite.kernel_windows(ctx, "vm", kernel_log.BLKTESTS_MARKER)
         for test in tests:
             cls = classify(statuses[test], known[test] is not None, rerun.get(test))
             run["classes"][test] = cls
@@ -320,13 +320,13 @@ class Blktests(Scenario):
                 reason += f" (fails differently from its known issue: no match for {differently[test]!r})"
             ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, **self.ns_facets},
                      expected=expected, status=statuses[test], classification=cls, rerun=rerun.get(test), kernel_window={"vm": per_test.get(test, "")})
-        common.judge_other_machines(ctx, label, others, {"transport": label, **self.ns_facets})
+        suite.judge_other_machines(ctx, label, others, {"transport": label, **self.ns_facets})
         first = next(iter(run["classes"]), "")
-        common.require_a_test_ran(ctx, label, run["classes"], (results.get(first, {}).get("details") or ["no reason given"])[0],
+        suite.require_a_test_ran(ctx, label, run["classes"], (results.get(first, {}).get("details") or ["no reason given"])[0],
                                   {"transport": label, **self.ns_facets})
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
-        return common.kernel_log_rules(facets.get("test"))
+        return suite.kernel_log_rules(facets.get("test"))
 
     def _not_in_kernel(self, ctx: Context, run: dict[str, Any], label: str, tests: list[str], missing: list[str]) -> None:
         """A transport the kernel lacks: its tests do not run, and the reason names the options
@@ -340,11 +340,11 @@ class Blktests(Scenario):
         for test in tests:
             ctx.case(f"{test} ({label})", verdict, f"not run: {why}", facets={"transport": label, "test": test, **self.ns_facets},
                      expected=expected, status=NOTRUN_S, classification=NOTRUN)
-        common.require_a_test_ran(ctx, label, run["classes"], why, {"transport": label, **self.ns_facets})
+        suite.require_a_test_ran(ctx, label, run["classes"], why, {"transport": label, **self.ns_facets})
 
     def _known(self, ctx: Context, test: str, transport: str):
         facets = {"transport": transport, "test": test, **self.ns_facets}
-        return common.known_failure(self.options.known_issues, KNOWN_ISSUES, facets, ctx.release("vm"))
+        return suite.known_failure(self.options.known_issues, KNOWN_ISSUES, facets, ctx.release("vm"))
 
     def _rerun(self, ctx: Context, vm, label: str, config: str, failed: list[str]) -> dict[str, str]:
         status = {t: FAIL_S for t in failed}

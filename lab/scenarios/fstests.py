@@ -24,10 +24,10 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
-from lab.suites.classes import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
+from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
                                 class_verdict, classify, side_by_side, test_verdict)
 from lab.suites.build import suite_tree
-from lab.suites import common
+from lab.scenarios import suite
 from lab.suites.monitor import kill_tree_command, run_monitored
 
 NAME = "nfs-fstests"
@@ -48,7 +48,7 @@ DEFAULT_PRESET = "nfs-dio"
 GUEST_TREE = "/root/fstests"
 TEST_DIR = "/mnt/fstests-test"
 SCRATCH_MNT = "/mnt/fstests-scratch"
-_TEST_RE = common.TEST_NAME_RE
+_TEST_RE = suite.TEST_NAME_RE
 _LINE_RE = re.compile(r"^([a-z0-9_-]+/\d{3,})\s+(.*)$")
 
 
@@ -59,7 +59,7 @@ READ_RACES = {"generic/451": "buffered reads race AIO direct writes", "generic/6
 
 
 def resolve_tests(tests: list[str] | None, preset: str | None) -> list[str]:
-    return common.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "generic/091")
+    return suite.resolve_tests(tests, preset, PRESETS, DEFAULT_PRESET, "generic/091")
 
 
 def local_config(server: str, mount_options: str) -> str:
@@ -232,10 +232,10 @@ class FstestsConsole:
 
 
 def tree_tarball(path: Path) -> bytes:
-    return common.tree_tarball(path, "fstests")
+    return suite.tree_tarball(path, "fstests")
 
 
-class FstestsCommonOptions(common.SuiteOptions):
+class FstestsCommonOptions(suite.SuiteOptions):
     fstests: str = opt(None, "an fstests source tree, git repository[@REF] or git URL[@REF], built for the guest "
                        "(lab suite build); or a tree built elsewhere, used as it is (default: $LAB_FSTESTS)",
                        metavar="PATH|URL", min_length=1, max_length=1024)
@@ -252,7 +252,7 @@ class FstestsCommonOptions(common.SuiteOptions):
     @model_validator(mode="before")
     @classmethod
     def _tree_from_environment(cls, data: Any) -> Any:
-        return common.tree_from_environment(data, "fstests", settings().fstests,
+        return suite.tree_from_environment(data, "fstests", settings().fstests,
                                             "fstests needs a tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
 
     default_preset: ClassVar[str] = DEFAULT_PRESET
@@ -281,14 +281,14 @@ class FstestsSuite(Scenario):
 
     def check(self, variant) -> None:
         self.options.tests  # noqa: B018 - names are checked here, before anything boots
-        common.check_known_issue_files(self.options.known_issues, self.known_issues_file)
-        common.check_source("fstests", self.options.fstests, "--fstests")
+        suite.check_known_issue_files(self.options.known_issues, self.known_issues_file)
+        suite.check_source("fstests", self.options.fstests, "--fstests")
 
     def prepare(self) -> None:
         self.tree = suite_tree("fstests", self.options.fstests, self.guest_images[0])
 
     def install_tree(self, ctx: Context) -> None:
-        common.install_tree(ctx, ctx.guest(self.runner), self.tree, "fstests", GUEST_TREE)
+        suite.install_tree(ctx, ctx.guest(self.runner), self.tree, "fstests", GUEST_TREE)
         ctx.section[self.runs_key] = {}
 
     def run_check(self, ctx: Context, label: str, config: str) -> dict[str, Any]:
@@ -324,7 +324,7 @@ class FstestsSuite(Scenario):
             pass
         known = {t: self._known(ctx, t, label) for t in tests}
         logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get(self.runner, ""), kernel_log.FSTESTS_MARKER)
-        parsed["fails_differently"] = common.failing_differently(
+        parsed["fails_differently"] = suite.failing_differently(
             known, [t for t in tests if parsed["statuses"][t] == FAIL_S],
             lambda t: "\n".join(parsed.get("details", {}).get(t, [])) + "\n" + logs.get(t, ""))
         rerun_status = self._rerun(ctx, label, config, [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
@@ -338,7 +338,7 @@ class FstestsSuite(Scenario):
                      facets={self.facet: label})
             return parsed
         parsed["classes"] = {}
-        per_test, others = common.kernel_windows(ctx, self.runner, kernel_log.FSTESTS_MARKER)
+        per_test, others = suite.kernel_windows(ctx, self.runner, kernel_log.FSTESTS_MARKER)
         for test in tests:
             status = parsed["statuses"][test]
             entry = known[test]
@@ -360,18 +360,18 @@ class FstestsSuite(Scenario):
                 reason = f"timed out: {why}, killed; check went on with the next test"
             ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
                      expected=expected, status=status, classification=cls, rerun=rerun_status.get(test), kernel_window={self.runner: per_test.get(test, "")})
-        common.judge_other_machines(ctx, label, others, {self.facet: label, **self.extra_facets})
+        suite.judge_other_machines(ctx, label, others, {self.facet: label, **self.extra_facets})
         first = next(iter(parsed["classes"]), "")
-        common.require_a_test_ran(ctx, label, parsed["classes"], " | ".join(parsed.get("details", {}).get(first, [])[:1]) or "not run",
+        suite.require_a_test_ran(ctx, label, parsed["classes"], " | ".join(parsed.get("details", {}).get(first, [])[:1]) or "not run",
                                   {self.facet: label, **self.extra_facets})
         return parsed
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
-        return common.kernel_log_rules(facets.get("test"), READ_RACES)
+        return suite.kernel_log_rules(facets.get("test"), READ_RACES)
 
     def _known(self, ctx: Context, test: str, label: str):
         facets = {self.facet: label, "test": test, **self.extra_facets}
-        return common.known_failure(self.options.known_issues, self.known_issues_file, facets, ctx.release(self.runner))
+        return suite.known_failure(self.options.known_issues, self.known_issues_file, facets, ctx.release(self.runner))
 
     @property
     def known_issues_file(self) -> Path:

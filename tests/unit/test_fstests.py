@@ -252,13 +252,13 @@ def test_a_known_issues_file_is_validated_by_its_schema(tmp_path, text, message)
     """A typo used to leave a rule silently inert, and a rule without `test` matched every test."""
     from lab.errors import UsageError
     from lab.scenarios.expect import load_rules
-    from lab.suites import common
+    from lab.scenarios import suite
 
     f = tmp_path / "known.toml"
     f.write_text(text)
     load_rules.cache_clear()
     with pytest.raises(UsageError, match=re.escape(message)):
-        common.check_known_issue_files([str(f)])
+        suite.check_known_issue_files([str(f)])
 
 
 def test_kernel_ranges_reach_the_sublevel_and_an_unparseable_release_matches_no_range(tmp_path):
@@ -278,33 +278,33 @@ def test_kernel_ranges_reach_the_sublevel_and_an_unparseable_release_matches_no_
 
 def test_a_known_failure_that_fails_differently_is_new():
     from lab.scenarios.expect import Expectation
-    from lab.suites import common
+    from lab.scenarios import suite
 
     entry = Expectation("FAIL", "guard error on the write", signature="io thread failed|protection error")
     known = {"generic/761": entry, "generic/095": Expectation("FAIL", "no signature")}
     evidence = {"generic/761": "+Segmentation fault\n[ 40.1] BUG: KASAN: slab-use-after-free in iomap_dio_bio_end_io",
                 "generic/095": "anything"}
-    differently = common.failing_differently(known, ["generic/761", "generic/095"], evidence.__getitem__)
+    differently = suite.failing_differently(known, ["generic/761", "generic/095"], evidence.__getitem__)
     assert differently == {"generic/761": "io thread failed|protection error"} and known["generic/761"] is None
     assert known["generic/095"] is not None  # no signature: any failure is that known issue
     known = {"generic/761": entry}
-    assert common.failing_differently(known, ["generic/761"], lambda t: "+io thread failed") == {}
+    assert suite.failing_differently(known, ["generic/761"], lambda t: "+io thread failed") == {}
     assert known["generic/761"] is entry
 
 
 def test_the_shipped_entries_match_only_the_formats_they_were_seen_on():
     from lab.scenarios.expect import expectation_for, load_rules
-    from lab.suites import common
+    from lab.scenarios import suite
 
     shipped = Path(__file__).resolve().parents[2] / "scenarios" / "fstests" / "known-issues.toml"
     load_rules.cache_clear()
-    common.check_known_issue_files([], shipped)  # the shipped file passes its own schema
+    suite.check_known_issue_files([], shipped)  # the shipped file passes its own schema
 
     def known(pi: int, pif: int, lba: int) -> bool:
         facets = {"test": "generic/761", "section": "xfs", "pi": pi, "pif": pif, "lba": lba}
-        return expectation_for(shipped, facets, "6.12.117+deb13-amd64", common.SUITE_FACETS, ("test",)) is not None
+        return expectation_for(shipped, facets, "6.12.117+deb13-amd64", suite.SUITE_FACETS, ("test",)) is not None
 
     assert known(1, 0, 4096) and known(3, 2, 4096)
     assert not known(2, 0, 4096) and not known(1, 0, 512) and not known(1, 2, 4096)
     blk = Path(__file__).resolve().parents[2] / "scenarios" / "blktests" / "known-issues.toml"
-    common.check_known_issue_files([], blk)
+    suite.check_known_issue_files([], blk)

@@ -12,7 +12,8 @@ import pytest
 from lab.errors import UsageError
 from lab.scenarios import fstests
 from lab.guest import Result
-from lab.suites import classes, libcheck, monitor
+from lab.scenarios import suite as classes  # the classes of a suite test
+from lab.suites import libcheck, monitor
 from lab.suites.build import SUITES, check_layout, suite_tree
 from lab.suites.source import resolve_source, split_ref
 
@@ -196,7 +197,7 @@ def test_compare_names_new_failures_and_fixes() -> None:
 
 
 def test_a_matrix_of_sub_runs_reads_side_by_side():
-    from lab.suites.classes import side_by_side
+    from lab.scenarios.suite import side_by_side
 
     runs = {"debian-6.12-pi=1": {"runs": {"xfs": {"statuses": {"generic/095": "fail", "generic/247": "pass"},
                                                   "classes": {"generic/095": "known failure", "generic/247": "pass"}}}},
