@@ -20,7 +20,7 @@ from typing import Sequence
 from lab.errors import LabError, UsageError
 from lab.paths import cache_dir, images_dir
 from lab.progress import run_logged, step
-from lab.topology.model import parse_size
+from lab.units import file_sha256, parse_size
 
 
 # Bumped when the way an image is made changes (file system options), so old images are not reused.
@@ -74,14 +74,6 @@ def load_recipe(name: str) -> Recipe:
 
 def image_path(recipe: Recipe) -> Path:
     return cache_dir() / "images" / f"{recipe.name}-{recipe.key}.img"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ensure_image(name: str) -> Image:

@@ -11,7 +11,7 @@ from lab.errors import UsageError
 
 
 def _sha256(path: Path) -> str:
-    from lab.images import file_sha256
+    from lab.units import file_sha256
 
     return file_sha256(path)
 

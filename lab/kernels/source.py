@@ -48,7 +48,7 @@ def _digest(*parts: str) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    from lab.images import file_sha256
+    from lab.units import file_sha256
 
     return file_sha256(path)
 

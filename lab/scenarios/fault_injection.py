@@ -12,9 +12,9 @@ it: that it noticed (and how long that took), that nothing hung, that no corrupt
 from __future__ import annotations
 
 import errno
-import threading
+import concurrent.futures
 import time
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from lab import faults, kernel_log
 from lab.errors import LabError, UsageError
@@ -67,18 +67,18 @@ def poll(guest: Guest, command: str, deadline: float, interval: float = 0.2) -> 
     return None
 
 
-def in_background(fn) -> tuple[threading.Thread, dict[str, Any]]:
-    holder: dict[str, Any] = {}
+def in_background(fn: Callable[[], ProgramResult]) -> concurrent.futures.Future[ProgramResult]:
+    """The guest program runs in a worker while the fault is injected; the worker is not waited for
+    when the I/O hangs (the lab's stop ends the command)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-fault-io")
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    return future
 
-    def run() -> None:
-        try:
-            holder["res"] = fn()
-        except BaseException as exc:  # handed back to the caller
-            holder["exc"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, holder
+def finished(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    concurrent.futures.wait([future], timeout=timeout)
+    return future.done()
 
 
 @register
@@ -136,7 +136,7 @@ class Faults(Scenario):
         client, machine = ctx.guest("client"), ctx.lab.machines["client"]
         line = nfs.mount(client, nfs.server_address(ctx.lab), "4.2", "rdma")
         argv = ["python3", self.program, "--dir", nfs.MOUNT]
-        thread, holder = in_background(lambda: ctx.run_program(argv, machine="client", timeout=self.options.deadline + 600,
+        future = in_background(lambda: ctx.run_program(argv, machine="client", timeout=self.options.deadline + 600,
                                                                 save_as=ctx.path("link/nfs_dio.out"),
                                                                 required=("cases", "mib_per_s"), count="cases"))
         time.sleep(3)  # into the matrix
@@ -153,18 +153,16 @@ class Faults(Scenario):
             self._record(ctx, "client", "link", "link-lan", faults.link(machine.qmp_cmd, "link-lan", True))
             back = poll(watcher, "test \"$(cat /sys/class/net/lan/carrier)\" = 1", 30)
             calls_back = rpc_calls(watcher)
-            thread.join(self.options.deadline)
-            calls_end = rpc_calls(watcher) if not thread.is_alive() else None
+            done = finished(future, self.options.deadline)
+            calls_end = rpc_calls(watcher) if done else None
         finally:
             watcher.close()
         done_in = round(time.monotonic() - t0, 1)
-        if thread.is_alive():
+        if not done:
             ctx.case("link-flap", FAIL, f"the NFS O_DIRECT matrix did not finish within {self.options.deadline:g} s of the link "
                      f"going down (hung)", noticed_seconds=noticed, mount=line)
             raise ScenarioError("client hung after the link came back; the run stops here")
-        if "exc" in holder:
-            raise holder["exc"]
-        result: ProgramResult = holder["res"]
+        result = future.result()
         client.run(f"umount -f {nfs.MOUNT}", timeout=120)
         if result.error or result.data is None:
             ctx.case("link-flap", FAIL, f"the program did not report: {result.error}", noticed_seconds=noticed)
@@ -197,7 +195,7 @@ class Faults(Scenario):
         argv = ["/usr/local/bin/dio_mutate", "--path", device, "--direction", "write", "--bs", 65536, "--duration", 20,
                 "--size", 16 << 20, "--mutate", 0]
         guest.run("dmesg -C", timeout=30)
-        thread, holder = in_background(lambda: ctx.run_program(argv, timeout=self.options.deadline,
+        future = in_background(lambda: ctx.run_program(argv, timeout=self.options.deadline,
                                                                 save_as=ctx.path("remove/dio.out")))
         time.sleep(4)
         watcher = Guest(name, guest.port, guest.key_file)
@@ -210,13 +208,10 @@ class Faults(Scenario):
             unplugged = faults.wait_removed(machine.qmp_cmd, ctrl, timeout=60)
         finally:
             watcher.close()
-        thread.join(self.options.deadline)
-        if thread.is_alive():
+        if not finished(future, self.options.deadline):
             ctx.case("remove-during-dio", FAIL, f"O_DIRECT to the removed controller still hung {self.options.deadline:g} s later")
             raise ScenarioError("the I/O hung after the controller was removed; the run stops here")
-        if "exc" in holder:
-            raise holder["exc"]
-        result: ProgramResult = holder["res"]
+        result = future.result()
         dmesg = ctx.dmesg()
         ctx.sub.write(ctx.path("remove/dmesg"), dmesg)
         if result.data is None:

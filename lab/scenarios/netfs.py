@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
-import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from lab.errors import LabError, UsageError
 from lab.scenarios import nfs
 from lab.scenarios.framework import Context, Scenario, register
-from lab.scenarios.nfs_dio import CORRUPT_OFFSET, case_names, judge_transport
+from lab.scenarios.dio_matrix import CORRUPT_OFFSET, case_names, flip_in_guest, flip_on_host, judge_transport, run_with_flip
+from lab.scenarios.netmounts import MOUNTS, SMB_EXPORT, mount_9p, mount_cifs, setup_smb_server
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, ProgramResult
-from lab.guest import Guest, shell_join
 
 NAME = "netfs-dio"
 FS = Literal["9p", "cifs", "nfs"]
-MOUNTS = {"9p": "/mnt/9p", "cifs": "/mnt/cifs", "nfs": nfs.MOUNT}
-SMB_EXPORT = "/export/smb"
-SMB_USER, SMB_PASSWORD = "lab", "lab-smb-pass"
 DATA_FILE = "netfs-dio.dat"
 
 
@@ -45,51 +40,6 @@ class NetfsOptions(ScenarioOptions):
     only: str | None = opt(None, "only the cases whose name contains this", max_length=100)
     inject_corruption: bool = opt(False, "flip a byte of the file behind the client's back between write and verify: "
                                   "the run must FAIL")
-
-
-def setup_smb_server(server: Guest) -> None:
-    """ksmbd exporting a directory of the server's XFS as share 'lab' to user 'lab'."""
-    conf = (f"[global]\n\tserver min protocol = SMB3_11\n[lab]\n\tpath = {SMB_EXPORT}\n\twriteable = yes\n"
-            f"\tforce user = root\n\tforce group = root\n")
-    script = f"""set -e
-modprobe ksmbd
-mkdir -p {SMB_EXPORT} /etc/ksmbd && chmod 1777 {SMB_EXPORT}
-printf %s {shlex.quote(conf)} > /etc/ksmbd/ksmbd.conf
-ksmbd.adduser -a {SMB_USER} -p {shlex.quote(SMB_PASSWORD)} >/dev/null 2>&1 || ksmbd.adduser -u {SMB_USER} -p {shlex.quote(SMB_PASSWORD)}
-ksmbd.mountd
-"""
-    res = server.run(script, timeout=120)
-    if not res.ok:
-        raise LabError(f"server: ksmbd set-up failed: {' | '.join((res.stderr or res.stdout).strip().splitlines()[-3:])}")
-
-
-def mount_line(guest: Guest, mountpoint: str) -> str:
-    return guest.run(f"grep ' {mountpoint} ' /proc/mounts", timeout=30).stdout.strip()
-
-
-def mount_9p(client: Guest) -> str:
-    client.run("modprobe -a 9pnet_virtio 9p", timeout=60)
-    client.run(["mkdir", "-p", MOUNTS["9p"]], check=True)
-    res = client.run(["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=262144", "lab9p", MOUNTS["9p"]], timeout=120)
-    line = mount_line(client, MOUNTS["9p"])
-    if not res.ok or "trans=virtio" not in line:
-        raise LabError(f"client: mount -t 9p failed: {(res.stderr or res.stdout).strip()[-200:]} ({line or 'not mounted'})")
-    return line
-
-
-def mount_cifs(client: Guest, server: str, transport: str) -> str:
-    client.run("modprobe cifs", timeout=60)
-    client.run(["mkdir", "-p", MOUNTS["cifs"]], check=True)
-    opts = f"username={SMB_USER},password={SMB_PASSWORD},vers=3.1.1,uid=0,gid=0" + (",rdma" if transport == "rdma" else "")
-    res = client.run(["mount", "-t", "cifs", f"//{server}/lab", MOUNTS["cifs"], "-o", opts], timeout=240)
-    line = mount_line(client, MOUNTS["cifs"])
-    if not res.ok or not line:
-        raise LabError(f"client: mount -t cifs -o vers=3.1.1{',rdma' if transport == 'rdma' else ''} failed: "
-                       f"{(res.stderr or res.stdout).strip()[-200:]}")
-    # The transport is proven from the mount's own options, not from what was asked.
-    if ("rdma" in line.split()[3].split(",")) != (transport == "rdma"):
-        raise LabError(f"client: asked for SMB over {transport} but /proc/mounts says: {line}")
-    return line
 
 
 @register
@@ -154,7 +104,7 @@ class NetfsDio(Scenario):
         injected = None
         save = ctx.path(f"{name}/dio.out")
         if self.options.inject_corruption:
-            result, injected = self._with_corruption(ctx, fs, argv + ["--stop-before-verify", "/tmp/lab-pause"], save)
+            result, injected = self._with_corruption(ctx, fs, argv, save)
         else:
             result = ctx.run_program(argv, machine="client", timeout=1800, save_as=save, required=("cases", "mib_per_s"), count="cases")
         client.run(f"sync; umount {MOUNTS[fs]}", timeout=120)
@@ -193,44 +143,14 @@ class NetfsDio(Scenario):
             return None
 
     def _with_corruption(self, ctx: Context, fs: str, argv: list[object], save: str) -> tuple[ProgramResult, dict[str, Any]]:
-        holder: dict[str, Any] = {}
-
-        def client_run() -> None:
-            try:
-                holder["res"] = ctx.run_program(argv, machine="client", timeout=1800, save_as=save,
-                                                required=("cases", "mib_per_s"), count="cases")
-            except BaseException as exc:  # handed to the main thread below
-                holder["exc"] = exc
-
-        thread = threading.Thread(target=client_run)
-        thread.start()
-        client = ctx.guest("client")
-        watcher = Guest("client", client.port, client.key_file)
-        try:
-            deadline = time.monotonic() + 300
-            while not watcher.run("test -e /tmp/lab-pause", timeout=30).ok:
-                if time.monotonic() > deadline or not thread.is_alive():
-                    raise LabError("client never reached the verification pause")
-                time.sleep(0.5)
-            if fs == "9p":
-                with open(self._share_file(ctx), "r+b") as f:  # behind the guest's back, on the host
-                    f.seek(CORRUPT_OFFSET)
-                    byte = f.read(1)
-                    f.seek(CORRUPT_OFFSET)
-                    f.write(bytes([byte[0] ^ 0xFF]))
-            else:
-                path = f"{SMB_EXPORT}/{DATA_FILE}" if fs == "cifs" else f"{nfs.EXPORT}/{DATA_FILE}"
-                flip = (f"f=open({path!r},'r+b'); f.seek({CORRUPT_OFFSET}); b=f.read(1); f.seek({CORRUPT_OFFSET}); "
-                        f"f.write(bytes([b[0] ^ 0xff])); f.close()")
-                ctx.guest("server").run(["python3", "-c", flip], timeout=60, check=True)
-                ctx.guest("server").run("sync", timeout=60)
-            watcher.run(shell_join(["rm", "-f", "/tmp/lab-pause"]), timeout=30, check=True)
-        finally:
-            watcher.close()
-            thread.join()
-        if "exc" in holder:
-            raise holder["exc"]
-        return holder["res"], {"file_offset": CORRUPT_OFFSET, "where": "host share" if fs == "9p" else "server"}
+        if fs == "9p":
+            share_file = str(self._share_file(ctx))
+            flip: Callable[[], None] = lambda: flip_on_host(share_file)  # noqa: E731 - behind the guest's back, on the host
+        else:
+            path = f"{SMB_EXPORT}/{DATA_FILE}" if fs == "cifs" else f"{nfs.EXPORT}/{DATA_FILE}"
+            flip = lambda: flip_in_guest(ctx.guest("server"), path)  # noqa: E731
+        result = run_with_flip(ctx, argv, save, flip)
+        return result, {"file_offset": CORRUPT_OFFSET, "where": "host share" if fs == "9p" else "server"}
 
     def table(self, results: dict[str, Any]) -> str:
         lines = []

@@ -4,34 +4,20 @@ read back by the client and checksummed on the server; pin counters before, afte
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import threading
 import time
-from functools import lru_cache
 from typing import Any
 
 from lab.errors import LabError, UsageError
-from lab.paths import scenarios_dir
 from lab.scenarios import nfs
+from lab.scenarios.dio_matrix import CORRUPT_OFFSET, case_names, flip_in_guest, judge_transport, run_with_flip
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, opt
-from lab.scenarios.verdict import ERROR, FAIL, PASS, ProgramResult
+from lab.scenarios.verdict import ERROR, ProgramResult
 from lab.guest import Guest
 
 NAME = "nfs-dio"
 DATA_FILE = "nfs-dio.dat"
-CORRUPT_OFFSET = 17  # inside the first case (file offset 0, 1000 bytes)
-
-
-@lru_cache(maxsize=1)
-def case_names() -> tuple[str, ...]:
-    """The guest program's case names, read from its source on the host (to check --only early)."""
-    spec = importlib.util.spec_from_file_location("lab_nfs_dio_guest", scenarios_dir() / "nfs" / "nfs_dio.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return tuple(name for name, _, _ in module.cases())
 
 
 class NfsDioOptions(ScenarioOptions):
@@ -40,27 +26,6 @@ class NfsDioOptions(ScenarioOptions):
     nfs_version: nfs.Version = opt("4.2", "NFS version (default: 4.2)")
     only: str | None = opt(None, "only the cases whose name contains this (e.g. 'align=100')", max_length=100)
     inject_corruption: bool = opt(False, "flip a byte of the file on the server between write and verify: the run must FAIL")
-
-
-def judge_transport(result: ProgramResult, server_sums: dict[str, str] | None, pins: str,
-                    witness: str = "the server") -> tuple[str, str]:
-    """PASS when every case was written, read back equal and checksummed equal by the witness (the
-    server's own file system, or the host for a 9p share)."""
-    if result.error or result.data is None:
-        return ERROR, result.error or "no result"
-    cases = result.data["cases"]
-    bad = [c for c in cases if "error" in c]
-    if bad:
-        return FAIL, f"{len(bad)} of {len(cases)} cases failed; first: {bad[0]['name']}: {bad[0]['error']}"
-    if server_sums is None:
-        return ERROR, f"{witness}'s checksums could not be computed"
-    differ = [c["name"] for c in cases if server_sums.get(c["name"]) != c["sha256"]]
-    if differ:
-        return FAIL, (f"{len(differ)} of {len(cases)} cases differ at {witness} (its own checksum of the stored "
-                      f"bytes); first: {differ[0]}")
-    if pins.startswith("UNBALANCED"):
-        return FAIL, pins
-    return PASS, f"{len(cases)} cases verified by read-back and by {witness}'s checksum, {result.data['mib_per_s']} MiB/s"
 
 
 @register
@@ -104,7 +69,9 @@ class NfsDio(Scenario):
             argv += ["--only", self.options.only]
         injected = None
         if self.options.inject_corruption:
-            result, injected = self._run_with_corruption(ctx, server, client, argv + ["--stop-before-verify", "/tmp/lab-pause"], transport)
+            result = run_with_flip(ctx, argv, ctx.path(f"{transport}/nfs_dio.out"),
+                                   lambda: flip_in_guest(server, f"{nfs.EXPORT}/{DATA_FILE}"))
+            injected = {"file_offset": CORRUPT_OFFSET}
         else:
             result = ctx.run_program(argv, machine="client", timeout=1800, save_as=ctx.path(f"{transport}/nfs_dio.out"),
                                      required=("cases", "mib_per_s"), count="cases")
@@ -135,41 +102,6 @@ class NfsDio(Scenario):
             return json.loads(res.stdout.strip().splitlines()[-1])["cases"]
         except (ValueError, IndexError, KeyError):
             return None
-
-    def _run_with_corruption(self, ctx: Context, server: Guest, client: Guest, argv: list[object],
-                             transport: str) -> tuple[ProgramResult, dict[str, Any]]:
-        """Fault injection: flip one byte of the file on the server between the client's write and
-        its verification, then let the client go on. The run must report the case and the offset."""
-        holder: dict[str, Any] = {}
-
-        def client_run() -> None:
-            try:
-                holder["res"] = ctx.run_program(argv, machine="client", timeout=1800, save_as=ctx.path(f"{transport}/nfs_dio.out"),
-                                                required=("cases", "mib_per_s"), count="cases")
-            except BaseException as exc:  # handed to the main thread below
-                holder["exc"] = exc
-
-        thread = threading.Thread(target=client_run)
-        thread.start()
-        # A second SSH session watches for the pause: one connection runs one command at a time.
-        watcher = Guest("client", client.port, client.key_file)
-        try:
-            deadline = time.monotonic() + 300
-            while not watcher.run("test -e /tmp/lab-pause", timeout=30).ok:
-                if time.monotonic() > deadline or not thread.is_alive():
-                    raise LabError("client never reached the verification pause")
-                time.sleep(0.5)
-            flip = (f"f=open('{nfs.EXPORT}/{DATA_FILE}','r+b'); f.seek({CORRUPT_OFFSET}); b=f.read(1); "
-                    f"f.seek({CORRUPT_OFFSET}); f.write(bytes([b[0] ^ 0xff])); f.close()")
-            server.run(["python3", "-c", flip], timeout=60, check=True)
-            server.run("sync", timeout=60)
-            watcher.run("rm -f /tmp/lab-pause", timeout=30, check=True)
-        finally:
-            watcher.close()
-            thread.join()
-        if "exc" in holder:
-            raise holder["exc"]
-        return holder["res"], {"file_offset": CORRUPT_OFFSET}
 
     def table(self, results: dict[str, Any]) -> str:
         lines = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import typing
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from lab.errors import UsageError
 from lab.kernels.resolve import kernel_ref
 from lab.settings import Accel
+from lab.units import parse_size
 from lab.validation import format_loc
 
 def _finite(value: float) -> float:
@@ -35,17 +35,7 @@ KernelRef = Annotated[str, AfterValidator(kernel_ref)]
 Seconds = Annotated[float, Field(gt=0, le=7 * 86400), AfterValidator(_finite)]
 
 
-def _size_value(value: object) -> object:
-    """'64K', '1M', '4096' -> bytes; numbers pass."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(i?B)?\s*", value, re.IGNORECASE)
-        if not m:
-            raise ValueError(f"{value!r} is not a size (examples: 4096, 64K, 1M)")
-        return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
-    return value
-
-
-SizeBytes = Annotated[int, BeforeValidator(_size_value)]
+SizeBytes = Annotated[int, BeforeValidator(parse_size)]
 
 
 def opt(default: Any = None, help: str = "", *, flag: str | None = None, metavar: str | None = None,

@@ -24,7 +24,7 @@ from lab.scenarios import nfs
 from lab.scenarios.expect import expectation_for
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.kprobes import Kprobes
-from lab.scenarios.netfs import MOUNTS, mount_9p, mount_cifs, setup_smb_server
+from lab.scenarios.netmounts import MOUNTS, mount_9p, mount_cifs, setup_smb_server
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 from lab.guest import Guest

@@ -15,7 +15,8 @@ from lab.errors import UsageError
 from lab.paths import scenarios_dir
 from lab.scenarios import kmsg
 from lab.scenarios.framework import Context, Scenario, Variant, register
-from lab.scenarios.options import ScenarioOptions, Seconds, _size_value, opt
+from lab.scenarios.options import ScenarioOptions, Seconds, opt
+from lab.units import parse_size
 from lab.scenarios.verdict import ERROR, FAIL, PASS, ProgramResult, errno_list, errno_name
 
 NAME = "stable-pages"
@@ -31,7 +32,7 @@ def _block_size(value: int) -> int:
     return value
 
 
-BlockSize = Annotated[int, BeforeValidator(_size_value), AfterValidator(_block_size)]
+BlockSize = Annotated[int, BeforeValidator(parse_size), AfterValidator(_block_size)]
 
 
 def parse_block_size(text: str) -> int:

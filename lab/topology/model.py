@@ -6,27 +6,13 @@ so that what a developer reads in QEMU's nvme documentation maps one to one.
 
 from __future__ import annotations
 
-import re
 import typing
 from typing import Annotated, Any, Literal
 
+from lab.units import parse_size
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 NAME_RE = r"^[a-z][a-z0-9-]{0,14}$"
-
-
-def parse_size(value: object) -> int:
-    """'1G', '512M', '4096' or an int -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("a size is a number with an optional K/M/G/T suffix")
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a size (examples: 4096, 512M, 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]

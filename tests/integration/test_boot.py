@@ -4,7 +4,7 @@ topology promised. The labs come from the lab's pytest plugin (lab_boot), shared
 import pytest
 
 from lab import inspect
-from lab.images import file_sha256
+from lab.units import file_sha256
 from lab.lab import Lab
 
 from .conftest import KERNELS
