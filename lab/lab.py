@@ -101,28 +101,56 @@ class Lab:
         return self.resolved[ref]
 
     def start(self) -> None:
+        """Kernels and images, the runtime directory, the accelerator, each machine's files and
+        command line, then the boot: one named step each, the manifest written as they go."""
         began = time.monotonic()
-        topo = self.rendered.topology
         caps = probe()
-        key_file, key_blob = ensure_key()
         if self.run is None:
             self.run = RunDir.create("up", self.rendered.name)
-        for name, machine in topo.machines.items():
-            self.kernels[name] = self._kernel(self.kernel_ref or machine.kernel or DEFAULT_KERNEL)
-            if machine.image not in self.images:
-                self.images[machine.image] = ensure_image(machine.image)
-        check_kernel_fits(topo, self.kernels, self.rendered.name)
+        self._resolve_parts()
         # Unique per lab, short (unix socket paths), 0700: mkdtemp gives all three.
         label = re.sub(r"[^A-Za-z0-9]+", "-", self.rendered.name)[:16]
         self.runtime = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=runtime_root()))
         boot_image = {n: pvh_image(k.vmlinuz, k.sha256) or k.vmlinuz for n, k in self.kernels.items()}
         initrds = {n: ensure_initramfs(k) for n, k in self.kernels.items()}
+        self._choose_accel(caps, boot_image, initrds)
+        self._record_plan(caps)
+        key_file, key_blob = ensure_key()
+        links = self._link_sockets()
+        argvs = {}
+        assert self.chosen_accel is not None
+        for name in self.rendered.topology.machines:
+            files = self._machine_files(name, boot_image[name], initrds[name], links.get(name, {}), key_blob)
+            plan = machine_argv(self.rendered.topology, name, files, caps, self.chosen_accel)
+            argvs[name] = plan.argv
+            self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
+                                              self.run.machine_dir(name) / "qemu-stderr.log", key_file, agent_socket=files.agent_socket)
+        # What the lab itself costs before QEMU starts (cache checks, overlays, disks): the bench's overhead.
+        self.prepare_seconds = round(time.monotonic() - began, 3)
+        self.run.update(argv=argvs, prepare_seconds=self.prepare_seconds)
+        self._boot_all()
+        self._write_state()
+
+    def _resolve_parts(self) -> None:
+        """Every machine's kernel and base image, and whether the kernel can drive the topology."""
+        topo = self.rendered.topology
+        for name, machine in topo.machines.items():
+            self.kernels[name] = self._kernel(self.kernel_ref or machine.kernel or DEFAULT_KERNEL)
+            if machine.image not in self.images:
+                self.images[machine.image] = ensure_image(machine.image)
+        check_kernel_fits(topo, self.kernels, self.rendered.name)
+
+    def _choose_accel(self, caps: Any, boot_image: dict[str, Path], initrds: dict[str, Path]) -> None:
         first_name = next(iter(self.kernels))
         first = self.kernels[first_name]
         self.chosen_accel, self.accel_reason = accel_mod.choose(
             self.accel, caps.binary, caps.version, boot_image[first_name], first.sha256, initrds[first_name]
         )
         info(f"acceleration: {self.accel_reason}")
+
+    def _record_plan(self, caps: Any) -> None:
+        assert self.run is not None and self.chosen_accel is not None
+        topo = self.rendered.topology
         self.run.update(
             topology={"name": self.rendered.name, "template": str(self.rendered.template), "params": self.rendered.params,
                       "rendered": self.rendered.text, "model": topo.model_dump()},
@@ -132,39 +160,38 @@ class Lab:
             images={n: {"recipe_key": i.key, "sha256": i.meta.get("sha256"), "path": str(i.path)} for n, i in self.images.items()},
             runtime=str(self.runtime),
         )
-        links = self._link_sockets()
-        argvs = {}
-        for name, machine in topo.machines.items():
-            mdir = self.run.machine_dir(name)
-            rdir = self.runtime / name
-            rdir.mkdir()
-            overlay = rdir / "root.qcow2"
-            create_overlay(self.images[machine.image].path, overlay)
-            ns_images = {}
-            for drive, size in namespace_drive_ids(machine).items():
-                ns_images[drive] = rdir / f"{drive}.img"
-                with open(ns_images[drive], "wb") as f:
-                    f.truncate(size)  # sparse: costs nothing until the guest writes
-            kernel = self.kernels[name]
-            shares = {}
-            for share in machine.shares:
-                # In the run directory: what the guest leaves there is kept with the run's results.
-                shares[share.tag] = self.run.path / "shares" / name / share.tag
-                shares[share.tag].mkdir(parents=True, exist_ok=True)
-            files = BootFiles(
-                kernel=boot_image[name], initrd=initrds[name], root_overlay=overlay, modules_image=kernel.modules_image,
-                qmp_socket=rdir / "qmp.sock", console_log=mdir / "console.log", namespace_images=ns_images,
-                link_sockets=links.get(name, {}), ssh_pubkey_blob=key_blob, qmp_user_socket=rdir / "qmp-user.sock",
-                shares=shares, agent_socket=rdir / "agent.sock",
-            )
-            self.files[name] = files
-            plan = machine_argv(topo, name, files, caps, self.chosen_accel)
-            argvs[name] = plan.argv
-            self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
-                                              mdir / "qemu-stderr.log", key_file, agent_socket=files.agent_socket)
-        # What the lab itself costs before QEMU starts (cache checks, overlays, disks): the bench's overhead.
-        self.prepare_seconds = round(time.monotonic() - began, 3)
-        self.run.update(argv=argvs, prepare_seconds=self.prepare_seconds)
+
+    def _machine_files(self, name: str, kernel_image: Path, initrd: Path, links: dict[str, tuple[Path, Path]],
+                       key_blob: str) -> BootFiles:
+        """A machine's runtime directory: its root overlay, sparse namespace images, shares kept in
+        the run directory, and the sockets QEMU will listen on."""
+        assert self.run is not None and self.runtime is not None
+        machine = self.rendered.topology.machines[name]
+        rdir = self.runtime / name
+        rdir.mkdir()
+        overlay = rdir / "root.qcow2"
+        create_overlay(self.images[machine.image].path, overlay)
+        ns_images = {}
+        for drive, size in namespace_drive_ids(machine).items():
+            ns_images[drive] = rdir / f"{drive}.img"
+            with open(ns_images[drive], "wb") as f:
+                f.truncate(size)  # sparse: costs nothing until the guest writes
+        shares = {}
+        for share in machine.shares:
+            # In the run directory: what the guest leaves there is kept with the run's results.
+            shares[share.tag] = self.run.path / "shares" / name / share.tag
+            shares[share.tag].mkdir(parents=True, exist_ok=True)
+        files = BootFiles(
+            kernel=kernel_image, initrd=initrd, root_overlay=overlay, modules_image=self.kernels[name].modules_image,
+            qmp_socket=rdir / "qmp.sock", console_log=self.run.machine_dir(name) / "console.log", namespace_images=ns_images,
+            link_sockets=links, ssh_pubkey_blob=key_blob, qmp_user_socket=rdir / "qmp-user.sock",
+            shares=shares, agent_socket=rdir / "agent.sock",
+        )
+        self.files[name] = files
+        return files
+
+    def _boot_all(self) -> None:
+        assert self.chosen_accel is not None
         kvm = self.chosen_accel.name == "kvm"
         timeout = self.boot_timeout or settings().boot_timeout or (BOOT_TIMEOUT_KVM if kvm else BOOT_TIMEOUT_TCG)
         silence = SILENCE_KVM if kvm else SILENCE_TCG
@@ -173,7 +200,6 @@ class Lab:
             st.suffix = " (" + ", ".join(f"{n} {s:.1f} s" for n, s in self.boot_seconds.items()) + ")"
             if self.boot_retries:
                 st.suffix += f", after {len(self.boot_retries)} retried boot(s)"
-        self._write_state()
 
     def _boot(self, timeout: float, silence: float) -> None:
         for attempt in range(1, BOOT_ATTEMPTS + 1):
