@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -18,6 +19,8 @@ from lab.machine import die_with_parent
 from lab.paths import cache_dir
 from lab.progress import info
 from lab.topology.argv import Accel
+
+LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
 MARKER = "LAB-PROBE-OK"

@@ -12,6 +12,7 @@ byte, hence this small client."""
 
 from __future__ import annotations
 
+import logging
 import base64
 import json
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lab.errors import LabError
+
+LOG = logging.getLogger(__name__)
 
 PORT_NAME = "org.qemu.guest_agent.0"
 # What a command sees, as over SSH (sshd's default PATH for root, HOME, a login shell's names).
@@ -242,7 +245,7 @@ class AgentClient:
                     break
                 time.sleep(0.02)
         except AgentError:
-            pass
+            LOG.debug("the agent stopped answering while a command was being ended", exc_info=True)
 
     # -- files --------------------------------------------------------------------------------
     def write_file(self, path: str, data: bytes, timeout: float = 600.0) -> None:

@@ -3,6 +3,7 @@ started with the same argv, so the lab's own overhead is a measured figure."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import statistics
@@ -20,6 +21,8 @@ from lab.machine import READY_MARKER, boot_phases, die_with_parent
 from lab.paths import runtime_root
 from lab.rundir import RunDir
 from lab.sshkeys import ensure_key
+
+LOG = logging.getLogger(__name__)
 
 
 def _free_port() -> int:

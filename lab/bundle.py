@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import tempfile
@@ -23,6 +24,8 @@ from lab.errors import UsageError
 from lab.paths import scenarios_dir
 from lab.results import manifest, results_of
 from lab.safepaths import check_tree
+
+LOG = logging.getLogger(__name__)
 
 FORMAT = 2
 MAX_BUNDLE_BYTES = 32 << 20

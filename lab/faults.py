@@ -13,6 +13,7 @@ put it in their results next to what the guest did."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 from lab.errors import LabError, UsageError
 from lab.topology.model import Namespace
+
+LOG = logging.getLogger(__name__)
 
 KINDS = ("link", "remove", "pi", "stop", "cont")
 PI_FIELDS = ("guard", "app", "ref")

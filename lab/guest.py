@@ -4,6 +4,7 @@ on first use only, so a scenario that never needs it never pays for its handshak
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import BinaryIO, Sequence
 from lab.agent import AgentClient, AgentError, AgentTimeout, CommandTimeout, shell_argv
 from lab.errors import GuestCommandError, Result
 from lab.ssh import DEFAULT_TIMEOUT, WATCHDOG_GRACE, SshChannel, shell_join
+
+LOG = logging.getLogger(__name__)
 
 __all__ = ["Guest", "GuestCommandError", "Result", "shell_join", "DEFAULT_TIMEOUT"]
 
@@ -94,7 +97,7 @@ class Guest:
         try:
             self.agent.spawn(shell_argv(command), timeout=5.0)
         except AgentError:
-            pass
+            LOG.debug("%s: could not start %r through the agent (the guest is going away)", self.name, command, exc_info=True)
 
     # -- files ---------------------------------------------------------------------------------
     def put(self, local: Path, remote: str, timeout: float = 600.0) -> None:

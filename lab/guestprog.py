@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.paths import cache_dir, scenarios_dir
+
+LOG = logging.getLogger(__name__)
 
 
 def build(relative: str) -> Path:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
 from lab.errors import LabError
 from lab.progress import info
+
+LOG = logging.getLogger(__name__)
 
 # package -> why the lab needs it
 HOST_PACKAGES = {
@@ -55,6 +58,7 @@ def install(packages: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
         res = subprocess.run(argv, env=env, capture_output=True, text=True)
+        LOG.debug("%s: exit %d\n%s", " ".join(argv), res.returncode, res.stdout[-4000:] + res.stderr[-4000:])
         if res.returncode != 0:
             tail = " | ".join(res.stderr.strip().splitlines()[-3:])
             raise LabError(f"{' '.join(argv[:2])} failed: {tail}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ from lab.errors import LabError, UsageError
 from lab.paths import cache_dir, images_dir
 from lab.progress import run_logged, step
 from lab.units import file_sha256, parse_size
+
+LOG = logging.getLogger(__name__)
 
 
 # Bumped when the way an image is made changes (file system options), so old images are not reused.

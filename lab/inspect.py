@@ -4,9 +4,12 @@ job before any scenario, and what the integration tests compare against the topo
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from lab.guest import Guest
+
+LOG = logging.getLogger(__name__)
 
 # One guest-side script, one SSH round trip: each fork costs under TCG.
 GATHER = r"""

@@ -7,6 +7,7 @@ can link its summary, consoles, kernel logs and program output."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -18,6 +19,8 @@ from lab.errors import UsageError
 from lab.results import manifest, read_json
 from lab.safepaths import check_name, child, copy_tree
 from lab.schemas import NightIn, ResultsIn, validated
+
+LOG = logging.getLogger(__name__)
 
 NIGHT_FORMAT = 1
 
@@ -88,6 +91,7 @@ def _worst(verdicts: list[str]) -> str:
 
 def merge(sources: list[Path], out: Path) -> dict[str, Any]:
     runs = find_runs(sources)
+    LOG.debug("merging %d run directories from %s into %s", len(runs), ", ".join(map(str, sources)), out)
     if not runs:
         raise UsageError(f"no run directories (manifest.json and results.json) in {', '.join(map(str, sources))}")
     if out.exists() and any(out.iterdir()) and not (out / "night.json").exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -16,9 +17,11 @@ from rich.console import Console
 from lab.errors import LabError
 
 console = Console(stderr=True, highlight=False)
+LOG = logging.getLogger(__name__)
 
 
 def info(message: str) -> None:
+    LOG.info("%s", message)  # the run's lab.log tells the whole story, progress included
     if console.is_terminal:
         console.print(f"[bold cyan]lab[/]: {message}")
     else:
@@ -26,6 +29,7 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    LOG.warning("%s", message)
     if console.is_terminal:
         console.print(f"[bold yellow]lab: warning[/]: {message}")
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.paths import cache_dir
+
+LOG = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
 DEVICES = ("nvme", "nvme-ns", "pcie-root-port", "x3130-upstream", "xio3130-downstream", "virtio-net-pci")

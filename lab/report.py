@@ -15,6 +15,7 @@ The command exits non-zero when any cell is a regression, naming them."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,8 @@ import jinja2
 from lab import __version__
 from lab.night import load as load_night
 from lab.stats import Rate
+
+LOG = logging.getLogger(__name__)
 
 CLASSES = ("pass", "expected-failure", "regression", "fixed", "failing", "flaky", "error", "na")
 COLOURS = {"pass": "#2e7d32", "expected-failure": "#7b8d3b", "regression": "#c62828", "fixed": "#1565c0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -14,6 +15,8 @@ from typing import Any
 
 from lab import __version__
 from lab.paths import PROJECT_ROOT, results_dir
+
+LOG = logging.getLogger(__name__)
 
 
 def _git_commit() -> str | None:

@@ -4,6 +4,7 @@ to after resolving, and no symlink leads out of a tree the lab copies or reads."
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from lab.errors import UsageError
+
+LOG = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,-]{0,159}")
 

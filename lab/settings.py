@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ Accel = Literal["auto", "kvm", "tcg"]
 ACCELS: tuple[str, ...] = get_args(Accel)  # the one list of accelerators every option and check uses
 # Variables the lab reads; anything else starting with LAB_ is left alone (tests use their own).
 KNOWN = ("LAB_ACCEL", "LAB_BOOT_TIMEOUT", "LAB_CACHE", "LAB_RESULTS", "LAB_RUNTIME", "LAB_TOPOLOGIES",
-         "LAB_KERNELS", "LAB_FSTESTS", "LAB_CC")
+         "LAB_KERNELS", "LAB_FSTESTS", "LAB_BLKTESTS", "LAB_CC")
 MAX_PATH = 1024
 MAX_RUNTIME = 40
 
@@ -36,6 +37,7 @@ class Settings:
     kernels_file: Path | None
     fstests: str | None
     blktests: str | None = None
+    cc: str = "gcc"  # the compiler kernel builds use (LAB_CC), through ccache when it is installed
 
 
 def _path(name: str, value: str, must_exist: bool = False) -> Path:
@@ -85,7 +87,10 @@ def _parse(snapshot: tuple[tuple[str, str], ...]) -> Settings:
             raise UsageError(f"LAB_KERNELS={env['LAB_KERNELS']}: no such file")
     fstests = env.get("LAB_FSTESTS") or None
     blktests = env.get("LAB_BLKTESTS") or None
-    return Settings(accel, boot_timeout, cache, results, runtime, topologies, kernels_file, fstests, blktests)
+    cc = env.get("LAB_CC", "gcc").strip() or "gcc"
+    if not re.fullmatch(r"[A-Za-z0-9_./+-]{1,200}", cc):
+        raise UsageError(f"LAB_CC={cc!r}: a compiler's name or path (one word: gcc, clang, gcc-14, /usr/bin/gcc)")
+    return Settings(accel, boot_timeout, cache, results, runtime, topologies, kernels_file, fstests, blktests, cc)
 
 
 def settings() -> Settings:

@@ -4,6 +4,7 @@ agent when the machine has one (lab.guest)."""
 
 from __future__ import annotations
 
+import logging
 import select
 import shlex
 import threading
@@ -18,6 +19,8 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
 from lab.errors import GuestCommandError, Result
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 WATCHDOG_GRACE = 15.0  # beyond a command's own timeout, for connecting and opening the channel
@@ -148,6 +151,7 @@ class SshChannel:
                 while stdin is not None and (data := stdin.read(1 << 16)):
                     chan.sendall(data)
             except (OSError, paramiko.SSHException):
+                LOG.debug("stdin to the SSH channel stopped", exc_info=True)
                 return
             chan.shutdown_write()
 
@@ -193,14 +197,14 @@ class SshChannel:
                 channel = transport.open_session(timeout=5)
                 channel.exec_command(command)
         except (OSError, paramiko.SSHException, EOFError):
-            pass
+            LOG.debug("could not start a command over SSH (the machine is going away)", exc_info=True)
 
     def close(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:
-                pass
+            except Exception:  # paramiko raises many kinds on a dead transport; closing is best effort
+                LOG.debug("closing the SSH connection failed", exc_info=True)
             self._conn = None
 
     def ssh_argv(self) -> list[str]:

@@ -6,6 +6,7 @@ hold (absolute paths, '..', devices, links leaving the tree)."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shlex
 import tarfile
@@ -15,6 +16,8 @@ from typing import BinaryIO, cast
 
 from lab.errors import LabError, UsageError
 from lab.guest import Guest
+
+LOG = logging.getLogger(__name__)
 
 
 def split_endpoint(spec: str, machines: list[str]) -> tuple[str | None, str]:
@@ -36,6 +39,7 @@ def upload(guest: Guest, local: Path, remote: str) -> str:
     if not local.exists():
         raise UsageError(f"{local}: no such file or directory")
     target = f"{remote.rstrip('/')}/{local.name}" if _remote_is_dir(guest, remote) else remote
+    LOG.debug("%s: copying %s to %s", guest.name, local, target)
     if local.is_file():
         guest.put(local, target)
         return target
@@ -68,6 +72,7 @@ def download(guest: Guest, remote: str, local: Path) -> Path:
     if not kind:
         raise UsageError(f"{guest.name}:{remote}: no such file or directory")
     target = local / Path(remote.rstrip("/")).name if local.is_dir() else local
+    LOG.debug("%s: copying %s (%s) to %s", guest.name, remote, kind, target)
     if kind == "file":
         target.parent.mkdir(parents=True, exist_ok=True)
         guest.get(remote, target)

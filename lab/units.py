@@ -5,8 +5,11 @@ SHA-256 of a file."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
+
+LOG = logging.getLogger(__name__)
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

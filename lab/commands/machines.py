@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import Any
 from lab.errors import LabError, UsageError
 from lab.commands.common import accel as chosen_accel, boot_parent, lab_parent, params, topology_parent, whole_number
 from lab.live import guests as guests_of, live_state, machine_of, qmp_call
+
+LOG = logging.getLogger(__name__)
 
 def add_commands(sub: Any) -> None:
     """inspect, up, ssh, cp, fault, qmp and down."""

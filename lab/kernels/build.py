@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,9 @@ from lab.kernels.kernel import Kernel, write_meta
 from lab.kernels.series import Series, load_series
 from lab.paths import cache_dir
 from lab.progress import info, step
+from lab.settings import settings
+
+LOG = logging.getLogger(__name__)
 
 # Bump when the way kernels are built changes (targets, flags, entry layout): old entries stop matching.
 BUILD_RECIPE = "lab-build-1"
@@ -83,7 +87,7 @@ def kernel_key(source_identity: str, series_digest: str, final_config: str, comp
 
 
 def compiler_version() -> str:
-    cc = os.environ.get("LAB_CC", "gcc")
+    cc = settings().cc
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -156,7 +160,7 @@ def build(request: BuildRequest, jobs: int | None = None) -> Kernel:
 
 def _make(obj: Path, src: Path, *targets: str, jobs: int = 1) -> list[str]:
     ccache = shutil.which("ccache")
-    cc = os.environ.get("LAB_CC", "gcc")
+    cc = settings().cc
     argv = ["make", "-s" if not targets or targets[0].endswith("config") else "", f"-j{jobs}", "-C", str(src), f"O={obj}",
             f"CC={'ccache ' + cc if ccache else cc}", f"HOSTCC={cc}", *targets]
     return [a for a in argv if a]

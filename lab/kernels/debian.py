@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from lab.errors import LabError, UsageError
 from lab.kernels.kernel import Kernel, write_meta
 from lab.paths import cache_dir
 from lab.progress import info, run_logged, step
+
+LOG = logging.getLogger(__name__)
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import lzma
 import os
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 from lab.errors import LabError
 from lab.kernels.kernel import Kernel
 from lab.paths import cache_dir, images_dir
+
+LOG = logging.getLogger(__name__)
 
 BUSYBOX = Path("/bin/busybox")
 # What stage 1 loads before the root is switched: the ext4 root on virtio-blk, and virtio_net, which

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import UsageError
+
+LOG = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:

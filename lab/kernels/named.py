@@ -4,7 +4,6 @@ lab's own kernel/kernels.toml; relative paths in a file are relative to that fil
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
@@ -16,9 +15,12 @@ KEYS = ("source", "series", "config", "patches", "fragments")
 
 
 def kernel_files() -> list[Path]:
+    from lab.settings import settings
+
     files = []
-    if os.environ.get("LAB_KERNELS"):
-        files.append(Path(os.environ["LAB_KERNELS"]).expanduser())
+    kernels_file = settings().kernels_file  # LAB_KERNELS, checked to be a file
+    if kernels_file is not None:
+        files.append(kernels_file)
     files += [Path.cwd() / "lab-kernels.toml", repo_dir() / "kernel" / "kernels.toml"]
     return [f for f in dict.fromkeys(files) if f.is_file()]
 

@@ -4,6 +4,7 @@ real-mode setup and in-guest decompression, which under TCG saves about 2.5 s pe
 from __future__ import annotations
 
 import fcntl
+import logging
 import zlib
 import lzma
 import os
@@ -12,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 from lab.paths import cache_dir
+
+LOG = logging.getLogger(__name__)
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 _MAGICS = {

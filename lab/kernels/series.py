@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import logging
 import mailbox
 import re
 import shutil
@@ -17,6 +18,8 @@ from email.message import Message
 from pathlib import Path
 
 from lab.errors import LabError, UsageError
+
+LOG = logging.getLogger(__name__)
 
 # "[PATCH v3 02/11]", "[RFC PATCH 1/2]", "[PATCH net-next v2 3/4]", "[PATCH]"
 _TAG_RE = re.compile(r"\[([^\]]*PATCH[^\]]*)\]", re.IGNORECASE)

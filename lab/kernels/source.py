@@ -6,6 +6,7 @@ between builds, so a changed series only recompiles what it touched."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from lab.errors import LabError, UsageError
 from lab.paths import cache_dir
 from lab.progress import Step, run_logged, step
+
+LOG = logging.getLogger(__name__)
 
 _DEB_RE = re.compile(r"^linux-source-(\d+\.\d+)(?:=(\S+))?$")
 TARBALL_SUFFIXES = (".tar", ".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst")

@@ -5,6 +5,7 @@ written from the topology, never by hand. Results are classed against known issu
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import time
@@ -26,6 +27,8 @@ from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, 
 from lab.scenarios import suite
 from lab.suites.monitor import kill_children_command, run_monitored
 from lab.topology.kernel_needs import RDMA_OPTIONS
+
+LOG = logging.getLogger(__name__)
 
 NAME = "blktests"
 KNOWN_ISSUES = scenarios_dir() / NAME / "known-issues.toml"
@@ -277,8 +280,8 @@ class Blktests(Scenario):
         vm.run(f"cd {GUEST_TREE} && tar -czf /root/blktests-results-{label}.tar.gz results 2>/dev/null", timeout=120)
         try:
             vm.get(f"/root/blktests-results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))
-        except LabError:
-            pass
+        except LabError:  # the results tree is a bonus; the console output is kept anyway
+            LOG.debug("blktests %s: no results tarball from the guest", label, exc_info=True)
         if not results and not watched.timed_out_tests:
             ctx.case(f"check ({label})", ERROR, startup_failure(watched.output), facets={"transport": label})
             return

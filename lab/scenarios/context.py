@@ -4,6 +4,7 @@ and the NVMe/P2P preconditions scenarios share."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from lab.scenarios.base import NotApplicable, Scenario, ScenarioError, Variant
 from lab.scenarios.expect import ERROR, PASS, expectation_for, outcome
 from lab.scenarios.verdict import FAIL, ProgramResult, parse_program_output
 from lab.stats import Rate
+
+LOG = logging.getLogger(__name__)
 
 GUEST_DIR = "/usr/local/lib/lab"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.util
+import logging
 import time
 from functools import lru_cache
 from typing import Callable
@@ -15,6 +16,8 @@ from lab.guest import Guest
 from lab.paths import scenarios_dir
 from lab.scenarios.context import Context
 from lab.scenarios.verdict import ERROR, FAIL, PASS, ProgramResult
+
+LOG = logging.getLogger(__name__)
 
 CORRUPT_OFFSET = 17  # inside the first case (file offset 0, 1000 bytes)
 PAUSE_FILE = "/tmp/lab-pause"  # the guest program waits while this exists (--stop-before-verify)

@@ -276,6 +276,7 @@ def diagnose(lab: Lab | None, sub: RunDir) -> str | None:
         try:
             status = machine.qmp_cmd("query-status")
         except LabError:
+            LOG.debug("%s: query-status failed while diagnosing", name, exc_info=True)
             continue
         sub.write(f"machines/{name}/query-status.json", json.dumps(status, indent=2))
         if not status.get("running", True):

@@ -7,6 +7,7 @@ functions, tested against a tiny fake fstests tree."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import time
@@ -29,6 +30,8 @@ from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, 
 from lab.suites.build import suite_tree
 from lab.scenarios import suite
 from lab.suites.monitor import kill_tree_command, run_monitored
+
+LOG = logging.getLogger(__name__)
 
 NAME = "nfs-fstests"
 # Named test lists (--preset).
@@ -321,7 +324,7 @@ class FstestsSuite(Scenario):
         try:
             guest.get(f"/root/results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))
         except LabError:  # the results tree is a bonus; the console output is kept anyway
-            pass
+            LOG.debug("fstests %s: no results tarball from the guest", label, exc_info=True)
         known = {t: self._known(ctx, t, label) for t in tests}
         logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get(self.runner, ""), kernel_log.FSTESTS_MARKER)
         parsed["fails_differently"] = suite.failing_differently(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,6 +26,8 @@ from lab.scenarios.dio_matrix import CORRUPT_OFFSET, case_names, flip_in_guest, 
 from lab.scenarios.netmounts import MOUNTS, SMB_EXPORT, mount_9p, mount_cifs, setup_smb_server
 from lab.scenarios.options import ScenarioOptions, opt
 from lab.scenarios.verdict import ERROR, ProgramResult
+
+LOG = logging.getLogger(__name__)
 
 NAME = "netfs-dio"
 FS = Literal["9p", "cifs", "nfs"]

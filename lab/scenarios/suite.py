@@ -8,6 +8,7 @@ of a transport or section that tested nothing."""
 from __future__ import annotations
 
 import io
+import logging
 import re
 import tarfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
 from lab.scenarios.verdict import FLAKY as FLAKY_V
 from lab.suites.build import SUITES, check_layout
 from lab.suites.source import is_bare_repository, is_url, split_ref
+
+LOG = logging.getLogger(__name__)
 
 
 # -- classes ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from lab.paths import cache_dir
 from lab.progress import info, step
 from lab.suites.buildroot import buildroot_for, buildroot_path, ensure_buildroot, load_buildroot, package_of, require_root, run_in_buildroot
 from lab.suites.source import resolve_source, split_ref
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from lab.errors import LabError, UsageError
 from lab.images import load_recipe
 from lab.paths import cache_dir, images_dir
 from lab.progress import Step, run_logged, step
+
+LOG = logging.getLogger(__name__)
 
 BUILDROOT_FILE = "buildroot.toml"
 

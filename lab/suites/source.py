@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import re
 import shutil
@@ -14,6 +15,8 @@ from pathlib import Path
 from lab.errors import LabError, UsageError
 from lab.paths import cache_dir
 from lab.progress import run_logged, step
+
+LOG = logging.getLogger(__name__)
 
 _SCHEME_RE = re.compile(r"^(git|https?|ssh|file)://")
 _SCP_RE = re.compile(r"^[\w.-]+@[\w.-]+:")
@@ -140,7 +143,7 @@ def _clone(url: str, ref: str | None) -> tuple[Path, str]:
             if ref and re.fullmatch(r"[0-9a-f]{7,40}", ref):
                 return git_dir, _git(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
         except LabError:
-            pass
+            LOG.debug("%s@%s is not in the local clone yet; fetching", url, ref, exc_info=True)
         with step(f"fetching {url}") as st:
             run_logged(["git", f"--git-dir={git_dir}", "fetch", "-q", "--tags", "--force", url,
                         "+refs/heads/*:refs/heads/*"], log, st, what="git fetch")
