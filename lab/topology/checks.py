@@ -3,7 +3,7 @@ other, ports used twice, links with one end."""
 
 from __future__ import annotations
 
-from lab.topology.model import Topology
+from lab.topology.model import Machine, Topology
 
 BUS_KEYWORDS = ("root-port", "root-complex")
 
@@ -18,35 +18,10 @@ def check_references(topology: Topology) -> str | None:
                 return f"{base}.switches[{i}].name: {name!r} is reserved"
             if switch_names.index(name) != i:
                 return f"{base}.switches[{i}].name: switch {name!r} is defined twice"
-        ports = {s.name: s.ports for s in machine.switches}
-        taken: dict[tuple[str, int], str] = {}
-        seen_ids: set[str] = set()
+        problem = _allocate_ports(machine, base)[1]
+        if problem:
+            return problem
         for i, ctrl in enumerate(machine.nvme):
-            path = f"{base}.nvme[{i}]"
-            if ctrl.id in seen_ids:
-                return f"{path}.id: controller {ctrl.id!r} is defined twice"
-            seen_ids.add(ctrl.id)
-            if ctrl.bus not in BUS_KEYWORDS and ctrl.bus not in ports:
-                allowed = ", ".join([*BUS_KEYWORDS, *ports])
-                return f"{path}.bus: no switch {ctrl.bus!r} on this machine; allowed: {allowed}"
-            if ctrl.bus in BUS_KEYWORDS:
-                if ctrl.port is not None:
-                    return f"{path}.port: a port number only applies on a switch (bus is {ctrl.bus!r})"
-                continue
-            if ctrl.port is not None:
-                if ctrl.port >= ports[ctrl.bus]:
-                    return f"{path}.port: switch {ctrl.bus!r} has ports 0-{ports[ctrl.bus] - 1} (got {ctrl.port})"
-                key = (ctrl.bus, ctrl.port)
-                if key in taken:
-                    return f"{path}.port: port {ctrl.port} of switch {ctrl.bus!r} is already taken by {taken[key]}"
-                taken[key] = ctrl.id
-        # Controllers without a port take the lowest free one, in document order.
-        for i, ctrl in enumerate(machine.nvme):
-            if ctrl.bus in ports and ctrl.port is None:
-                free = [p for p in range(ports[ctrl.bus]) if (ctrl.bus, p) not in taken]
-                if not free:
-                    return f"{base}.nvme[{i}].bus: switch {ctrl.bus!r} has no free downstream port ({ports[ctrl.bus]} ports)"
-                taken[(ctrl.bus, free[0])] = ctrl.id
             nsids = [ns.nsid for ns in ctrl.namespaces if ns.nsid]
             for j, ns in enumerate(ctrl.namespaces):
                 if ns.nsid and nsids.count(ns.nsid) > 1:
@@ -78,15 +53,45 @@ def check_references(topology: Topology) -> str | None:
     return None
 
 
+def _allocate_ports(machine: Machine, base: str) -> tuple[dict[str, tuple[str, int]], str | None]:
+    """Controller id -> (switch, downstream port): ports given in the document first, then the
+    lowest free one in document order; or the first problem (unknown bus, duplicate id, a port out
+    of range or taken twice, a switch with no free port)."""
+    ports = {s.name: s.ports for s in machine.switches}
+    taken: dict[tuple[str, int], str] = {}
+    placed: dict[str, tuple[str, int]] = {}
+    seen_ids: set[str] = set()
+    for i, ctrl in enumerate(machine.nvme):
+        path = f"{base}.nvme[{i}]"
+        if ctrl.id in seen_ids:
+            return placed, f"{path}.id: controller {ctrl.id!r} is defined twice"
+        seen_ids.add(ctrl.id)
+        if ctrl.bus not in BUS_KEYWORDS and ctrl.bus not in ports:
+            allowed = ", ".join([*BUS_KEYWORDS, *ports])
+            return placed, f"{path}.bus: no switch {ctrl.bus!r} on this machine; allowed: {allowed}"
+        if ctrl.bus in BUS_KEYWORDS:
+            if ctrl.port is not None:
+                return placed, f"{path}.port: a port number only applies on a switch (bus is {ctrl.bus!r})"
+            continue
+        if ctrl.port is not None:
+            if ctrl.port >= ports[ctrl.bus]:
+                return placed, f"{path}.port: switch {ctrl.bus!r} has ports 0-{ports[ctrl.bus] - 1} (got {ctrl.port})"
+            if (ctrl.bus, ctrl.port) in taken:
+                return placed, f"{path}.port: port {ctrl.port} of switch {ctrl.bus!r} is already taken by {taken[(ctrl.bus, ctrl.port)]}"
+            taken[(ctrl.bus, ctrl.port)] = ctrl.id
+            placed[ctrl.id] = (ctrl.bus, ctrl.port)
+    for i, ctrl in enumerate(machine.nvme):
+        if ctrl.bus in ports and ctrl.port is None:
+            free = [p for p in range(ports[ctrl.bus]) if (ctrl.bus, p) not in taken]
+            if not free:
+                return placed, f"{base}.nvme[{i}].bus: switch {ctrl.bus!r} has no free downstream port ({ports[ctrl.bus]} ports)"
+            taken[(ctrl.bus, free[0])] = ctrl.id
+            placed[ctrl.id] = (ctrl.bus, free[0])
+    return placed, None
+
+
 def switch_port_of(topology: Topology, machine: str) -> dict[str, tuple[str, int]]:
     """Controller id -> (switch, downstream port), with free ports assigned in document order."""
-    m = topology.machines[machine]
-    ports = {s.name: s.ports for s in m.switches}
-    taken = {(c.bus, c.port): c.id for c in m.nvme if c.bus in ports and c.port is not None}
-    placed = {c.id: (c.bus, c.port) for c in m.nvme if c.bus in ports and c.port is not None}
-    for ctrl in m.nvme:
-        if ctrl.bus in ports and ctrl.port is None:
-            port = next(p for p in range(ports[ctrl.bus]) if (ctrl.bus, p) not in taken)
-            taken[(ctrl.bus, port)] = ctrl.id
-            placed[ctrl.id] = (ctrl.bus, port)
-    return placed  # type: ignore[return-value]
+    placed, problem = _allocate_ports(topology.machines[machine], f"machines.{machine}")
+    assert problem is None, problem  # check_references refused the document before it got here
+    return placed
