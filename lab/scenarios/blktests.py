@@ -22,8 +22,8 @@ from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
 from lab.suites.build import suite_tree
-from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED, class_verdict,
-                                classify, side_by_side)
+from lab.scenarios.suite import (FAIL_S, NOTRUN, NOTRUN_S, PASS_S, TIMEOUT_S, class_verdict,
+                                side_by_side)
 from lab.scenarios import suite
 from lab.suites.monitor import kill_children_command, run_monitored
 from lab.topology.kernel_needs import RDMA_OPTIONS
@@ -286,47 +286,14 @@ class Blktests(Scenario):
             ctx.case(f"check ({label})", ERROR, startup_failure(watched.output), facets={"transport": label})
             return
         statuses = {t: results.get(t, {}).get("status", "not reported") for t in tests}
+        stray = stray_lines(watched.output)  # what blktests itself complained of: "common/rc: line 274: read: 4deb13: value too great"
+        check_run = suite.CheckRun(label, tests, statuses, {t: results.get(t, {}).get("details", []) for t in tests},
+                                   dict(watched.kill_reasons), stray[0] if stray else "")
         known = {t: self._known(ctx, t, label) for t in tests}
-        logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get("vm", ""), kernel_log.BLKTESTS_MARKER)
-        differently = suite.failing_differently(
-            known, [t for t in tests if statuses[t] == FAIL_S],
-            lambda t: "\n".join(results.get(t, {}).get("details", [])) + "\n" + logs.get(t, ""))
-        run["fails_differently"] = differently
-        rerun = self._rerun(ctx, vm, label, config, [t for t in tests if statuses[t] == FAIL_S and not known[t]])
-        run.update(statuses=statuses, rerun=rerun, seconds=round(time.monotonic() - t0, 1), classes={})
-        per_test, others = suite.kernel_windows(ctx, "vm", kernel_log.BLKTESTS_MARKER)
-        for test in tests:
-            cls = classify(statuses[test], known[test] is not None, rerun.get(test))
-            run["classes"][test] = cls
-            verdict, expected = class_verdict(cls)
-            details = results.get(test, {}).get("details", [])
-            if cls == PASSED:
-                reason = "passed"
-            elif cls == NOTRUN:
-                reason = "not run: " + (details[0] if details else "no reason given")
-            elif cls == UNREPORTED:
-                reason = "check did not report this test (it stopped or crashed before it)"
-                stray = stray_lines(watched.output)
-                if stray:  # what blktests itself complained of: "common/rc: line 274: read: 4deb13: value too great"
-                    reason += f"; check printed: {stray[0][:160]}"
-            elif cls == FLAKY:
-                reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
-            elif cls == HUNG:
-                why = watched.kill_reasons.get(test) or (details[0] if details else "")
-                reason = f"timed out: {why}, killed; check went on"
-            else:
-                reason = cls + (": " + " | ".join(details[:3]) if details and statuses[test] == FAIL_S else "")
-            entry = known[test]
-            if entry is not None:
-                reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
-            if test in differently:
-                reason += f" (fails differently from its known issue: no match for {differently[test]!r})"
-            ctx.case(f"{test} ({label})", verdict, reason, facets={"transport": label, "test": test, **self.ns_facets},
-                     expected=expected, status=statuses[test], classification=cls, rerun=rerun.get(test), kernel_window={"vm": per_test.get(test, "")})
-        suite.judge_other_machines(ctx, label, others, {"transport": label, **self.ns_facets})
-        first = next(iter(run["classes"]), "")
-        suite.require_a_test_ran(ctx, label, run["classes"], (results.get(first, {}).get("details") or ["no reason given"])[0],
-                                  {"transport": label, **self.ns_facets})
+        run["statuses"] = statuses
+        run.update(suite.record(ctx, check_run, known, "vm", kernel_log.BLKTESTS_MARKER, {"transport": label, **self.ns_facets},
+                                self.options.rerun, lambda failed: self._rerun(ctx, vm, label, config, failed)))
+        run["seconds"] = round(time.monotonic() - t0, 1)  # reruns included
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
         return suite.kernel_log_rules(facets.get("test"))

@@ -25,8 +25,7 @@ from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import Seconds, opt
 from lab.scenarios.verdict import ERROR
 from lab.settings import settings
-from lab.scenarios.suite import (FAIL_S, FLAKY, HUNG, NOTRUN, NOTRUN_S, PASS_S, PASSED, TIMEOUT_S, UNREPORTED,
-                                class_verdict, classify, side_by_side, test_verdict)
+from lab.scenarios.suite import (FAIL_S, NOTRUN_S, PASS_S, TIMEOUT_S, side_by_side)
 from lab.suites.build import suite_tree
 from lab.scenarios import suite
 from lab.suites.monitor import kill_tree_command, run_monitored
@@ -325,13 +324,6 @@ class FstestsSuite(Scenario):
             guest.get(f"/root/results-{label}.tar.gz", ctx.sub.path / ctx.path(f"{label}/results.tar.gz"))
         except LabError:  # the results tree is a bonus; the console output is kept anyway
             LOG.debug("fstests %s: no results tarball from the guest", label, exc_info=True)
-        known = {t: self._known(ctx, t, label) for t in tests}
-        logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get(self.runner, ""), kernel_log.FSTESTS_MARKER)
-        parsed["fails_differently"] = suite.failing_differently(
-            known, [t for t in tests if parsed["statuses"][t] == FAIL_S],
-            lambda t: "\n".join(parsed.get("details", {}).get(t, [])) + "\n" + logs.get(t, ""))
-        rerun_status = self._rerun(ctx, label, config, [t for t in tests if parsed["statuses"][t] == FAIL_S and not known[t]])
-        parsed["rerun"] = rerun_status
         parsed["seconds"] = round(time.monotonic() - t0, 1)
         if all(status == "not reported" for status in parsed["statuses"].values()) and not watched.timed_out_tests:
             # check stopped before its first test: one ERROR with its own words, not a column of "not reported"
@@ -340,33 +332,14 @@ class FstestsSuite(Scenario):
             ctx.case(f"check ({label})", ERROR, f"fstests did not start (check exited {parsed['check_exit']}): {fatal}",
                      facets={self.facet: label})
             return parsed
-        parsed["classes"] = {}
-        per_test, others = suite.kernel_windows(ctx, self.runner, kernel_log.FSTESTS_MARKER)
-        for test in tests:
-            status = parsed["statuses"][test]
-            entry = known[test]
-            cls = classify(status, entry is not None, rerun_status.get(test))
-            parsed["classes"][test] = cls
-            verdict, expected = class_verdict(cls)
-            reason = test_verdict(status)[1] if cls in (PASSED, NOTRUN, UNREPORTED) else cls
-            detail = parsed.get("details", {}).get(test)
-            if detail and cls != PASSED:
-                reason += ": " + " | ".join(detail[:3])
-            if entry is not None:
-                reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
-            if test in parsed["fails_differently"]:
-                reason += f" (fails differently from its known issue: no match for {parsed['fails_differently'][test]!r})"
-            if cls == FLAKY:
-                reason = f"flaky: failed, then passed when run again ({self.options.rerun} rerun(s))"
-            if cls == HUNG:
-                why = parsed.get("kill_reasons", {}).get(test) or f"still running after {parsed['timed_out'][test]:.0f} s"
-                reason = f"timed out: {why}, killed; check went on with the next test"
-            ctx.case(f"{test} ({label})", verdict, reason, facets={self.facet: label, "test": test, **self.extra_facets},
-                     expected=expected, status=status, classification=cls, rerun=rerun_status.get(test), kernel_window={self.runner: per_test.get(test, "")})
-        suite.judge_other_machines(ctx, label, others, {self.facet: label, **self.extra_facets})
-        first = next(iter(parsed["classes"]), "")
-        suite.require_a_test_ran(ctx, label, parsed["classes"], " | ".join(parsed.get("details", {}).get(first, [])[:1]) or "not run",
-                                  {self.facet: label, **self.extra_facets})
+        kill_reasons = dict(parsed.get("kill_reasons", {}))
+        for test, seconds in parsed.get("timed_out", {}).items():
+            kill_reasons.setdefault(test, f"still running after {seconds:.0f} s")
+        run = suite.CheckRun(label, tests, parsed["statuses"], parsed.get("details", {}), kill_reasons)
+        known = {t: self._known(ctx, t, label) for t in tests}
+        parsed.update(suite.record(ctx, run, known, self.runner, kernel_log.FSTESTS_MARKER, {self.facet: label, **self.extra_facets},
+                                   self.options.rerun, lambda failed: self._rerun(ctx, label, config, failed)))
+        parsed["seconds"] = round(time.monotonic() - t0, 1)  # reruns included
         return parsed
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:

@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -253,3 +254,61 @@ def require_a_test_ran(ctx: Any, label: str, classes: Mapping[str, str], first_r
         test = next(iter(classes))
         ctx.case(f"check ({label})", ERROR, f"nothing was tested over {label}: all {len(classes)} test(s) were not run; "
                  f"first: {test}: {first_reason}", facets=facets, kernel_window={})
+
+
+# -- one test's case, for both suites ---------------------------------------------------------------
+@dataclass
+class CheckRun:
+    """What one check run (a transport or a section) left, in the terms both suites share."""
+
+    label: str
+    tests: list[str]
+    statuses: dict[str, str]  # test -> pass, fail, notrun, timeout, not reported
+    details: dict[str, list[str]]  # test -> what check printed of it (diff lines, the notrun reason)
+    kill_reasons: dict[str, str]  # test -> why the monitor killed it
+    unreported_note: str = ""  # what check complained of when it stopped reporting (blktests' stray lines)
+
+
+def _reason(cls: str, status: str, details: list[str], kill_reason: str, reruns: int, note: str) -> str:
+    if cls == PASSED:
+        return "passed"
+    if cls == NOTRUN:
+        return "not run: " + (details[0] if details else "no reason given")
+    if cls == UNREPORTED:
+        return "check did not report this test (it stopped, timed out or crashed before it)" + (
+            f"; check printed: {note[:160]}" if note else "")
+    if cls == FLAKY:
+        return f"flaky: failed, then passed when run again ({reruns} rerun(s))"
+    if cls == HUNG:
+        return f"timed out: {kill_reason or (details[0] if details else 'no progress')}, killed; check went on with the next test"
+    return cls + (": " + " | ".join(details[:3]) if details and status == FAIL_S else "")
+
+
+def record(ctx: Any, run: CheckRun, known: dict[str, Expectation | None], runner: str, marker: re.Pattern[str],
+           facets: dict[str, Any], reruns: int, rerun_once: Callable[[list[str]], dict[str, str]]) -> dict[str, Any]:
+    """From a finished check run to cases: known failures that fail differently are new, new
+    failures run again (`rerun_once`), each test classed and recorded with its kernel log window,
+    the other machines' logs judged, and a run that tested nothing is an ERROR. Returns the run's
+    classes, reruns and those that failed differently, for the scenario's own record."""
+    logs = kernel_log.split_by_marker(ctx.kernel_log_window(peek=True).get(runner, ""), marker)
+    differently = failing_differently(known, [t for t in run.tests if run.statuses[t] == FAIL_S],
+                                      lambda t: "\n".join(run.details.get(t, [])) + "\n" + logs.get(t, ""))
+    rerun = rerun_once([t for t in run.tests if run.statuses[t] == FAIL_S and not known[t]])
+    per_test, others = kernel_windows(ctx, runner, marker)
+    classes: dict[str, str] = {}
+    for test in run.tests:
+        status, entry = run.statuses[test], known[test]
+        cls = classify(status, entry is not None, rerun.get(test))
+        classes[test] = cls
+        verdict, expected = class_verdict(cls)
+        reason = _reason(cls, status, run.details.get(test, []), run.kill_reasons.get(test, ""), reruns, run.unreported_note)
+        if entry is not None:
+            reason += f" ({entry.why}{', ' + entry.link if entry.link else ''})"
+        if test in differently:
+            reason += f" (fails differently from its known issue: no match for {differently[test]!r})"
+        ctx.case(f"{test} ({run.label})", verdict, reason, facets={**facets, "test": test}, expected=expected, status=status,
+                 classification=cls, rerun=rerun.get(test), kernel_window={runner: per_test.get(test, "")})
+    judge_other_machines(ctx, run.label, others, facets)
+    first = next(iter(classes), "")
+    require_a_test_ran(ctx, run.label, classes, (run.details.get(first) or ["no reason given"])[0], facets)
+    return {"classes": classes, "rerun": rerun, "fails_differently": differently}

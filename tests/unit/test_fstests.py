@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import UsageError
-from lab.scenarios import fstests
+from lab.scenarios import fstests, suite
 
 FAKE = Path(__file__).resolve().parent.parent / "fixtures" / "fstests-fake"
 
@@ -91,7 +91,7 @@ def test_runner_against_the_fake_tree(tmp_path: Path) -> None:
     assert parsed["statuses"] == {"generic/001": "fail", "generic/002": "fail", "generic/003": "notrun",
                                   "generic/999": "not reported"}
     assert "is not an NFS mount" in (tree / "results/generic/001.out.bad").read_text()
-    assert [fstests.test_verdict(s)[0] for s in parsed["statuses"].values()] == ["FAIL", "FAIL", "N/A", "ERROR"]
+    assert [suite.test_verdict(s)[0] for s in parsed["statuses"].values()] == ["FAIL", "FAIL", "N/A", "ERROR"]
     # Console output alone gives the same statuses (a tree whose check has no xunit reporter).
     assert fstests.parse_check_output(res.stdout.split("LAB-CHECK-EXIT")[0]) == {
         "generic/001": "fail", "generic/002": "fail", "generic/003": "notrun"}
@@ -101,7 +101,7 @@ def test_verdicts_and_table() -> None:
     from lab.scenarios.verdict import aggregate
 
     def cases(statuses):
-        return {t: {"verdict": fstests.test_verdict(s)[0], "reason": fstests.test_verdict(s)[1]} for t, s in statuses.items()}
+        return {t: {"verdict": suite.test_verdict(s)[0], "reason": suite.test_verdict(s)[1]} for t, s in statuses.items()}
 
     assert aggregate(cases({"generic/001": "pass", "generic/003": "notrun"}))[0] == "PASS"
     assert aggregate(cases({"generic/001": "pass", "generic/002": "fail"}))[0] == "FAIL"
@@ -145,7 +145,7 @@ def test_a_check_that_stopped_at_once_reports_its_own_message():
 
 
 def test_each_result_is_read_against_the_known_issues():
-    from lab.scenarios.fstests import classify, class_verdict
+    from lab.scenarios.suite import class_verdict, classify
     from lab.scenarios.expect import outcome
 
     cases = {
