@@ -218,7 +218,8 @@ class QemuMachine:
         self.qmp_timeout = 30.0  # QEMU creates its monitor socket at once; 30 s covers a loaded host
 
     # -- state ------------------------------------------------------------------------------
-    def _to(self, state: State) -> None:
+    def transition(self, state: State) -> None:
+        """The one way a machine changes state: refused when the state machine does not allow it."""
         if state not in _ALLOWED[self.state]:
             raise LabError(f"{self.name}: cannot go from {self.state.value} to {state.value}")
         LOG.debug("%s: %s -> %s", self.name, self.state.value, state.value)
@@ -237,7 +238,7 @@ class QemuMachine:
     def reset(self) -> None:
         """Forget a stopped process so that launch() can start the machine again."""
         if self.state != State.CREATED:
-            self._to(State.CREATED)
+            self.transition(State.CREATED)
         self.proc = None
         self.qmp = None
         self.ssh_port = None
@@ -261,7 +262,7 @@ class QemuMachine:
                 )
             except OSError as exc:
                 raise BootError(self._evidence("qemu-exit", f"cannot start {self.argv[0]}: {exc.strerror}")) from exc
-        self._to(State.LAUNCHED)
+        self.transition(State.LAUNCHED)
         self._connect_qmp()
         self._event("qmp")
         try:
@@ -374,7 +375,7 @@ class QemuMachine:
                 if self.guest.try_connect(min(10.0, left)):
                     self._event("connected")
                     self.ready_at = time.monotonic()
-                    self._to(State.READY)
+                    self.transition(State.READY)
                     return self.ready_at - self.launched_at
             time.sleep(0.05)
 
@@ -394,7 +395,7 @@ class QemuMachine:
         if self.proc is None or self.state in (State.CREATED, State.STOPPED):
             return
         if self.state != State.STOPPING:
-            self._to(State.STOPPING)
+            self.transition(State.STOPPING)
         steps = [("poweroff", self._poweroff, timeout / 2), ("qmp-quit", self._quit, timeout / 4),
                  ("sigterm", lambda: self._signal(signal.SIGTERM), timeout / 4),
                  ("sigkill", lambda: self._signal(signal.SIGKILL), 5.0)]
@@ -422,7 +423,7 @@ class QemuMachine:
             self.qmp = None
         if self.proc.poll() is None:
             self.proc.wait()
-        self._to(State.STOPPED)
+        self.transition(State.STOPPED)
 
     @property
     def stopped_by(self) -> str | None:

@@ -93,7 +93,7 @@ def mount(guest: Guest, server: str, version: str, transport: str, export: str =
     return line
 
 
-_PIN_COUNTERS = "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat"
+PIN_COUNTERS = "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat"
 
 
 def parse_pins(text: str) -> dict[str, int]:
@@ -102,13 +102,13 @@ def parse_pins(text: str) -> dict[str, int]:
 
 
 def vmstat_pins(guest: Guest) -> dict[str, int]:
-    return parse_pins(guest.run(_PIN_COUNTERS, timeout=30).stdout)
+    return parse_pins(guest.run(PIN_COUNTERS, timeout=30).stdout)
 
 
 # The counters read until neither moved over three reads 0.3 s apart (at most 15 s): pins of I/O
 # that completes asynchronously (cifs, FUSE) are released after the syscall returned, and a
 # snapshot taken meanwhile counted another row's releases as this one's.
-_SETTLED_PINS = """prev=; stable=0
+SETTLED_PINS_SCRIPT = """prev=; stable=0
 for i in $(seq 1 50); do
     now=$({counters})
     if [ "$now" = "$prev" ]; then stable=$((stable + 1)); else stable=0; fi
@@ -116,12 +116,12 @@ for i in $(seq 1 50); do
     prev=$now; sleep 0.3
 done
 echo "$now"
-""".format(counters=_PIN_COUNTERS)
+""".format(counters=PIN_COUNTERS)
 
 
 def settled_vmstat_pins(guest: Guest) -> dict[str, int]:
-    """vmstat's pin counters once they stopped moving (see _SETTLED_PINS)."""
-    return parse_pins(guest.run(_SETTLED_PINS, timeout=60).stdout)
+    """vmstat's pin counters once they stopped moving (see SETTLED_PINS_SCRIPT)."""
+    return parse_pins(guest.run(SETTLED_PINS_SCRIPT, timeout=60).stdout)
 
 
 def describe_pins(before: dict[str, int], at_rest: dict[str, int]) -> str:

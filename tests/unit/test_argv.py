@@ -5,14 +5,14 @@ from lab.qemu_caps import QemuCaps
 from lab.topology.argv import Accel, machine_argv
 from lab.topology.render import render
 
-from .test_render import _files
+from tests.unit.topology_files import boot_files
 
 CAPS = QemuCaps("/usr/bin/qemu-system-x86_64", "7.2.22", {})
 
 
 def argv_of(name, machine, params=None, accel="tcg"):
     topo = render(name, params or {}).topology
-    return machine_argv(topo, machine, _files(topo, machine), CAPS, Accel(accel))
+    return machine_argv(topo, machine, boot_files(topo, machine), CAPS, Accel(accel))
 
 
 def devices(plan):

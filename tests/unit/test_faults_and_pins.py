@@ -67,8 +67,8 @@ def test_pin_audit_reads_and_judges():
 
 
 def test_pin_counters_parsed_from_vmstat_lines():
-    from lab.scenarios.nfs import _SETTLED_PINS, parse_pins
+    from lab.scenarios.nfs import SETTLED_PINS_SCRIPT, parse_pins
 
     assert parse_pins("nr_foll_pin_acquired 12\nnr_foll_pin_released 10\n\ngarbage\n") == {
         "nr_foll_pin_acquired": 12, "nr_foll_pin_released": 10}
-    assert "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat" in _SETTLED_PINS
+    assert "grep -E '^nr_foll_pin_(acquired|released) ' /proc/vmstat" in SETTLED_PINS_SCRIPT

@@ -153,7 +153,7 @@ def test_states_are_guarded(machine):
     m = machine("ready")
     assert m.state == State.CREATED
     with pytest.raises(LabError, match="cannot go from created to ready"):
-        m._to(State.READY)
+        m.transition(State.READY)
     m.shutdown()  # never launched: nothing to do
     assert m.state == State.CREATED
 

@@ -10,6 +10,8 @@ from lab.qemu_caps import QemuCaps, parse_device_help
 from lab.topology.argv import Accel, BootFiles, machine_argv
 from lab.topology.render import TopologyError, available, parse_params, render
 
+from tests.unit.topology_files import boot_files
+
 SHIPPED = ["nvme-pi", "nfs-rdma-pair", "p2p-switch"]
 
 
@@ -182,24 +184,11 @@ def test_parse_device_help():
     assert parse_device_help(HELP) == {"ms", "pi", "logical_block_size"}
 
 
-def _files(topo, name):
-    from lab.topology.argv import namespace_drive_ids
-
-    machine = topo.machines[name]
-    run = Path("/run/x")
-    links = {}
-    for nic in machine.nics:
-        peer = next(m for m in topo.machines if m != name)
-        links[nic.link] = (run / f"{nic.link}.{name}", run / f"{nic.link}.{peer}")
-    return BootFiles(Path("/k"), Path("/i"), run / "root.qcow2", Path("/m.img"), run / "qmp.sock", run / "c.log",
-                     {d: run / f"{d}.img" for d in namespace_drive_ids(machine)}, links, "KEY")
-
-
 def test_property_this_qemu_lacks():
     caps = QemuCaps("/usr/bin/qemu-system-x86_64", "0.0-test", {"nvme-ns": frozenset({"ms", "pi", "pil", "mset"}), "nvme": frozenset({"cmb_size_mb"})})
     topo = render("nvme-pi", {"pif": 2}).topology
     with pytest.raises(Exception) as info:
-        machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+        machine_argv(topo, "vm", boot_files(topo, "vm"), caps, Accel("tcg"))
     assert "machines.vm.nvme[0].namespaces[0].pif" in str(info.value) and "no nvme-ns property 'pif'" in str(info.value)
 
 
@@ -260,16 +249,15 @@ def test_templates_that_are_not_text_or_too_big(tmp_path):
 def test_cpu_models_are_checked_against_this_qemu():
     caps = QemuCaps("/usr/bin/qemu-system-x86_64", "7.2", {}, frozenset({"max", "EPYC", "EPYC-v4", "host"}))
     topo = render("p2p-switch", {"cpu": "EPYC"}).topology
-    machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+    machine_argv(topo, "vm", boot_files(topo, "vm"), caps, Accel("tcg"))
     topo = render("p2p-switch", {"cpu": "max,family=23"}).topology
-    machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+    machine_argv(topo, "vm", boot_files(topo, "vm"), caps, Accel("tcg"))
     topo = render("p2p-switch", {"cpu": "EPYX"}).topology
     with pytest.raises(UsageError, match="no CPU model 'EPYX'; similar: EPYC, EPYC-v4"):
-        machine_argv(topo, "vm", _files(topo, "vm"), caps, Accel("tcg"))
+        machine_argv(topo, "vm", boot_files(topo, "vm"), caps, Accel("tcg"))
 
 
 def test_host_paths_with_commas_are_escaped_in_option_strings():
-    from lab.topology.argv import BootFiles
 
     topo = render("nfs-rdma-pair").topology
     run = Path("/tmp/a,b=c")
@@ -297,13 +285,13 @@ def test_the_agent_port_and_the_arguments_that_skip_work():
     from dataclasses import replace
 
     topo = render("nvme-pi").topology
-    files = replace(_files(topo, "vm"), agent_socket=Path("/run/a,b/agent.sock"))
+    files = replace(boot_files(topo, "vm"), agent_socket=Path("/run/a,b/agent.sock"))
     plan = machine_argv(topo, "vm", files, QemuCaps("/q", "7.2", {}), Accel("tcg"))
     joined = "\n".join(plan.argv)
     assert "socket,id=lab-agent,path=/run/a,,b/agent.sock,server=on,wait=off" in joined
     assert "virtserialport,bus=lab-serial.0,chardev=lab-agent,name=org.qemu.guest_agent.0" in joined
     assert {"cryptomgr.notests", "norandmaps", "mitigations=off"} <= set(plan.cmdline.split())
     assert plan.argv[plan.argv.index("-cpu") + 1] == "max"  # not invtsc: QEMU 7.2's TCG drops it with a warning
-    assert "lab-agent" not in "\n".join(machine_argv(topo, "vm", _files(topo, "vm"), QemuCaps("/q", "7.2", {}), Accel("tcg")).argv)
+    assert "lab-agent" not in "\n".join(machine_argv(topo, "vm", boot_files(topo, "vm"), QemuCaps("/q", "7.2", {}), Accel("tcg")).argv)
     # A topology's own CPU model is used as it is; KVM keeps the probe's model.
     assert Accel("tcg").argv("EPYC")[-1] == "EPYC" and Accel("kvm", "host").argv(None)[-1] == "host"
