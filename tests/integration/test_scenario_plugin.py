@@ -27,7 +27,7 @@ def test_a_users_pytest_file_is_a_lab_scenario(tmp_path):
 import pytest
 
 @pytest.mark.lab(topology="nvme-pi", params={"pi": 3})
-def test_type3(guest):
+def test_pi_type3_is_the_guests_integrity_profile(guest):
     assert guest.run("cat /sys/block/nvme0n1/integrity/format", check=True).stdout.strip() == "T10-DIF-TYPE3-CRC"
 
 def test_type2_reads_as_type1(lab_boot):

@@ -68,7 +68,7 @@ def test_private_link_sockets_are_crossed():
     assert ",1500,rxe" in argv_of("nfs-rdma-pair", "server", {"mtu": 1500}).cmdline
 
 
-def test_accel_arguments():
+def test_tcg_is_multi_threaded_and_kvm_uses_the_host_cpu():
     assert "tcg,thread=multi" in argv_of("nvme-pi", "vm").argv
     kvm = argv_of("nvme-pi", "vm", accel="kvm").argv
     assert kvm[kvm.index("-accel") + 1] == "kvm" and kvm[kvm.index("-cpu") + 1] == "host"

@@ -49,14 +49,14 @@ XUNIT = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def test_console_parser() -> None:
+def test_check_console_gives_each_tests_status() -> None:
     assert fstests.parse_check_output(CONSOLE) == {
         "generic/091": "pass", "generic/130": "pass", "generic/139": "fail", "generic/143": "notrun",
         "generic/154": "fail", "generic/155": "fail", "generic/183": "notrun",
     }
 
 
-def test_xunit_parser() -> None:
+def test_xunit_report_gives_statuses_and_durations() -> None:
     assert fstests.parse_xunit(XUNIT) == {"generic/091": "pass", "generic/139": "fail", "generic/143": "notrun"}
     assert fstests.parse_xunit("<not xml") == {}
     # The report times a failure too (check's console line does not); a test that did not run has none.
@@ -64,7 +64,7 @@ def test_xunit_parser() -> None:
     assert fstests.xunit_durations("<not xml") == {}
 
 
-def test_test_lists() -> None:
+def test_fstests_lists_come_from_presets_and_names_are_checked() -> None:
     assert fstests.resolve_tests(None, None) == fstests.PRESETS["nfs-dio"]
     assert len(fstests.PRESETS["nfs-dio"]) == 27 and "generic/760" in fstests.PRESETS["nfs-dio"]
     assert fstests.resolve_tests(["generic/001,generic/002", "generic/001"], None) == ["generic/001", "generic/002"]

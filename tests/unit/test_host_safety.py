@@ -38,7 +38,7 @@ def test_settings_are_checked_by_name(monkeypatch, name, value, message):
     assert name in str(info.value) and message in str(info.value)
 
 
-def test_good_settings(monkeypatch, tmp_path):
+def test_valid_lab_variables_are_read_into_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("LAB_BOOT_TIMEOUT", "90")
     monkeypatch.setenv("LAB_ACCEL", "tcg")
     monkeypatch.setenv("LAB_CACHE", str(tmp_path / "c"))

@@ -109,7 +109,7 @@ def test_cache_keys_depend_on_every_input() -> None:
     assert build.request_key(*base) != key
 
 
-def test_build_refs() -> None:
+def test_build_references_parse_and_bad_ones_say_which_key() -> None:
     req = build.parse_build_ref("build:base=linux-source-7.3,series=x.mbox,config=a.config+b.config,config=c")
     assert req == build.BuildRequest(source="linux-source-7.3", series="x.mbox", configs=("a.config", "b.config", "c"))
     assert build.is_build_key("build:0123abcd") and not build.is_build_key("build:source=x")

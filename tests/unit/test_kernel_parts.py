@@ -21,7 +21,7 @@ kernel/net/core/failover.ko.xz:
 """
 
 
-def test_module_names():
+def test_module_names_drop_compression_and_use_underscores():
     assert module_name("kernel/drivers/block/virtio_blk.ko.xz") == "virtio_blk"
     assert module_name("kernel/x/crc32c-generic.ko.zst") == "crc32c_generic"
 

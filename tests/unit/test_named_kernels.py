@@ -35,13 +35,13 @@ def test_names_paths_and_precedence(tmp_path: Path, monkeypatch) -> None:
     ('x = 1\n', r"\[x\] must be a table"),
     ('["x"\n', "not valid TOML"),
 ])
-def test_mistakes(tmp_path: Path, text: str, message: str) -> None:
+def test_a_malformed_kernels_file_is_a_usage_error(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "k.toml"
     f.write_text(text)
     with pytest.raises(UsageError, match=message):
         named.parse_file(f)
 
 
-def test_shipped_file_parses() -> None:
+def test_the_shipped_kernels_file_parses() -> None:
     shipped = named.parse_file(Path(named.repo_dir()) / "kernel" / "kernels.toml")
     assert shipped["lab-7.3"].source == "linux-source-7.3"

@@ -39,13 +39,13 @@ def test_acs_redirect_sends_switch_traffic_to_the_host_bridge():
     assert not ok and "ACS redirect on 0000:02:00.0" in why
 
 
-def test_whitelist():
+def test_only_amd_family_17h_host_bridges_are_whitelisted_for_p2p():
     assert not host_bridge_whitelisted(QEMU_CPU, Q35)
     assert host_bridge_whitelisted(EPYC, Q35)
     assert not host_bridge_whitelisted({"vendor": "GenuineIntel", "family": 6}, Q35)
 
 
-def test_case_judgement():
+def test_p2p_cases_fail_on_corruption_and_error_when_nothing_moved():
     moved = {"ok": True, "bytes": 4096, "errno": None, "difference": None}
     corrupt = {"ok": True, "bytes": 4096, "errno": None, "difference": {"offset": 17, "got": 0, "want": 8}}
     nothing_moved = {"ok": True, "bytes": 4096, "errno": None, "difference": {"offset": 0, "got": 0x5A, "want": 8, "poison": True}}

@@ -47,7 +47,7 @@ def test_pif2_defaults_metadata_to_16():
     assert ns.ms == 16
 
 
-def test_params_are_typed():
+def test_p_values_become_numbers_booleans_or_strings():
     assert parse_params(["pi=1", "ns_size=2G", "x=on", "s=abc"]) == {"pi": 1, "ns_size": "2G", "x": True, "s": "abc"}
     with pytest.raises(TopologyError.__mro__[1]):
         parse_params(["novalue"])
@@ -104,13 +104,13 @@ def test_undefined_variable(tmp_path):
     assert "'size' is undefined" in msg
 
 
-def test_yaml_error(tmp_path):
+def test_broken_yaml_names_its_line(tmp_path):
     d = write(tmp_path, "t", "name: t\nmachines: [unclosed\n")
     msg = _error("t", {}, d)
     assert "YAML error" in msg and "line" in msg
 
 
-def test_unknown_key(tmp_path):
+def test_an_unknown_topology_key_is_named_by_its_path(tmp_path):
     d = write(tmp_path, "t", BASE.replace("      - id: nvme0", "      - id: nvme0\n        colour: blue"))
     msg = _error("t", {}, d)
     assert "machines.vm.nvme[0].colour: unknown key" in msg
@@ -142,7 +142,7 @@ machines:
     assert "no free downstream port" in msg
 
 
-def test_unknown_switch(tmp_path):
+def test_a_controller_on_an_unknown_switch_lists_the_allowed_buses(tmp_path):
     text = "name: t\nmachines:\n  vm:\n    nvme:\n      - {id: nvme0, bus: sw9}\n"
     msg = _error("t", {}, write(tmp_path, "t", text))
     assert "machines.vm.nvme[0].bus" in msg and "root-port" in msg
@@ -160,7 +160,7 @@ machines:
     assert "links[0]" in msg and "1 end" in msg
 
 
-def test_bad_address(tmp_path):
+def test_a_bad_link_address_is_refused(tmp_path):
     text = """name: t
 links: [{name: lan}]
 machines:

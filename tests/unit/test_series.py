@@ -21,7 +21,7 @@ def diff(path: str, line: str) -> str:
             f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-old\n+{line}\n")
 
 
-def test_subject_forms() -> None:
+def test_patch_subjects_give_title_index_count_and_revision() -> None:
     assert parse_subject("[PATCH v3 02/11] nfs: pin pages") == ("nfs: pin pages", 2, 11, 3, False)
     assert parse_subject("[RFC PATCH net-next 1/2] x") == ("x", 1, 2, 1, False)
     assert parse_subject("[PATCH] lone fix") == ("lone fix", 1, 1, 1, False)
@@ -66,7 +66,7 @@ def test_missing_patch_is_named(tmp_path: Path) -> None:
         load_series(str(box))
 
 
-def test_no_patches(tmp_path: Path) -> None:
+def test_an_mbox_without_patches_is_refused(tmp_path: Path) -> None:
     box = tmp_path / "chat.mbox"
     box.write_text(mail("hello", "no patch here", "1"))
     with pytest.raises(UsageError, match="no patches found"):

@@ -97,7 +97,7 @@ def test_tarball_source(tmp_path: Path, monkeypatch) -> None:
     assert sources.prepare_worktree(src) == (tree, base)  # unpacked once
 
 
-def test_bad_sources(tmp_path: Path, repo: Path) -> None:
+def test_a_source_that_is_not_a_kernel_tree_is_refused(tmp_path: Path, repo: Path) -> None:
     with pytest.raises(UsageError, match="no such file or directory"):
         sources.resolve_source(str(tmp_path / "nope"))
     with pytest.raises(UsageError, match="not a kernel tree"):

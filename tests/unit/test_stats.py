@@ -8,7 +8,7 @@ from lab.stats import Rate, separated
 @pytest.mark.parametrize("k,n,low,high", [
     (0, 10, 0.0, 0.2775), (3, 10, 0.1078, 0.6032), (10, 10, 0.7225, 1.0), (9, 30, 0.1667, 0.4788), (0, 30, 0.0, 0.1135),
 ])
-def test_wilson_interval(k, n, low, high):
+def test_wilson_interval_matches_published_values(k, n, low, high):
     lo, hi = Rate(k, n).interval()
     assert lo == pytest.approx(low, abs=1e-3) and hi == pytest.approx(high, abs=1e-3)
 

@@ -63,7 +63,7 @@ def test_parse_program_output_rejects_what_is_not_a_result():
     assert parse_program_output('{"cases": [1]}', required=("cases",), count="cases").error is None
 
 
-def test_verdict_rules():
+def test_program_results_decide_pass_fail_and_error():
     clean = parse_program_output(out())
     eilseq = parse_program_output(out(ok=60, errno={"84": 40}))
     einval = parse_program_output(out(ok=90, errno={"22": 10}))
@@ -147,7 +147,7 @@ def test_expectation_files_are_checked(tmp_path):
         expectation_for(bad, {}, "7.3")
 
 
-def test_outcomes():
+def test_ci_reads_each_verdict_against_its_expectation():
     assert outcome(FAIL, FAIL) == "as expected"
     assert outcome(PASS, FAIL) == "unexpected pass (finding)"
     assert outcome(FAIL, PASS) == "unexpected failure (regression)"
@@ -157,7 +157,7 @@ def test_outcomes():
     assert outcome(NOT_APPLICABLE, None) == "not applicable"
 
 
-def test_block_sizes():
+def test_block_sizes_are_multiples_of_512_up_to_16m():
     assert parse_block_size("4K") == 4096 and parse_block_size("1M") == 1 << 20 and parse_block_size("65536") == 65536
     for bad in ("4k5", "100", "0", "32M", "nan", "-4K"):
         with pytest.raises(UsageError):
