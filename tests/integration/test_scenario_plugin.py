@@ -55,6 +55,7 @@ from lab.scenarios.framework import Scenario
 OOPS = ("Oops: int3: 0000 [#1] SMP NOPTI\\nRIP: 0010:ttwu_do_activate+0x93/0x1b0\\n"
         "Code: c7 43 18 00 00 00 00 66 <90> 48 8b 83 18 04 00 00\\n")
 KASAN = "[   31.004211] BUG: KASAN: slab-use-after-free in nfs_direct_write_completion+0x1d/0x2c0\\n"
+WARNING = "[   20.551201] WARNING: CPU: 1 PID: 412 at fs/iomap/direct-io.c:624 __iomap_dio_rw+0x5b4/0x8d0\\n"
 
 
 class Faulty(Scenario):
@@ -72,6 +73,10 @@ class Faulty(Scenario):
 
     def exercise(self, ctx):
         self.attempts = getattr(self, "attempts", 0) + 1
+        if self.mode == "warning":  # no emulator fault: the kernel warns while the case passes
+            self.say(ctx, WARNING)
+            ctx.case("work", "PASS", "done")
+            return
         if self.attempts <= self.faulty:
             if self.mode == "kasan":
                 self.say(ctx, KASAN)
@@ -146,3 +151,15 @@ def test_an_int3_oops_after_a_kasan_report_is_the_kernels_and_is_not_run_again(t
     check = section["cases"]["check"]
     assert check["verdict"] == "FAIL"
     assert check["kernel_log_problems"]["unexpected"][0]["kind"] == "sanitizer"
+
+
+def test_a_passing_case_with_a_kernel_warning_in_its_window_fails(tmp_path):
+    """The one kernel-log detector in a real run: the guest's console shows a WARNING while the case
+    itself passed; the case is FAIL with the line, and the run exits 1."""
+    res = _run_file(tmp_path, FAULTY_SCENARIO.replace("FAULTY", "0").replace("MODE", '"warning"'))
+    assert res.returncode == 1, res.stdout + res.stderr
+    run = next((tmp_path / "results").glob("*emulator-fault-demo*"))
+    case = json.loads((run / "results.json").read_text())["subruns"]["debian-7.3"]["cases"]["work"]
+    assert case["verdict"] == "FAIL" and case["reason"].startswith("kernel log: warning: WARNING: CPU: 1 PID: 412 at fs/iomap")
+    assert "(the case itself passed: done)" in case["reason"]
+    assert case["kernel_log_problems"]["unexpected"][0]["kind"] == "warning"
