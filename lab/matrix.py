@@ -24,15 +24,18 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      ValidationError)
 
 from lab.errors import LabError, UsageError
+from lab.safepaths import check_name
+from lab.validation import describe
 
-ENTRY_KEYS = {"scenario", "topology", "kernels", "params", "options", "exclude", "name"}
-HEAD_KEYS = {"name", "kernels"}
 # A matrix or a -p list that expands past this is refused with its count (a typo can make 512,000).
 MAX_CELLS = 500
-_SCALAR = (str, int, float, bool)
+
 
 
 @dataclass(frozen=True)
@@ -79,19 +82,60 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _check_values(where: str, what: str, value: Any, allow_list: bool = True) -> None:
-    values = value if allow_list and isinstance(value, list) else [value]
+Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
+
+
+def _one_or_many(value: Any) -> Any:
+    """A value, or a list of values crossed into cells: strings, numbers, booleans."""
+    values = value if isinstance(value, list) else [value]
     if not values:
-        raise UsageError(f"{where}: {what} is an empty list: it expands to no cell")
+        raise ValueError("an empty list expands to no cell")
     for v in values:
-        if not isinstance(v, _SCALAR):
-            raise UsageError(f"{where}: {what} holds {type(v).__name__} {v!r}; a value is a string, number or boolean")
+        if not isinstance(v, (str, int, float, bool)):
+            raise ValueError(f"holds {type(v).__name__} {v!r}; a value is a string, number or boolean (or a list of them)")
+    return value
+
+
+OneOrMany = Annotated[Any, BeforeValidator(_one_or_many)]
+
+
+def _name(value: str) -> str:
+    from lab.safepaths import check_name
+
+    try:
+        return check_name(value, "name")
+    except UsageError as exc:
+        raise ValueError(str(exc).removeprefix("name ")) from None
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Head(_Closed):
+    name: Annotated[StrictStr, AfterValidator(_name)] | None = None
+    kernels: OneOrMany = "debian:7.3"
+
+
+class Entry(_Closed):
+    scenario: StrictStr
+    name: Annotated[StrictStr, AfterValidator(_name)] | None = None
+    topology: StrictStr | None = None
+    kernels: OneOrMany | None = None
+    params: dict[str, OneOrMany] = {}
+    options: dict[str, Any] = {}
+    exclude: list[dict[str, Scalar]] = []
+
+
+class MatrixFile(_Closed):
+    matrix: Head = Head()
+    entry: Annotated[list[Entry], Field(min_length=1)]
 
 
 def load(path: Path, max_cells: int = MAX_CELLS) -> Matrix:
-    """Parse and expand a matrix file. Structure errors are usage errors naming the file: unknown
-    keys, values that are not strings, numbers or booleans, lists that expand to nothing, an entry
-    that every exclude removes, and a matrix larger than max_cells."""
+    """Parse and expand a matrix file. Structure errors are usage errors naming the file and the
+    field (unknown keys and tables, values that are not strings, numbers or booleans, empty lists),
+    then an entry that every exclude removes, and a matrix larger than max_cells."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -100,62 +144,35 @@ def load(path: Path, max_cells: int = MAX_CELLS) -> Matrix:
         raise UsageError(f"{path}: is a directory, not a matrix file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
-    stray = sorted(set(data) - {"matrix", "entry"})
-    if stray:
-        raise UsageError(f"{path}: unknown table or key {stray[0]!r} (a matrix has [matrix] and [[entry]])")
-    head = data.get("matrix", {})
-    if not isinstance(head, dict):
-        raise UsageError(f"{path}: [matrix] must be a table")
-    unknown = sorted(set(head) - HEAD_KEYS)
-    if unknown:
-        raise UsageError(f"{path}: [matrix]: unknown key {unknown[0]!r}; keys: {', '.join(sorted(HEAD_KEYS))}")
-    from lab.safepaths import check_name
-
-    name = check_name(str(head.get("name") or path.stem), f"{path}: the matrix name")
-    default_kernels = _list(head.get("kernels", ["debian:7.3"]))
-    _check_values(f"{path}: [matrix]", "kernels", default_kernels)
-    entries = data.get("entry", [])
-    if not isinstance(entries, list) or not entries:
+    if not data.get("entry"):
         raise UsageError(f"{path}: no [[entry]] tables: a matrix names at least one scenario")
-    matrix = Matrix(name, path)
+    try:
+        doc = MatrixFile.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {describe(exc)}") from None
+    matrix = Matrix(doc.matrix.name or check_name(path.stem, f"{path}: the matrix name"), path)
     seen: dict[str, int] = {}
-    for i, entry in enumerate(entries, start=1):
-        where = f"{path}: entry {i}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("scenario"), str):
-            raise UsageError(f"{where}: needs scenario = \"...\"")
-        unknown = sorted(set(entry) - ENTRY_KEYS)
-        if unknown:
-            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(ENTRY_KEYS))}")
-        params = entry.get("params", {})
-        options = entry.get("options", {})
-        excludes = entry.get("exclude", [])
-        if not isinstance(params, dict) or not isinstance(options, dict) or not isinstance(excludes, list) \
-                or not all(isinstance(x, dict) for x in excludes):
-            raise UsageError(f"{where}: params and options are tables, exclude a list of tables")
-        for key, value in params.items():
-            _check_values(where, f"params.{key}", value)
-        kernels = _list(entry.get("kernels", default_kernels))
-        _check_values(where, "kernels", kernels)
-        if "name" in entry:
-            check_name(str(entry["name"]), f"{where}: name")
+    for i, entry in enumerate(doc.entry, start=1):
+        where = f"{path}: entry[{i - 1}]"
         for reserved in ("kernels", "params", "topology"):
-            if reserved in options:
-                raise UsageError(f"{where}: options.{reserved}: set it with the entry's own '{reserved}' key")
-        keys = sorted(params)
+            if reserved in entry.options:
+                raise UsageError(f"{where}.options.{reserved}: set it with the entry's own '{reserved}' key")
+        kernels = _list(entry.kernels if entry.kernels is not None else doc.matrix.kernels)
+        keys = sorted(entry.params)
         size = len(kernels)
         for k in keys:
-            size *= len(_list(params[k]))
+            size *= len(_list(entry.params[k]))
         if len(matrix.cells) + size > max_cells:
             raise UsageError(f"{path}: {len(matrix.cells) + size} cells or more (entry {i} alone expands to {size}), above the "
                              f"limit of {max_cells}; --max-cells N raises it")
         made = 0
-        for combo in itertools.product(*[_list(params[k]) for k in keys]) if keys else [()]:
+        for combo in itertools.product(*[_list(entry.params[k]) for k in keys]) if keys else [()]:
             chosen = dict(zip(keys, combo, strict=True))
-            if any(all(chosen.get(k) == v for k, v in x.items()) for x in excludes):
+            if any(all(chosen.get(k) == v for k, v in x.items()) for x in entry.exclude):
                 continue
             for kernel in kernels:
-                cell = Cell(name, entry["scenario"], str(kernel), entry.get("topology"), chosen, options,
-                            str(entry.get("name") or entry["scenario"]))
+                cell = Cell(matrix.name, entry.scenario, str(kernel), entry.topology, chosen, entry.options,
+                            entry.name or entry.scenario)
                 if cell.id in seen:
                     raise UsageError(f"{where}: cell {cell.id} is also made by entry {seen[cell.id]}")
                 seen[cell.id] = i

@@ -131,14 +131,14 @@ def test_emit_quotes_the_matrix_path_in_job_scripts(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("text,argv_extra,message", [
     (MATRIX, ["--cron", "0 2 * *"], "five cron fields"),
     (MATRIX, ["--cron", "0 2 * * *\nx: 1"], "five cron fields"),
-    (MATRIX + "params = { pi = [] }\n", [], "params.pi is an empty list"),
+    (MATRIX + "params = { pi = [] }\n", [], "entry[0].params.pi: an empty list expands to no cell"),
     (MATRIX + "params = { pi = [1] }\nexclude = [{ pi = 1 }]\n", [], "expands to no cell"),
     (MATRIX + "params = { a = " + str(list(range(30))) + ", b = " + str(list(range(30))) + " }\n", [],
      "900 cells or more (entry 1 alone expands to 900), above the limit of 500; --max-cells N raises it"),
-    (MATRIX.replace('name = "n"', 'name = "n"\ncolour = "blue"'), [], "[matrix]: unknown key 'colour'"),
-    (MATRIX + "[other]\nx = 1\n", [], "unknown table or key 'other'"),
+    (MATRIX.replace('name = "n"', 'name = "n"\ncolour = "blue"'), [], "matrix.colour: unknown key"),
+    (MATRIX + "[other]\nx = 1\n", [], "other: unknown key"),
     (MATRIX.replace('name = "n"', 'name = "../n"'), [], "is not a plain name"),
-    (MATRIX + "params = { pi = { x = 1 } }\n", [], "params.pi holds dict"),
+    (MATRIX + "params = { pi = { x = 1 } }\n", [], "entry[0].params.pi: holds dict"),
 ])
 def test_bad_matrices_and_schedules_are_refused(tmp_path, capsys, text, argv_extra, message):
     path = tmp_path / "m.toml"

@@ -47,8 +47,8 @@ exclude = [{ pi = 1, pif = 2 }]
 
 @pytest.mark.parametrize("text,message", [
     ("[matrix]\n", "no [[entry]] tables"),
-    ("[[entry]]\noptions = {}\n", "needs scenario"),
-    ("[[entry]]\nscenario = 'stable-pages'\ncolour = 'blue'\n", "unknown key(s) colour"),
+    ("[[entry]]\noptions = {}\n", "entry[0].scenario: required key is missing"),
+    ("[[entry]]\nscenario = 'stable-pages'\ncolour = 'blue'\n", "entry[0].colour: unknown key"),
     ("[[entry]]\nscenario = 'stable-pages'\noptions = { kernels = ['x'] }\n", "options.kernels"),
     ("[[entry]]\nscenario = 'stable-pages'\n[[entry]]\nscenario = 'stable-pages'\n", "is also made by entry 1"),
     ("[[entry\n", "not valid TOML"),
