@@ -24,6 +24,7 @@ from lab.errors import UsageError
 from lab.paths import scenarios_dir
 from lab.results import manifest, results_of
 from lab.safepaths import check_tree
+from lab.schemas import BundleIn, validated
 
 LOG = logging.getLogger(__name__)
 
@@ -184,9 +185,7 @@ def load_with_modes(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes], dic
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise UsageError(f"{bundle}: bundle format {got!r} is not supported (this lab reads {FORMAT})")
-    for key, kind in (("scenario", str), ("options", dict), ("kernels", list), ("verdicts", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise UsageError(f"{bundle}: bundle.json has no valid {key!r}")
+    meta = validated(BundleIn, meta, bundle, "bundle.json")
     return meta, files, modes
 
 

@@ -1,5 +1,5 @@
-"""The shapes of files the lab reads back from elsewhere: a run's results.json (a CI artifact) and a
-night's night.json. Validated before use, so a damaged or hostile file is one line naming the
+"""The shapes of files the lab reads back from elsewhere: a run's results.json (a CI artifact), a
+night's night.json and a bundle's bundle.json. Validated before use, so a damaged or hostile file is one line naming the
 field, never an internal error further down (a string where a number belongs, a missing key)."""
 
 from __future__ import annotations
@@ -82,6 +82,17 @@ class NightIn(_Open):
     cells: dict[str, CellIn]
     kernels: dict[str, StrictStr | None] = {}
     superseded: list[Any] = []
+
+
+class BundleIn(_Open):
+    """bundle.json of a `lab results bundle` (its format number is checked first, for its own message)."""
+
+    format: StrictInt
+    scenario: StrictStr
+    options: dict[str, Any]
+    kernels: list[Any]
+    verdicts: dict[str, Any]
+    topology: dict[str, Any] = {}
 
 
 M = TypeVar("M", bound=BaseModel)

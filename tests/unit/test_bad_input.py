@@ -79,6 +79,7 @@ def d(tmp_path_factory) -> Path:
     _bundle(d / "unknownopt.tar.gz", {"options": {"kernels": ["debian:7.3"], "run_this": "rm -rf /"}})
     _bundle(d / "notemplate.tar.gz", {"topology": {"template": "missing.yaml.j2"}})
     _bundle(d / "noscenario.tar.gz", {"scenario": "no-such-scenario"})
+    _bundle(d / "numberscenario.tar.gz", {"scenario": 5, "verdicts": []})
     with tarfile.open(d / "traversal.tar.gz", "w:gz") as tar:
         data = b"x"
         info = tarfile.TarInfo("../../etc/evil")
@@ -221,6 +222,7 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["replay", "{d}/unknownopt.tar.gz"], {}, "unknown option 'run_this'"),
     (["replay", "{d}/notemplate.tar.gz"], {}, "holds no such file"),
     (["replay", "{d}/noscenario.tar.gz"], {}, "unknown scenario 'no-such-scenario'"),
+    (["replay", "{d}/numberscenario.tar.gz"], {}, "a damaged bundle.json: scenario: Input should be a valid string (got 5) (and 1 more)"),
     (["replay", "{d}/traversal.tar.gz"], {}, "is not something a lab bundle holds"),
     # running labs
     (["qmp", "vm", "query-status", "[1, 2]"], {}, "QMP arguments must be a JSON object, not list"),
