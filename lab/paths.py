@@ -10,6 +10,12 @@ from lab.errors import UsageError
 from lab.settings import settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The lab's data (topologies, image recipes and boot stages, guest programs, kernel fragments, known
+# issues, the nightly matrix): in a checkout (or an editable install) the directories at its top;
+# in an installed wheel, the copy the build put in the package (lab/_data, symlinks in the checkout).
+_PACKAGED = Path(__file__).resolve().parent / "_data"
+DATA_ROOT = PROJECT_ROOT if (PROJECT_ROOT / "topologies").is_dir() and (PROJECT_ROOT / "pyproject.toml").is_file() else _PACKAGED
+INSTALLED = DATA_ROOT == _PACKAGED
 
 
 def _make_dir(path: Path, what: str) -> Path:
@@ -28,8 +34,10 @@ def cache_dir() -> Path:
 
 
 def results_dir() -> Path:
-    """Run output; LAB_RESULTS overrides, default is results/ of the checkout."""
-    return _make_dir(settings().results or PROJECT_ROOT / "results", "results")
+    """Run output; LAB_RESULTS overrides; default results/ of the checkout, or of the current
+    directory for an installed lab (never inside site-packages)."""
+    default = Path.cwd() / "results" if INSTALLED else PROJECT_ROOT / "results"
+    return _make_dir(settings().results or default, "results")
 
 
 def check_private_dir(path: Path) -> None:
@@ -61,16 +69,17 @@ def runtime_root() -> Path:
 
 
 def topologies_dir() -> Path:
-    return settings().topologies or PROJECT_ROOT / "topologies"
+    return settings().topologies or DATA_ROOT / "topologies"
 
 
 def images_dir() -> Path:
-    return PROJECT_ROOT / "images"
+    return DATA_ROOT / "images"
 
 
 def scenarios_dir() -> Path:
-    return PROJECT_ROOT / "scenarios"
+    return DATA_ROOT / "scenarios"
 
 
 def repo_dir() -> Path:
-    return PROJECT_ROOT
+    """Where kernel/ and matrix/ are: the checkout, or the installed package's data."""
+    return DATA_ROOT

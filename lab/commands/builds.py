@@ -77,9 +77,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_topology_list(args: argparse.Namespace) -> int:
+    from lab.paths import topologies_dir
     from lab.topology.render import available, render, template_parameters
 
-    for name, path in available().items():
+    found = available()
+    if not found:
+        raise LabError(f"no topologies found in {topologies_dir()} (an install without the lab's data? "
+                       f"LAB_TOPOLOGIES names another directory)")
+    for name, path in found.items():
         try:
             desc = render(name).topology.description
             params = ", ".join(template_parameters(path))

@@ -68,8 +68,11 @@ def find_template(name: str, directory: Path | None = None) -> Path:
             raise TopologyError(f"topology template {name}: not a file")
         return as_path
     found = available(directory)
+    if not found:
+        raise TopologyError(f"no topologies found in {directory or topologies_dir()} (an install without the lab's data? "
+                            f"LAB_TOPOLOGIES names another directory)")
     if name not in found:
-        raise TopologyError(f"unknown topology {name!r}; shipped: {', '.join(found) or 'none'}")
+        raise TopologyError(f"unknown topology {name!r}; shipped: {', '.join(found)}")
     return found[name]
 
 
