@@ -16,13 +16,20 @@ import yaml
 from lab.errors import UsageError
 from lab.matrix import Matrix
 
-# What a job installs before it runs a cell (the same as .ci/run minus the tests).
-APT = ("qemu-system-x86 qemu-utils mmdebstrap e2fsprogs busybox-static cpio kmod zstd debian-archive-keyring "
-       "gcc make flex bison bc libelf-dev libssl-dev ccache git xz-utils")
-IMAGE_KEY_FILES = ["images/**"]
-KERNEL_KEY_FILES = ["kernel/**", "lab/kernels/**"]
-
-
+# Actions pinned to the commits of their release tags (zizmor's unpinned-uses): checkout v4.4.0,
+# upload-artifact v4.6.2, download-artifact v4.3.0, cache v4.3.0.
+CHECKOUT = "actions/checkout@11d5960a326750d5838078e36cf38b85af677262"  # v4.4.0
+UPLOAD = "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02"  # v4.6.2
+DOWNLOAD = "actions/download-artifact@d3f86a106a0bac45b974a628896c90dbdf5c8093"  # v4.3.0
+CACHE_RESTORE = "actions/cache/restore@0057852bfaa89a56745cba8c7296529d2fc39830"  # v4.3.0
+CACHE_SAVE = "actions/cache/save@0057852bfaa89a56745cba8c7296529d2fc39830"  # v4.3.0
+# The lab in a venv of the runner's own python3 (self-hosted Debian runners: no setup-python), its
+# host packages installed once by `lab setup` (nothing when they are there). The lab's cache stays
+# in the runner user's ~/.cache/lab, outside the workspace that checkout wipes: images and kernels
+# are kept once per runner, keyed by their content, never copied per cell.
+VENV = "$RUNNER_TEMP/lab-venv"
+INSTALL = (f'python3 -m venv "{VENV}"\n"{VENV}/bin/pip" install -q .\necho "{VENV}/bin" >> "$GITHUB_PATH"\n')
+GITLAB_INSTALL = ["python3 -m venv .lab-venv", ".lab-venv/bin/pip install -q .", 'export PATH="$PWD/.lab-venv/bin:$PATH"']
 # One cron field: numbers, names of days and months, ranges, lists, steps and '*'.
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,-]{1,40}")
 
@@ -52,50 +59,45 @@ def _rel(matrix: Matrix) -> str:
 def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = None) -> str:
     runs_on = runner or ["self-hosted", "linux", "x64", "kvm"]
     path = _rel(matrix)
-    setup = [
-        {"uses": "actions/checkout@v4"},
-        {"uses": "actions/setup-python@v5", "with": {"python-version": "3.11"}},
-        {"name": "Host packages and the lab", "run": f"sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends {APT}\n"
-                                                    "python -m pip install .\n"},
-    ]
+    checkout = {"uses": CHECKOUT, "with": {"persist-credentials": False}}
     cell_job: dict[str, Any] = {
         "name": "${{ matrix.cell }}",
         "runs-on": runs_on,
         "timeout-minutes": 180,
         "strategy": {"fail-fast": False, "matrix": {"cell": [c.id for c in matrix.cells]}},
-        "env": {"LAB_RESULTS": "${{ github.workspace }}/results", "LAB_CACHE": "${{ github.workspace }}/.lab-cache"},
-        "steps": setup + [
-            {"name": "Guest image from the cache", "uses": "actions/cache@v4",
-             "with": {"path": ".lab-cache/images", "key": "lab-image-${{ hashFiles('" + "', '".join(IMAGE_KEY_FILES) + "') }}"}},
-            {"name": "Kernels from the cache", "uses": "actions/cache@v4",
-             "with": {"path": ".lab-cache/kernels",
-                      "key": "lab-kernels-${{ hashFiles('" + "', '".join(KERNEL_KEY_FILES) + "') }}-${{ matrix.cell }}",
-                      "restore-keys": "lab-kernels-${{ hashFiles('" + "', '".join(KERNEL_KEY_FILES) + "') }}-"}},
-            {"name": "Run the cell", "run": f"lab matrix run {path} --cell \"${{{{ matrix.cell }}}}\""},
-            {"name": "Keep the run directory", "if": "always()", "uses": "actions/upload-artifact@v4",
-             "with": {"name": "cell-${{ strategy.job-index }}", "path": "results/", "if-no-files-found": "warn"}},
+        "env": {"LAB_RESULTS": "${{ github.workspace }}/results"},
+        "steps": [
+            checkout,
+            {"name": "The lab, and the host packages it needs", "run": INSTALL + 'sudo "$RUNNER_TEMP/lab-venv/bin/lab" setup\n'},
+            {"name": "Run the cell", "env": {"CELL": "${{ matrix.cell }}"}, "run": f'lab ci cell {path} "$CELL"'},
+            {"name": "Summary", "if": "always()", "run": 'cat results/*/summary.txt >> "$GITHUB_STEP_SUMMARY" 2>/dev/null || true'},
+            # A re-run uploads under a name of its own: no conflict with the first attempt's artifact;
+            # the merge keeps the latest run of each cell.
+            {"name": "Keep the run directory", "if": "always()", "uses": UPLOAD,
+             "with": {"name": "cell-${{ strategy.job-index }}-attempt-${{ github.run_attempt }}", "path": "results/",
+                      "if-no-files-found": "warn"}},
         ],
     }
     report_job: dict[str, Any] = {
         "needs": "cell",
         "if": "always()",
-        "runs-on": "ubuntu-latest",
+        "runs-on": ["self-hosted", "linux", "x64"],
         "steps": [
-            {"uses": "actions/checkout@v4"},
-            {"uses": "actions/setup-python@v5", "with": {"python-version": "3.11"}},
-            {"name": "The lab", "run": "python -m pip install ."},
-            {"name": "Every cell's run directory", "uses": "actions/download-artifact@v4",
-             "with": {"pattern": "cell-*", "path": "artifacts"}},
-            {"name": "Merge the night", "run": "lab results merge artifacts -o night"},
-            {"name": "The previous night", "id": "baseline", "uses": "actions/cache/restore@v4",
+            checkout,
+            {"name": "The lab (no QEMU needed to merge and report)", "run": INSTALL},
+            {"name": "Every cell's run directory", "uses": DOWNLOAD, "with": {"pattern": "cell-*", "path": "artifacts"}},
+            {"name": "The previous night", "id": "baseline", "uses": CACHE_RESTORE,
              "with": {"path": "baseline", "key": "lab-night-${{ github.run_id }}", "restore-keys": "lab-night-"}},
-            {"name": "Report (fails on a regression)", "run": "if [ -f baseline/night.json ]; then lab report night --baseline baseline -o report; "
-                                                            "else lab report night -o report; fi"},
-            {"name": "Publish the report", "if": "always()", "uses": "actions/upload-artifact@v4",
-             "with": {"name": "lab-night", "path": "night/\nreport/\n"}},
+            {"name": "Merge and report (fails on a regression or a missing cell)",
+             "run": f"lab ci night {path} artifacts -o night --report report --baseline baseline"},
+            {"name": "Summary", "if": "always()", "run": 'cat report/summary.md >> "$GITHUB_STEP_SUMMARY" 2>/dev/null || true'},
+            {"name": "Publish the report", "if": "always()", "uses": UPLOAD,
+             "with": {"name": "lab-night-attempt-${{ github.run_attempt }}", "path": "night/\nreport/\n"}},
+            # Saved whatever the report said: a regressed night is the next one's baseline too, so a
+            # regression stays flagged with the night it first appeared.
             {"name": "This night is the next one's baseline", "if": "always()", "run": "rm -rf baseline && cp -r night baseline"},
-            {"name": "Keep it", "if": "always()", "uses": "actions/cache/save@v4",
-             "with": {"path": "baseline", "key": "lab-night-${{ github.run_id }}"}},
+            {"name": "Keep it", "if": "always()", "uses": CACHE_SAVE,
+             "with": {"path": "baseline", "key": "lab-night-${{ github.run_id }}-${{ github.run_attempt }}"}},
         ],
     }
     workflow = {
@@ -109,43 +111,38 @@ def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = N
 
 def gitlab(matrix: Matrix, cron_note: str = "schedule it in CI/CD > Schedules", tags: list[str] | None = None) -> str:
     path = _rel(matrix)
-    install = [f"apt-get update -q && apt-get install -y -q --no-install-recommends {APT} python3-venv python3-pip",
-               "python3 -m venv /opt/lab && /opt/lab/bin/pip install -q .", "export PATH=/opt/lab/bin:$PATH"]
     pipeline: dict[str, Any] = {
         "stages": ["cells", "report"],
         "workflow": {"rules": [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}, {"if": '$CI_PIPELINE_SOURCE == "web"'}]},
-        "variables": {"LAB_RESULTS": "$CI_PROJECT_DIR/results", "LAB_CACHE": "$CI_PROJECT_DIR/.lab-cache"},
+        # The lab's cache is the runner user's ~/.cache/lab: outside the project directory, kept by the runner.
+        "variables": {"LAB_RESULTS": "$CI_PROJECT_DIR/results"},
         "cell": {
             "stage": "cells",
             "tags": tags or ["kvm"],
             "timeout": "3h",
             "parallel": {"matrix": [{"CELL": [c.id for c in matrix.cells]}]},
-            "cache": [
-                {"key": {"files": ["images/lab-trixie/recipe.toml", "images/lab-trixie/packages.txt"], "prefix": "lab-image"},
-                 "paths": [".lab-cache/images/"]},
-                {"key": {"files": ["kernel/kernels.toml", "lab/kernels/debian.py"], "prefix": "lab-kernels"},
-                 "paths": [".lab-cache/kernels/"]},
-            ],
-            "script": [*install, f'lab matrix run {path} --cell "$CELL"'],
-            "artifacts": {"when": "always", "paths": ["results/"], "expire_in": "30 days"},
+            "script": [*GITLAB_INSTALL, "lab setup", f'lab ci cell {path} "$CELL"'],
+            "artifacts": {"when": "always", "paths": ["results/"], "expire_in": "30 days",
+                          "reports": {"junit": "results/*/junit.xml"}},
         },
         "report": {
             "stage": "report",
+            "tags": ["lab"],
             "when": "always",
-            "cache": {"key": "lab-night", "paths": ["baseline/"]},
-            "script": [*install, "lab results merge results -o night",
-                       "if [ -f baseline/night.json ]; then lab report night --baseline baseline -o report; "
-                       "else lab report night -o report; fi",
-                       ],
+            # Saved whatever the report said: a regressed night is the next one's baseline too.
+            "cache": {"key": "lab-night", "paths": ["baseline/"], "when": "always"},
+            "script": [*GITLAB_INSTALL, f"lab ci night {path} results -o night --report report --baseline baseline"],
             "after_script": ["rm -rf baseline && cp -r night baseline"],
-            "artifacts": {"when": "always", "paths": ["night/", "report/"], "expose_as": "lab night report", "expire_in": "90 days"},
+            "artifacts": {"when": "always", "paths": ["night/", "report/"], "expose_as": "lab night report", "expire_in": "90 days",
+                          "reports": {"junit": "night/junit.xml"}},
         },
     }
     return _dump(pipeline, f"lab matrix emit --gitlab {path}; {cron_note}")
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a step used twice is written twice: engines and linters read no YAML anchors
 
 
 def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:

@@ -89,10 +89,22 @@ def _worst(verdicts: list[str]) -> str:
     return "ERROR"
 
 
-def merge(sources: list[Path], out: Path) -> dict[str, Any]:
-    runs = find_runs(sources)
+def missing_entry(cell: Any) -> dict[str, Any]:
+    """A cell of the night's matrix that brought back no run directory: MISSING, never a blank."""
+    return {"spec": cell.to_dict(), "scenario": cell.scenario, "entry": cell.entry, "kernel": cell.kernel, "params": cell.params,
+            "release": None, "verdict": "MISSING", "outcome": "missing", "reason": "no artifact came back for this cell "
+            "(its job did not run, or failed before it wrote a run directory)", "rate": None, "figures": {}, "subruns": [],
+            "run": None, "provenance": {}, "attempts": [], "flaky": []}
+
+
+def merge(sources: list[Path], out: Path, matrix: Any = None) -> dict[str, Any]:
+    """The night from the run directories under `sources`; with the night's matrix, every cell of it
+    that has no run directory is MISSING."""
+    # With the matrix, an artifacts directory that never came back is cells that are MISSING, not an error.
+    existing = [s for s in sources if s.exists()] if matrix is not None else sources
+    runs = find_runs(existing) if existing else []
     LOG.debug("merging %d run directories from %s into %s", len(runs), ", ".join(map(str, sources)), out)
-    if not runs:
+    if not runs and matrix is None:
         raise UsageError(f"no run directories (manifest.json and results.json) in {', '.join(map(str, sources))}")
     if out.exists() and any(out.iterdir()) and not (out / "night.json").exists():
         raise UsageError(f"-o {out}: exists and is not a night; give a new directory")
@@ -127,7 +139,12 @@ def merge(sources: list[Path], out: Path) -> dict[str, Any]:
                 raise UsageError(f"{junit}: damaged JUnit XML ({exc})") from None
             suite.set("name", cell_id)
             suites.append(suite)
-    kernels = {c["kernel"]: c["release"] for c in night["cells"].values() if c.get("kernel")}
+    if matrix is not None:
+        night["matrix"] = {"name": matrix.name, "cells": [c.id for c in matrix.cells]}
+        for cell in matrix.cells:
+            if cell.id not in night["cells"]:
+                night["cells"][cell.id] = missing_entry(cell)
+    kernels = {c["kernel"]: c["release"] for c in night["cells"].values() if c.get("kernel") and c.get("release")}
     night["kernels"] = kernels
     (out / "night.json").write_text(json.dumps(night, indent=2, default=str))
     (out / "results.json").write_text(json.dumps(merged_results, indent=2, default=str))
@@ -143,5 +160,6 @@ def load(night: Path) -> dict[str, Any]:
     data = validated(NightIn, data, night / "night.json", "night.json")
     for cid, cell in data["cells"].items():
         check_name(cid, f"{night}: cell id")
-        child(night, cell["run"], f"{night}: cell {cid}'s run")  # a cell's files are inside the night
+        if cell["run"] is not None:
+            child(night, cell["run"], f"{night}: cell {cid}'s run")  # a cell's files are inside the night
     return data

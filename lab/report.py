@@ -24,40 +24,74 @@ from typing import Any
 import jinja2
 
 from lab import __version__
+from lab.errors import UsageError
 from lab.night import load as load_night
-from lab.stats import Rate
+from lab.stats import Rate, separated
 
 LOG = logging.getLogger(__name__)
 
-CLASSES = ("pass", "expected-failure", "regression", "fixed", "failing", "flaky", "error", "na")
+CLASSES = ("pass", "expected-failure", "regression", "fixed", "failing", "flaky", "error", "na", "missing")
 COLOURS = {"pass": "#2e7d32", "expected-failure": "#7b8d3b", "regression": "#c62828", "fixed": "#1565c0",
-           "failing": "#ef6c00", "flaky": "#8e24aa", "error": "#424242", "na": "#9e9e9e"}
+           "failing": "#ef6c00", "flaky": "#8e24aa", "error": "#424242", "na": "#9e9e9e", "missing": "#000000"}
+# Classes that make the report's exit status non-zero (CI reads it).
+FAILING_CLASSES = ("regression", "missing")
 
 
 def classify(cell: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """A cell's class against its last night. A regression is any cell worse than that night (PASS
+    to FAIL, ERROR or N/A), any unexpected failure whatever the baseline said (a cell already
+    failing for an expected reason must not hide a new failure), and a regression of last night's
+    that has not passed since, and a failure rate clear of last night's; a cell with no artifact is
+    missing."""
     verdict = cell.get("verdict")
+    if verdict == "MISSING":
+        return "missing"
+    rate, base_rate = cell.get("rate"), (base or {}).get("rate")
+    if rate and 0 < rate.get("failed", 0) < rate.get("runs", 0):
+        # A flaky cell is judged by its rate: a regression when its interval is clear of last night's, above it.
+        now = Rate(int(rate["failed"]), int(rate["runs"]))
+        if base_rate and base_rate.get("runs"):
+            before = Rate(int(base_rate["failed"]), int(base_rate["runs"]))
+            if separated(now, before) and now.value > before.value:
+                return "regression"
+        return "flaky"
+    base_verdict = (base or {}).get("verdict")
+    still = bool((base or {}).get("regressed_since")) and verdict != "PASS"
+    worse = base_verdict in ("PASS", "FLAKY") and verdict in ("FAIL", "ERROR", "N/A")
+    if worse or still or str(cell.get("outcome", "")).startswith("unexpected failure"):
+        return "regression"
     if verdict == "ERROR":
         return "error"
     if verdict == "N/A":
         return "na"
-    rate = cell.get("rate")
-    if rate and 0 < rate.get("failed", 0) < rate.get("runs", 0):
-        return "flaky"
     if verdict == "PASS" and cell.get("flaky"):
         return "flaky"
-    if base is not None and base.get("verdict") in ("PASS", "FAIL"):
-        if base["verdict"] == "PASS" and verdict == "FAIL":
-            return "regression"
-        if base["verdict"] == "FAIL" and verdict == "PASS":
-            return "fixed"
-        if verdict == "FAIL":
-            return "expected-failure" if cell.get("outcome") == "as expected" else "failing"
-        return "pass"
     if verdict == "FAIL":
-        return "expected-failure" if cell.get("outcome") == "as expected" else "regression"
-    if verdict == "PASS" and cell.get("outcome", "").startswith("unexpected pass"):
+        return "expected-failure" if cell.get("outcome") == "as expected" else "failing"
+    if verdict == "PASS" and (base_verdict == "FAIL" or str(cell.get("outcome", "")).startswith("unexpected pass")):
         return "fixed"
     return "pass"
+
+
+def load_acks(path: Path | None) -> dict[str, str]:
+    """An acknowledgement file ([[ack]] cell = "ID", why = "..."): regressions a person has seen;
+    they are shown as such and no longer fail the report."""
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--ack {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--ack {path}: not valid TOML: {exc}") from None
+    acks = data.get("ack", [])
+    if set(data) - {"ack"} or not isinstance(acks, list) or not all(
+            isinstance(a, dict) and set(a) <= {"cell", "why"} and isinstance(a.get("cell"), str) and isinstance(a.get("why", ""), str)
+            for a in acks):
+        raise UsageError(f"--ack {path}: expected [[ack]] tables with cell = \"ID\" and why = \"...\"")
+    return {a["cell"]: a.get("why", "") for a in acks}
 
 
 def cell_notes(cell: dict[str, Any]) -> str:
@@ -165,6 +199,8 @@ def ab_tables(night_dir: Path, night: dict[str, Any]) -> list[tuple[str, str]]:
 
     groups: dict[str, dict[str, Any]] = {}
     for c in night["cells"].values():
+        if not c.get("run"):
+            continue  # a missing cell has no results
         key = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
         try:
             results = json.loads((night_dir / c["run"] / "results.json").read_text())
@@ -203,6 +239,7 @@ details { margin: 2px 0; }
 {% for ref, release in night.kernels.items() %}<tr><td>{{ ref }}</td><td>{{ release }}</td></tr>{% endfor %}</table>
 {% if regressions %}<p class="regressions" id="regressions">{{ regressions | length }} regression(s): {{ regressions | join(", ") }}</p>
 {% else %}<p id="regressions">No regressions.</p>{% endif %}
+{% if counts.missing %}<p class="regressions" id="missing">{{ counts.missing }} cell(s) of the matrix brought back no result (MISSING).</p>{% endif %}
 <p>{% for cls in classes %}<span class="legend {{ cls }}">{{ cls }} {{ counts[cls] }}</span>{% endfor %}</p>
 <table class="grid" id="grid"><tr><th>entry / parameters</th>{% for k in kernels %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for row, by_kernel in rows.items() %}<tr><th>{{ row }}</th>
@@ -218,38 +255,63 @@ details { margin: 2px 0; }
 """, autoescape=True)
 
 
-def write(night_dir: Path, out: Path, baseline_dir: Path | None = None) -> tuple[Path, list[str]]:
-    """The report in `out`; returns its index and the cell ids that regressed."""
+def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file: Path | None = None) -> tuple[Path, list[str]]:
+    """The report in `out`; returns its index and the cell ids that fail the night (regressions no
+    acknowledgement names, and missing cells). Each regression is written back into the night with
+    the night it first appeared, so it stays flagged until the cell passes again."""
     night = load_night(night_dir)
     baseline = load_night(baseline_dir) if baseline_dir else None
+    acks = load_acks(ack_file)
     out.mkdir(parents=True, exist_ok=True)
     kernels = sorted({c["kernel"] for c in night["cells"].values()})
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     counts = dict.fromkeys(CLASSES, 0)
-    regressions = []
+    failing: list[str] = []
+    regressions: list[str] = []
     for cid, c in sorted(night["cells"].items()):
         base = (baseline or {}).get("cells", {}).get(cid)
         cls = classify(c, base)
         counts[cls] += 1
         if cls == "regression":
+            c["regressed_since"] = (base or {}).get("regressed_since") or night["name"]
             regressions.append(cid)
+        if cls in FAILING_CLASSES and cid not in acks:
+            failing.append(cid)
         row = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
-        cell_links = links(night_dir, out, c)
+        cell_links = links(night_dir, out, c) if c.get("run") else []
         rate = c.get("rate")
+        notes = cell_notes(c)
+        if cls == "regression":
+            notes = "; ".join(filter(None, [f"since {c['regressed_since']}", f"acknowledged: {acks[cid]}" if cid in acks else "",
+                                             notes]))
         rows.setdefault(row.strip(), {})[c["kernel"]] = {
             "id": cid, "cls": cls, "verdict": c["verdict"], "reason": c.get("reason", ""),
             "rate": Rate(int(rate["failed"]), int(rate["runs"])).describe() if rate else "",
             "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
-            "notes": cell_notes(c),
+            "notes": notes,
             "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,
         }
+    (night_dir / "night.json").write_text(json.dumps(night, indent=2, default=str))  # regressed_since, for the next night
     plots = _plots(night, baseline, out)
-    lab_versions = sorted({str((c.get("provenance", {}).get("lab") or {}).get("version")) for c in night["cells"].values()})
+    lab_versions = sorted({str((c.get("provenance", {}).get("lab") or {}).get("version")) for c in night["cells"].values()
+                           if c.get("provenance")})
     text = PAGE.render(night=night, baseline=baseline, version=__version__, lab_versions=lab_versions, kernels=kernels,
-                       rows=rows, counts=counts, classes=CLASSES, colours=COLOURS, regressions=regressions,
+                       rows=rows, counts=counts, classes=CLASSES, colours=COLOURS, regressions=regressions, failing=failing,
                        plots=plots, tables=ab_tables(night_dir, night))
     index = out / "index.html"
     index.write_text(text)
+    (out / "summary.md").write_text(summary_markdown(night, rows, failing))
     shutil.copy(night_dir / "night.json", out / "night.json")
-    return index, regressions
+    return index, failing
 
+
+def summary_markdown(night: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]]], failing: list[str]) -> str:
+    """The night as a CI engine's job summary shows it: the headline, then a row per cell."""
+    lines = [f"## lab night {night['name']}", "",
+             f"**{len(failing)} cell(s) regressed or missing**: {', '.join(failing)}" if failing else "No regressions, no missing cells.",
+             "", "| cell | kernel | verdict | class | reason |", "|---|---|---|---|---|"]
+    for row, by_kernel in rows.items():
+        for kernel, c in by_kernel.items():
+            reason = str(c["reason"]).replace("|", "/").replace("\n", " ")[:160]
+            lines.append(f"| {row} | {kernel} | {c['verdict']} | {c['cls']}{' (' + c['notes'] + ')' if c['notes'] else ''} | {reason} |")
+    return "\n".join(lines) + "\n"

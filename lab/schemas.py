@@ -13,6 +13,7 @@ from lab.errors import UsageError
 from lab.validation import describe
 
 Verdict = Literal["PASS", "FAIL", "ERROR", "N/A", "FLAKY", "INFO"]
+CellVerdict = Literal["PASS", "FAIL", "ERROR", "N/A", "FLAKY", "INFO", "MISSING"]
 Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
 
 
@@ -60,7 +61,7 @@ class ResultsIn(_Open):
 
 
 class CellIn(_Open):
-    verdict: Verdict
+    verdict: CellVerdict
     kernel: StrictStr
     entry: StrictStr
     scenario: StrictStr | None = None
@@ -70,7 +71,7 @@ class CellIn(_Open):
     reason: StrictStr = ""
     rate: RateIn | None = None
     figures: dict[str, StrictInt | StrictFloat] = {}
-    run: StrictStr
+    run: StrictStr | None  # None: a MISSING cell brought back no run directory
     provenance: dict[str, Any] = {}
     attempts: list[dict[str, Any]] = []
     flaky: list[StrictStr] = []

@@ -32,6 +32,7 @@ def add_commands(sub: Any) -> None:
     p = res.add_parser("merge", help="join the run directories of a matrix's cells into one night (night.json, results.json, junit.xml)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or directories holding them (CI artifacts)")
     p.add_argument("-o", "--output", required=True, metavar="NIGHT")
+    p.add_argument("--matrix", metavar="FILE", help="the night's matrix: a cell of it with no run directory is MISSING")
     p.set_defaults(func=cmd_results_merge)
 
     p = res.add_parser("bundle", help="one file to replay a run elsewhere (lab replay)")
@@ -68,11 +69,29 @@ def add_commands(sub: Any) -> None:
                    help="refuse a matrix that expands to more cells (default: 500)")
     p.set_defaults(func=cmd_matrix_emit)
 
-    p = sub.add_parser("report", help="a static HTML report of a night, against a baseline night; exits 1 on a regression")
+    p = sub.add_parser("report", help="a static HTML report of a night, against a baseline night; exits 1 on a regression "
+                                      "or a missing cell")
     p.add_argument("night", metavar="NIGHT")
     p.add_argument("--baseline", metavar="NIGHT")
+    p.add_argument("--ack", metavar="FILE", help="acknowledged regressions ([[ack]] cell = \"ID\", why = \"...\"): shown, not failing")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.set_defaults(func=cmd_report)
+
+    ci = sub.add_parser("ci", help="what a CI pipeline's jobs run: one cell, then the night (merge, report, exit status)"
+                        ).add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = ci.add_parser("cell", help="run one cell of a matrix; its run directory goes to $LAB_RESULTS")
+    p.add_argument("file", metavar="MATRIX")
+    p.add_argument("cell", metavar="ID")
+    p.set_defaults(func=cmd_ci_cell)
+    p = ci.add_parser("night", help="merge the cells' artifacts against the matrix (missing cells included) and report; "
+                                    "exits 1 on a regression or a missing cell")
+    p.add_argument("file", metavar="MATRIX")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="where the cells' artifacts were downloaded")
+    p.add_argument("-o", "--output", required=True, metavar="NIGHT")
+    p.add_argument("--report", required=True, metavar="DIR")
+    p.add_argument("--baseline", metavar="NIGHT", help="the last night (ignored when it does not exist yet)")
+    p.add_argument("--ack", metavar="FILE")
+    p.set_defaults(func=cmd_ci_night)
 
 
 def cmd_results_list(args: argparse.Namespace) -> int:
@@ -201,12 +220,14 @@ def cmd_matrix_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_results_merge(args: argparse.Namespace) -> int:
-    from lab import night
+    from lab import matrix, night
 
     started = time.monotonic()
-    merged = night.merge([Path(d) for d in args.dirs], Path(args.output))
-    print(f"{args.output}: {len(merged['cells'])} cell(s), {len(merged['superseded'])} superseded, "
-          f"in {time.monotonic() - started:.1f} s")
+    m = matrix.load(Path(args.matrix)) if args.matrix else None
+    merged = night.merge([Path(d) for d in args.dirs], Path(args.output), m)
+    missing = sum(1 for c in merged["cells"].values() if c["verdict"] == "MISSING")
+    print(f"{args.output}: {len(merged['cells'])} cell(s), {len(merged['superseded'])} superseded"
+          + (f", {missing} MISSING" if missing else "") + f", in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -214,9 +235,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lab import report
 
     started = time.monotonic()
-    index, regressions = report.write(Path(args.night), Path(args.output), Path(args.baseline) if args.baseline else None)
+    index, failing = report.write(Path(args.night), Path(args.output), Path(args.baseline) if args.baseline else None,
+                                  Path(args.ack) if args.ack else None)
     print(f"{index} ({time.monotonic() - started:.1f} s)")
-    if regressions:
-        print(f"lab: {len(regressions)} regression(s): {', '.join(regressions)}", file=sys.stderr)
+    if failing:
+        print(f"lab: {len(failing)} cell(s) regressed or missing: {', '.join(failing)}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_ci_cell(args: argparse.Namespace) -> int:
+    """One CI job: one cell, checked like every cell before anything boots."""
+    from lab import matrix
+    from lab.host import ensure_host
+    from lab.lab import reap_stale_runtimes
+
+    m = matrix.load(Path(args.file))
+    cells = matrix.select(m, [args.cell])
+    problems = matrix.validate(cells)
+    if problems:
+        raise UsageError(f"invalid cell {problems[0]}")
+    ensure_host()
+    reap_stale_runtimes()
+    (cell, outcome), = matrix.run_cells(cells)
+    verdicts = ", ".join(s["verdict"] for s in outcome.results["subruns"].values())
+    print(f"{cell.id} {verdicts} {outcome.run_dir.path}")
+    return 0 if outcome.ok else 1
+
+
+def cmd_ci_night(args: argparse.Namespace) -> int:
+    """The last CI job: merge what came back against the matrix, report against the last night."""
+    from lab import matrix, night
+
+    m = matrix.load(Path(args.file))
+    merged = night.merge([Path(d) for d in args.dirs], Path(args.output), m)
+    baseline = Path(args.baseline) if args.baseline and (Path(args.baseline) / "night.json").is_file() else None
+    missing = [cid for cid, c in merged["cells"].items() if c["verdict"] == "MISSING"]
+    print(f"{args.output}: {len(merged['cells'])} cell(s) of {m.name}, {len(missing)} missing; baseline: {baseline or 'none yet'}")
+    return cmd_report(argparse.Namespace(night=args.output, output=args.report, baseline=baseline, ack=args.ack))

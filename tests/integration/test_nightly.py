@@ -91,7 +91,7 @@ def test_matrix_plan_run_merge_report_and_browser(tmp_path):
             cell["figures"]["boot seconds"] = cell["figures"].get("boot seconds", 10) + 2
     (baseline / "night.json").write_text(json.dumps(base))
     rep = lab("report", str(tmp_path / "night"), "--baseline", str(baseline), "-o", str(tmp_path / "report"))
-    assert rep.returncode == 1 and "1 regression(s): stable-pages_debian-6.12" in rep.stderr, rep.stderr
+    assert rep.returncode == 1 and "1 cell(s) regressed or missing: stable-pages_debian-6.12" in rep.stderr, rep.stderr
     check_in_browser(tmp_path / "report" / "index.html", night, tmp_path)
 
 

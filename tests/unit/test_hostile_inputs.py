@@ -122,9 +122,9 @@ def test_emit_quotes_the_matrix_path_in_job_scripts(tmp_path, monkeypatch, capsy
         if engine == "--github":
             script = next(s["run"] for s in doc["jobs"]["cell"]["steps"] if s.get("name") == "Run the cell")
         else:
-            script = next(line for line in doc["cell"]["script"] if line.startswith("lab matrix run"))
-        words = shlex.split(script.replace("${{ matrix.cell }}", "CELL"))
-        assert words[:3] == ["lab", "matrix", "run"] and words[3] == hostile.name
+            script = next(line for line in doc["cell"]["script"] if line.startswith("lab ci cell"))
+        words = shlex.split(script)
+        assert words[:3] == ["lab", "ci", "cell"] and words[3] == hostile.name and words[4] == "$CELL"
     assert not (tmp_path / "pwned").exists()
 
 

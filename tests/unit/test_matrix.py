@@ -148,9 +148,9 @@ def test_merge_and_report_classes(tmp_path):
     assert (tmp_path / "night-2/cells/c1/summary.txt").exists() and (tmp_path / "night-2/junit.xml").exists()
     assert baseline["kernels"] == {"debian:7.3": "7.3.4", "debian:6.12": "6.12.117"}
     index, regressions = report.write(tmp_path / "night-2", tmp_path / "report", tmp_path / "night-1")
-    assert regressions == ["c1"]
+    assert regressions == ["c1", "c3"]  # PASS to FAIL, and PASS to ERROR
     page = index.read_text()
-    for cid, cls in (("c1", "regression"), ("c2", "fixed"), ("c3", "error"), ("c4", "flaky"), ("c5", "expected-failure")):
+    for cid, cls in (("c1", "regression"), ("c2", "fixed"), ("c3", "regression"), ("c4", "flaky"), ("c5", "expected-failure")):
         assert f'id="cell-{cid}" data-class="{cls}"' in page, cid
     assert (tmp_path / "report/throughput.png").exists() and (tmp_path / "report/boot.png").exists()
     # Without a baseline the expectations decide.
@@ -163,7 +163,12 @@ def test_classes_without_a_baseline():
     assert report.classify({"verdict": "FAIL", "outcome": "as expected"}, None) == "expected-failure"
     assert report.classify({"verdict": "PASS", "outcome": "unexpected pass (finding)"}, None) == "fixed"
     assert report.classify({"verdict": "N/A"}, None) == "na"
-    assert report.classify({"verdict": "FAIL", "outcome": "unexpected failure (regression)"}, {"verdict": "FAIL"}) == "failing"
+    # A cell already failing for an expected reason must not hide a new, unexpected failure.
+    assert report.classify({"verdict": "FAIL", "outcome": "unexpected failure (regression)"}, {"verdict": "FAIL"}) == "regression"
+    assert report.classify({"verdict": "FAIL", "outcome": "as expected"}, {"verdict": "FAIL"}) == "expected-failure"
+    assert report.classify({"verdict": "N/A"}, {"verdict": "PASS"}) == "regression"  # the cell stopped testing anything
+    assert report.classify({"verdict": "ERROR"}, {"verdict": "PASS"}) == "regression"
+    assert report.classify({"verdict": "MISSING"}, {"verdict": "PASS"}) == "missing"
 
 
 def test_a_retried_sub_run_and_a_flaky_case_show_in_the_night_and_the_report(tmp_path):
@@ -184,3 +189,40 @@ def test_a_retried_sub_run_and_a_flaky_case_show_in_the_night_and_the_report(tmp
     page = index.read_text()
     assert 'data-class="flaky"' in page
     assert "[run again 1x after emulator faults; 1 flaky: generic/004 (tcp)]" in page
+
+
+def test_a_missing_cell_and_a_lasting_regression_fail_the_night_until_acknowledged(tmp_path):
+    """The night knows its matrix: a cell with no artifact is MISSING (counted, exit non-zero). A
+    regression stays flagged with its first night until the cell passes again or an ack names it."""
+    from lab.matrix import load
+
+    m = tmp_path / "m.toml"
+    m.write_text('[matrix]\nname = "n"\nkernels = ["debian:7.3"]\n[[entry]]\nscenario = "stable-pages"\nparams = { pi = [1, 3] }\n')
+    cells = [c.id for c in load(m).cells]
+    night1, night2, night3 = (tmp_path / f"night-{i}" for i in (1, 2, 3))
+    fake_run(tmp_path / "a1", cells[0], "debian:7.3", "PASS", params={"pi": 1})
+    fake_run(tmp_path / "a1", cells[1], "debian:7.3", "PASS", params={"pi": 3})
+    night.merge([tmp_path / "a1"], night1, load(m))
+    report.write(night1, tmp_path / "r1")
+    # Night 2: pi=1 regresses, pi=3's job never came back.
+    fake_run(tmp_path / "a2", cells[0], "debian:7.3", "FAIL", outcome="unexpected failure (regression)", params={"pi": 1})
+    merged = night.merge([tmp_path / "a2"], night2, load(m))
+    assert merged["cells"][cells[1]]["verdict"] == "MISSING"
+    index, failing = report.write(night2, tmp_path / "r2", night1)
+    assert failing == [cells[0], cells[1]]
+    assert "1 cell(s) of the matrix brought back no result (MISSING)" in index.read_text()
+    # Night 3: still failing (an expected-looking FAIL now): still a regression, since night-2, unless acknowledged.
+    fake_run(tmp_path / "a3", cells[0], "debian:7.3", "FAIL", params={"pi": 1})
+    fake_run(tmp_path / "a3", cells[1], "debian:7.3", "PASS", params={"pi": 3})
+    night.merge([tmp_path / "a3"], night3, load(m))
+    index, failing = report.write(night3, tmp_path / "r3", night2)
+    assert failing == [cells[0]] and "since night-2" in index.read_text()
+    ack = tmp_path / "ack.toml"
+    ack.write_text(f'[[ack]]\ncell = "{cells[0]}"\nwhy = "bisected to patch 3, reported upstream"\n')
+    index, failing = report.write(night3, tmp_path / "r3b", night2, ack)
+    assert failing == [] and "acknowledged: bisected to patch 3" in index.read_text()
+
+
+def test_a_flaky_cell_regresses_when_its_rate_is_clear_of_last_nights():
+    assert report.classify({"verdict": "FAIL", "rate": {"failed": 2, "runs": 20}}, {"verdict": "FAIL", "rate": {"failed": 1, "runs": 20}}) == "flaky"
+    assert report.classify({"verdict": "FAIL", "rate": {"failed": 16, "runs": 20}}, {"verdict": "FAIL", "rate": {"failed": 1, "runs": 20}}) == "regression"
