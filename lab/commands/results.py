@@ -35,6 +35,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--matrix", metavar="FILE", help="the night's matrix: a cell of it with no run directory is MISSING")
     p.set_defaults(func=cmd_results_merge)
 
+    p = res.add_parser("kcidb", help="a run or a night as KCIDB JSON (checkouts, builds, tests), for kernel CI dashboards")
+    p.add_argument("run", metavar="RUN|NIGHT", help="a run directory (or id) or a night made by 'lab results merge'")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
+    p.set_defaults(func=cmd_results_kcidb)
+
     p = res.add_parser("bundle", help="one file to replay a run elsewhere (lab replay)")
     p.add_argument("run", nargs="?", default="latest")
     p.add_argument("-o", "--output")
@@ -132,6 +137,22 @@ def cmd_results_junit(args: argparse.Namespace) -> int:
 
     text = junit([find_run(r) for r in args.runs], Path(args.output) if args.output else None)
     if not args.output:
+        print(text)
+    return 0
+
+
+def cmd_results_kcidb(args: argparse.Namespace) -> int:
+    from lab import kcidb
+    from lab.results import find_run
+
+    source = Path(args.run)
+    if not (source / "night.json").is_file():
+        source = find_run(args.run)
+    text = json.dumps(kcidb.export(source), indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(args.output)
+    else:
         print(text)
     return 0
 

@@ -226,3 +226,25 @@ def test_a_missing_cell_and_a_lasting_regression_fail_the_night_until_acknowledg
 def test_a_flaky_cell_regresses_when_its_rate_is_clear_of_last_nights():
     assert report.classify({"verdict": "FAIL", "rate": {"failed": 2, "runs": 20}}, {"verdict": "FAIL", "rate": {"failed": 1, "runs": 20}}) == "flaky"
     assert report.classify({"verdict": "FAIL", "rate": {"failed": 16, "runs": 20}}, {"verdict": "FAIL", "rate": {"failed": 1, "runs": 20}}) == "regression"
+
+
+def test_kcidb_export_of_a_night_is_valid_kcidb_json(tmp_path):
+    """kcidb-io (KCIDB's own schema package) validates what `lab results kcidb` writes: a night with a
+    passing cell, an expected failure and a missing one."""
+    import kcidb_io
+
+    from lab import kcidb
+    from lab.matrix import load
+
+    m = tmp_path / "m.toml"
+    m.write_text('[matrix]\nname = "n"\nkernels = ["debian:7.3"]\n[[entry]]\nscenario = "stable-pages"\nparams = { pi = [1, 2, 3] }\n')
+    cells = [c.id for c in load(m).cells]
+    fake_run(tmp_path / "a", cells[0], "debian:7.3", "PASS", params={"pi": 1})
+    fake_run(tmp_path / "a", cells[1], "debian:7.3", "FAIL", params={"pi": 2})
+    night.merge([tmp_path / "a"], tmp_path / "night", load(m))
+    doc = kcidb.export(tmp_path / "night")
+    kcidb_io.schema.LATEST.validate(doc)
+    assert sorted(t["status"] for t in doc["tests"]) == ["FAIL", "MISS", "PASS"]
+    assert len(doc["checkouts"]) == 1 and all(t["id"].startswith("lab:") for t in doc["tests"])
+    one_run = next((tmp_path / "a").iterdir())
+    kcidb_io.schema.LATEST.validate(kcidb.export(one_run))
