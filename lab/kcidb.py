@@ -32,6 +32,16 @@ def _path(*parts: str) -> str:
     return ".".join(re.sub(r"[^A-Za-z0-9_-]+", "_", p).strip("_") or "_" for p in parts if p)
 
 
+def rfc3339(value: Any) -> str | None:
+    """A manifest's time ("2026-12-07T13:20:22+0000") as RFC 3339, which KCIDB requires ("+00:00")."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%S%z").isoformat()
+    except ValueError:
+        return None
+
+
 def _file_uri(path: Path) -> str:
     return path.resolve().as_uri()
 
@@ -79,8 +89,9 @@ class Report:
                 }
                 if isinstance(case.get("seconds"), (int, float)):
                     test["duration"] = float(case["seconds"])
-                if m.get("started"):
-                    test["start_time"] = str(m["started"])
+                started = rfc3339(m.get("started"))
+                if started:
+                    test["start_time"] = started
                 if log is not None:
                     test["log_url"] = _file_uri(log)
                 if case.get("verdict") == "FLAKY":

@@ -126,7 +126,7 @@ def fake_run(root: Path, cell_id: str, kernel: str, verdict: str, outcome: str =
     (run / "results.json").write_text(json.dumps({"scenario": "stable-pages", "options": {}, "cell": cell_id, "cell_spec": spec,
                                                   "subruns": {kernel.replace(":", "-"): section}}))
     (run / "manifest.json").write_text(json.dumps({"id": run.name, "status": "done", "finished": finished,
-                                                   "lab": {"version": "0.1.0"}}))
+                                                   "started": "2026-11-23T01:58:00+0000", "lab": {"version": "0.1.0"}}))
     (run / "summary.txt").write_text("summary\n")
     (run / "junit.xml").write_text('<?xml version="1.0"?><testsuite name="stable-pages" tests="1"><testcase name="x" classname="y"/></testsuite>')
     return run
