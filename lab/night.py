@@ -54,11 +54,26 @@ def figures(section: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def accel_of(run: Path, results: dict[str, Any]) -> str | None:
+    """kvm or tcg, as the cell's first sub-run booted (its manifest says)."""
+    for label in results.get("subruns") or {}:
+        sub = run / "subruns" / label / "manifest.json"
+        try:
+            name = (json.loads(sub.read_text()).get("accel") or {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            LOG.debug("no accelerator in %s", sub, exc_info=True)
+            continue
+        if name in ("kvm", "tcg"):
+            return str(name)
+    return None
+
+
 def cell_entry(run: Path, results: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
     subruns = results.get("subruns", {})
     section: dict[str, Any] = next(iter(subruns.values()), {}) if subruns else {}
     spec = results.get("cell_spec") or {}
     return {
+        "accel": accel_of(run, results),
         "spec": spec,
         "scenario": results.get("scenario"),
         "entry": spec.get("entry") or results.get("scenario"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -106,16 +105,23 @@ def cell_notes(cell: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
-def links(night_dir: Path, report_dir: Path, cell: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, relative href) for the files a person opens first."""
+def links(night_dir: Path, report_dir: Path, cell: dict[str, Any], cid: str) -> list[tuple[str, str]]:
+    """(label, href inside the report) for the files a person opens first: copied into the report's
+    cells/<id>/, so a report published alone keeps every link."""
     root = night_dir / cell["run"]
-    rel = os.path.relpath(root, report_dir)
+    dest = report_dir / "cells" / cid
     out = []
     for label, pattern in (("summary", "summary.txt"), ("results", "results.json"), ("lab.log", "lab.log"),
                            ("console", "subruns/*/machines/*/console.log"), ("kernel log", "subruns/*/**/*dmesg*"),
                            ("program output", "subruns/*/**/*.out"), ("stdout", "subruns/*/**/stdout")):
         for found in sorted(root.glob(pattern))[:3]:
-            out.append((label if found.name == pattern else f"{label}: {found.relative_to(root)}", f"{rel}/{found.relative_to(root)}"))
+            if found.is_symlink() or not found.is_file():
+                continue  # a night's files stay inside it; nothing is followed out
+            rel = found.relative_to(root)
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, target)
+            out.append((label if found.name == pattern else f"{label}: {rel}", f"cells/{cid}/{rel}"))
     return out
 
 
@@ -129,13 +135,19 @@ def _plots(night: dict[str, Any], baseline: dict[str, Any] | None, out: Path) ->
 
     made: list[tuple[str, str]] = []
     cells = night["cells"]
-    # Throughput per kernel and format.
+    # Throughput per kernel and format: passing runs only (a failed run's figure measures the failure),
+    # each accelerator a series of its own (KVM and TCG differ by an order of magnitude), last
+    # night's value beside tonight's.
     series: dict[str, dict[str, float]] = {}
-    for c in cells.values():
-        label = f"{c['entry']} " + ",".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
-        for name, value in c.get("figures", {}).items():
-            if name.endswith("MiB/s"):
-                series.setdefault(f"{label} {name.removesuffix(' MiB/s')}", {})[c["kernel"]] = value
+    for when, source in (("", night), (" (last night)", baseline)):
+        for c in (source or {}).get("cells", {}).values():
+            if c.get("verdict") != "PASS":
+                continue
+            label = f"{c['entry']} " + ",".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
+            accel = str(c.get("accel") or "?").upper()
+            for name, value in c.get("figures", {}).items():
+                if name.endswith("MiB/s"):
+                    series.setdefault(f"{label} {name.removesuffix(' MiB/s')} [{accel}]", {})[c["kernel"] + when] = value
     if series:
         fig, ax = plt.subplots(figsize=(10, 0.35 * len(series) + 1.5))
         kernels = sorted({k for s in series.values() for k in s})
@@ -232,11 +244,15 @@ span.legend.{{ cls }} { background: {{ colour }}; color: white; padding: 2px 6px
 pre { background: #f5f5f5; padding: 8px; overflow-x: auto; font-size: 12px; }
 .regressions { color: #c62828; font-weight: bold; }
 details { margin: 2px 0; }
+.reason { font-size: 11px; max-width: 28em; }
+span.cls { font-size: 11px; text-transform: uppercase; border: 1px solid white; padding: 0 3px; }
+td.drift, div.drift { font-weight: bold; }
 </style></head><body>
 <h1>lab night {{ night.name }}</h1>
 <p>lab {{ version }} (cells made with {{ lab_versions | join(", ") }}); merged {{ night.merged }}{% if baseline %}; baseline: {{ baseline.name }}{% endif %}.</p>
-<table class="grid" id="kernels"><tr><th>kernel</th><th>release</th></tr>
-{% for ref, release in night.kernels.items() %}<tr><td>{{ ref }}</td><td>{{ release }}</td></tr>{% endfor %}</table>
+<table class="grid" id="kernels"><tr><th>kernel</th><th>release</th><th>last night</th></tr>
+{% for ref, release in night.kernels.items() %}{% set before = (baseline.kernels.get(ref) if baseline else None) %}<tr><td>{{ ref }}</td><td>{{ release }}</td>
+<td{% if before and before != release %} class="drift"{% endif %}>{% if before and before != release %}<strong>changed</strong> from {{ before }}{% elif before %}same{% else %}-{% endif %}</td></tr>{% endfor %}</table>
 {% if regressions %}<p class="regressions" id="regressions">{{ regressions | length }} regression(s): {{ regressions | join(", ") }}</p>
 {% else %}<p id="regressions">No regressions.</p>{% endif %}
 {% if counts.missing %}<p class="regressions" id="missing">{{ counts.missing }} cell(s) of the matrix brought back no result (MISSING).</p>{% endif %}
@@ -244,7 +260,8 @@ details { margin: 2px 0; }
 <table class="grid" id="grid"><tr><th>entry / parameters</th>{% for k in kernels %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for row, by_kernel in rows.items() %}<tr><th>{{ row }}</th>
 {% for k in kernels %}{% set c = by_kernel.get(k) %}{% if c %}<td class="cell {{ c.cls }}" id="cell-{{ c.id }}" data-class="{{ c.cls }}" title="{{ c.reason }}">
-<a href="{{ c.summary }}">{{ c.verdict }}</a>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}{% if c.notes %} <span class="notes">[{{ c.notes }}]</span>{% endif %}
+<a href="{{ c.summary }}">{{ c.verdict }}</a> <span class="cls">{{ c.cls }}</span> <span class="accel">{{ c.accel }}</span>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}{% if c.notes %} <span class="notes">[{{ c.notes }}]</span>{% endif %}
+{% if c.drift %}<div class="drift">{{ c.drift }}</div>{% endif %}<div class="reason">{{ c.reason[:160] }}</div>
 <details><summary>files</summary>{% for label, href in c.links %}<div><a href="{{ href }}">{{ label }}</a></div>{% endfor %}</details></td>
 {% else %}<td></td>{% endif %}{% endfor %}</tr>
 {% endfor %}</table>
@@ -278,7 +295,7 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
         if cls in FAILING_CLASSES and cid not in acks:
             failing.append(cid)
         row = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
-        cell_links = links(night_dir, out, c) if c.get("run") else []
+        cell_links = links(night_dir, out, c, cid) if c.get("run") else []
         rate = c.get("rate")
         notes = cell_notes(c)
         if cls == "regression":
@@ -288,7 +305,9 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
             "id": cid, "cls": cls, "verdict": c["verdict"], "reason": c.get("reason", ""),
             "rate": Rate(int(rate["failed"]), int(rate["runs"])).describe() if rate else "",
             "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
-            "notes": notes,
+            "notes": notes, "accel": (c.get("accel") or "?").upper(),
+            "drift": f"release {base.get('release')} -> {c.get('release')}" if base and base.get("release") and c.get("release")
+            and base.get("release") != c.get("release") else "",
             "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,
         }
     (night_dir / "night.json").write_text(json.dumps(night, indent=2, default=str))  # regressed_since, for the next night

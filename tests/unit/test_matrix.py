@@ -248,3 +248,25 @@ def test_kcidb_export_of_a_night_is_valid_kcidb_json(tmp_path):
     assert len(doc["checkouts"]) == 1 and all(t["id"].startswith("lab:") for t in doc["tests"])
     one_run = next((tmp_path / "a").iterdir())
     kcidb_io.schema.LATEST.validate(kcidb.export(one_run))
+
+
+def test_the_report_stands_alone_and_says_what_colour_cannot(tmp_path):
+    """Published alone (moved away from the night), every link still opens; a kernel whose release
+    moved since last night is flagged; each cell names its class and reason in text."""
+    import re
+    import shutil as sh
+
+    fake_run(tmp_path / "a", "c1", "debian:7.3", "PASS")
+    fake_run(tmp_path / "b", "c1", "debian:7.3", "FAIL", outcome="unexpected failure (regression)")
+    base = night.merge([tmp_path / "a"], tmp_path / "night-1")
+    base["cells"]["c1"]["release"] = base["kernels"]["debian:7.3"] = "7.3.3+deb13-amd64"
+    (tmp_path / "night-1/night.json").write_text(json.dumps(base))
+    night.merge([tmp_path / "b"], tmp_path / "night-2")
+    report.write(tmp_path / "night-2", tmp_path / "report", tmp_path / "night-1")
+    sh.move(str(tmp_path / "report"), str(tmp_path / "published"))
+    sh.rmtree(tmp_path / "night-2")
+    page = (tmp_path / "published/index.html").read_text()
+    hrefs = re.findall(r'href="([^"#]+)"', page)
+    assert hrefs and all((tmp_path / "published" / h).is_file() for h in hrefs), hrefs
+    assert "changed</strong> from 7.3.3+deb13-amd64" in page and "release 7.3.3+deb13-amd64 -&gt; 7.3.4" in page
+    assert '<span class="cls">regression</span>' in page and '<div class="reason">FAIL reason</div>' in page
