@@ -55,7 +55,8 @@ class Cell:
                                "params": self.params, "options": self.options}, sort_keys=True)
         digest = hashlib.sha256(identity.encode()).hexdigest()[:6]
         params = "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
-        name = "_".join(p for p in (self.entry, self.kernel, params) if p)
+        shard = f"shard{self.options['shard'].replace('/', 'of')}" if isinstance(self.options.get("shard"), str) else ""
+        name = "_".join(p for p in (self.entry, self.kernel, params, shard) if p)
         return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:90] + f"_{digest}"
 
     def scenario_options(self) -> dict[str, Any]:
@@ -125,6 +126,7 @@ class Entry(_Closed):
     params: dict[str, OneOrMany] = {}
     options: dict[str, Any] = {}
     exclude: list[dict[str, Scalar]] = []
+    shards: Annotated[StrictInt, Field(ge=1, le=32)] = 1  # a suite's test list split into this many cells
 
 
 class MatrixFile(_Closed):
@@ -159,7 +161,7 @@ def load(path: Path, max_cells: int = MAX_CELLS) -> Matrix:
                 raise UsageError(f"{where}.options.{reserved}: set it with the entry's own '{reserved}' key")
         kernels = _list(entry.kernels if entry.kernels is not None else doc.matrix.kernels)
         keys = sorted(entry.params)
-        size = len(kernels)
+        size = len(kernels) * entry.shards
         for k in keys:
             size *= len(_list(entry.params[k]))
         if len(matrix.cells) + size > max_cells:
@@ -170,8 +172,9 @@ def load(path: Path, max_cells: int = MAX_CELLS) -> Matrix:
             chosen = dict(zip(keys, combo, strict=True))
             if any(all(chosen.get(k) == v for k, v in x.items()) for x in entry.exclude):
                 continue
-            for kernel in kernels:
-                cell = Cell(matrix.name, entry.scenario, str(kernel), entry.topology, chosen, entry.options,
+            for kernel, part in itertools.product(kernels, range(1, entry.shards + 1)):
+                options = {**entry.options, "shard": f"{part}/{entry.shards}"} if entry.shards > 1 else entry.options
+                cell = Cell(matrix.name, entry.scenario, str(kernel), entry.topology, chosen, options,
                             entry.name or entry.scenario)
                 if cell.id in seen:
                     raise UsageError(f"{where}: cell {cell.id} is also made by entry {seen[cell.id]}")

@@ -192,7 +192,7 @@ class BlktestsOptions(suite.SuiteOptions):
 
     @property
     def tests(self) -> list[str]:
-        return resolve_tests(self.test, self.preset)
+        return self.sharded(resolve_tests(self.test, self.preset), NAME)
 
 
 @register

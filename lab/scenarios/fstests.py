@@ -258,10 +258,11 @@ class FstestsCommonOptions(suite.SuiteOptions):
                                             "fstests needs a tree: --fstests PATH (or a git URL), or LAB_FSTESTS=PATH")
 
     default_preset: ClassVar[str] = DEFAULT_PRESET
+    scenario_name: ClassVar[str] = NAME  # whose recorded durations balance the shards
 
     @property
     def tests(self) -> list[str]:
-        return resolve_tests(self.test, self.preset or (None if self.test else self.default_preset))
+        return self.sharded(resolve_tests(self.test, self.preset or (None if self.test else self.default_preset)), self.scenario_name)
 
 
 class FstestsOptions(FstestsCommonOptions):
@@ -458,6 +459,7 @@ class LocalFstestsOptions(FstestsCommonOptions):
     sections: list[Section] = opt(["xfs"], "a local file system section: xfs or ext4, repeatable (default: xfs)",
                                   flag="--section", min_length=1)
     default_preset: ClassVar[str] = "pi-dio"
+    scenario_name: ClassVar[str] = "fstests"
 
 
 @register

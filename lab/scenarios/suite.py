@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pydantic import model_validator
+
 from lab import kernel_log
 from lab.errors import UsageError
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
@@ -189,6 +191,23 @@ class SuiteOptions(ScenarioOptions):
                      ge=0, le=5)
     stall_timeout: Seconds = opt(900.0, "seconds a test may go without progress (no CPU time, no I/O in its processes) "
                                  "before it is killed as hung and check moves on (default: 900)", metavar="SECONDS")
+    shard: str | None = opt(None, "run only part I of N of the test list (I/N), parts of about equal time by the "
+                            "durations this lab recorded in earlier runs (else by count): one matrix cell per part",
+                            metavar="I/N", pattern=r"^[1-9][0-9]?/[1-9][0-9]?$")
+
+    @model_validator(mode="after")
+    def _shard_exists(self) -> "SuiteOptions":
+        if self.shard:
+            index, count = (int(x) for x in self.shard.split("/"))
+            if index > count:
+                raise ValueError(f"--shard {self.shard}: part {index} of {count} does not exist")
+        return self
+
+    def sharded(self, tests: list[str], scenario: str) -> list[str]:
+        if not self.shard:
+            return tests
+        index, count = (int(x) for x in self.shard.split("/"))
+        return shard(tests, index, count, recorded_durations(scenario))
 
 
 def tree_from_environment(data: Any, field: str, value: str | None, message: str) -> Any:
@@ -312,3 +331,43 @@ def record(ctx: Any, run: CheckRun, known: dict[str, Expectation | None], runner
     first = next(iter(classes), "")
     require_a_test_ran(ctx, run.label, classes, (run.details.get(first) or ["no reason given"])[0], facets)
     return {"classes": classes, "rerun": rerun, "fails_differently": differently}
+
+
+# -- shards ---------------------------------------------------------------------------------------------
+def shard(tests: list[str], index: int, count: int, durations: Mapping[str, float]) -> list[str]:
+    """Part `index` of `count` (from 1): the longest tests first, each into the part with the least
+    time so far (a test never timed counts as the median of those that were; with none, as 1 s, which
+    is a split by count). The parts keep the list's order and together are the whole list."""
+    known = sorted(v for t, v in durations.items() if t in tests)
+    default = known[len(known) // 2] if known else 1.0
+    loads = [0.0] * count
+    part_of: dict[str, int] = {}
+    for test in sorted(tests, key=lambda t: (-durations.get(t, default), tests.index(t))):
+        part = min(range(count), key=lambda p: (loads[p], p))
+        part_of[test] = part
+        loads[part] += durations.get(test, default)
+    return [t for t in tests if part_of[t] == index - 1]
+
+
+def recorded_durations(scenario: str) -> dict[str, float]:
+    """Seconds per test from this lab's earlier runs of the scenario (the latest run of each test)."""
+    import json
+
+    from lab.paths import results_dir
+
+    out: dict[str, tuple[str, float]] = {}
+    for path in results_dir().glob("*/results.json"):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(results, dict) or results.get("scenario") != scenario:
+            continue
+        when = path.parent.name
+        for section in (results.get("subruns") or {}).values():
+            runs: dict[str, Any] = next((section.get(k) for k in ("transports", "sections", "runs") if isinstance(section.get(k), dict)), {})
+            for run in runs.values():
+                for test, seconds in ((run or {}).get("seconds_per_test") or {}).items():
+                    if isinstance(seconds, (int, float)) and (test not in out or when > out[test][0]):
+                        out[test] = (when, float(seconds))
+    return {t: v for t, (_, v) in out.items()}

@@ -188,6 +188,8 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["run", "nfs-fstests", "--fstests", str(FAKE_FSTESTS), "--test", "generic/1; rm -rf /"], {}, "expected names like generic/091"),
     (["run", "nfs-fstests", "--fstests", str(FAKE_FSTESTS), "--preset", "nope"], {}, "known presets"),
     (["run", "nfs-fstests", "--fstests", str(FAKE_FSTESTS), "--timeout", "0"], {}, "--timeout"),
+    (["run", "nfs-fstests", "--fstests", str(FAKE_FSTESTS), "--shard", "4/3"], {}, "--shard 4/3: part 4 of 3 does not exist"),
+    (["run", "blktests", "--blktests", str(FIXTURES / "blktests-fake"), "--shard", "1/x"], {}, "--shard"),
     (["bench", "boot", "--runs", "0"], {}, "--runs must be between 1 and 100"),
     # environment
     (["run", "stable-pages"], {"LAB_ACCEL": "warp"}, "LAB_ACCEL='warp'"),

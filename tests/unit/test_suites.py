@@ -224,3 +224,27 @@ def test_a_test_without_progress_is_hung_a_slow_one_is_not(tmp_path: Path) -> No
     assert fstests.results_from(watched.output, tests)["statuses"] == {"generic/006": "fail", "generic/008": "pass"}
     assert monitor.poll_activity("LAB-RC -\nLAB-SIZE 0\nLAB-ACTIVITY 42\n") == 42
     assert monitor.poll_activity("LAB-RC -\nLAB-SIZE 0\n") is None
+
+
+def test_shards_split_a_test_list_by_recorded_time_and_together_are_the_whole_list() -> None:
+    """The seed's long NFS tests (seconds measured here over TCP) spread over parts of about equal
+    time; a test never timed counts as the median; without any timing the split is by count."""
+    tests = ["generic/091", "generic/155", "generic/143", "generic/263", "generic/760", "generic/130", "generic/139", "generic/999"]
+    seconds = {"generic/091": 1330, "generic/155": 1860, "generic/143": 295, "generic/263": 208, "generic/760": 310,
+               "generic/130": 73, "generic/139": 9}
+    parts = [classes.shard(tests, i, 3, seconds) for i in (1, 2, 3)]
+    assert sorted(t for p in parts for t in p) == sorted(tests)  # nothing lost, nothing twice
+    assert all(p == [t for t in tests if t in p] for p in parts)  # each part keeps the list's order
+    loads = sorted(sum(seconds.get(t, 208) for t in p) for p in parts)
+    assert loads[-1] <= 1860 + 73  # the longest part is the longest test plus little
+    assert [len(classes.shard(tests, i, 4, {})) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
+
+
+def test_a_matrix_entry_with_shards_is_one_cell_per_part(tmp_path: Path) -> None:
+    from lab import matrix
+
+    m = tmp_path / "m.toml"
+    m.write_text('[[entry]]\nscenario = "nfs-fstests"\nshards = 3\noptions = { fstests = "/tmp", preset = "nfs-dio" }\n')
+    cells = matrix.load(m).cells
+    assert [c.options["shard"] for c in cells] == ["1/3", "2/3", "3/3"]
+    assert len({c.id for c in cells}) == 3 and all("shard" in c.id for c in cells)
