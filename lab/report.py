@@ -32,6 +32,7 @@ LOG = logging.getLogger(__name__)
 CLASSES = ("pass", "expected-failure", "regression", "fixed", "failing", "flaky", "error", "na", "missing")
 COLOURS = {"pass": "#2e7d32", "expected-failure": "#7b8d3b", "regression": "#c62828", "fixed": "#1565c0",
            "failing": "#ef6c00", "flaky": "#8e24aa", "error": "#424242", "na": "#9e9e9e", "missing": "#000000"}
+HISTORY = 7  # nights of history shown per cell
 # Classes that make the report's exit status non-zero (CI reads it).
 FAILING_CLASSES = ("regression", "missing")
 
@@ -245,6 +246,7 @@ pre { background: #f5f5f5; padding: 8px; overflow-x: auto; font-size: 12px; }
 .regressions { color: #c62828; font-weight: bold; }
 details { margin: 2px 0; }
 .reason { font-size: 11px; max-width: 28em; }
+.history { font-size: 10px; }
 span.cls { font-size: 11px; text-transform: uppercase; border: 1px solid white; padding: 0 3px; }
 td.drift, div.drift { font-weight: bold; }
 </style></head><body>
@@ -262,6 +264,7 @@ td.drift, div.drift { font-weight: bold; }
 {% for k in kernels %}{% set c = by_kernel.get(k) %}{% if c %}<td class="cell {{ c.cls }}" id="cell-{{ c.id }}" data-class="{{ c.cls }}" title="{{ c.reason }}">
 <a href="{{ c.summary }}">{{ c.verdict }}</a> <span class="cls">{{ c.cls }}</span> <span class="accel">{{ c.accel }}</span>{% if c.rate %} {{ c.rate }}{% endif %}{% if c.baseline %} (was {{ c.baseline }}){% endif %}{% if c.notes %} <span class="notes">[{{ c.notes }}]</span>{% endif %}
 {% if c.drift %}<div class="drift">{{ c.drift }}</div>{% endif %}<div class="reason">{{ c.reason[:160] }}</div>
+{% if c.history %}<div class="history">last nights: {{ c.history }}</div>{% endif %}
 <details><summary>files</summary>{% for label, href in c.links %}<div><a href="{{ href }}">{{ label }}</a></div>{% endfor %}</details></td>
 {% else %}<td></td>{% endif %}{% endfor %}</tr>
 {% endfor %}</table>
@@ -292,6 +295,10 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
         if cls == "regression":
             c["regressed_since"] = (base or {}).get("regressed_since") or night["name"]
             regressions.append(cid)
+        # The cell's last nights, oldest first (carried night to night in night.json).
+        if base is not None:
+            c["history"] = ([*base.get("history", []), {"night": baseline["name"] if baseline else "", "verdict": base.get("verdict")}]
+                            )[-HISTORY:]
         if cls in FAILING_CLASSES and cid not in acks:
             failing.append(cid)
         row = f"{c['entry']} " + " ".join(f"{k}={v}" for k, v in sorted(c.get("params", {}).items()))
@@ -306,6 +313,7 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
             "rate": Rate(int(rate["failed"]), int(rate["runs"])).describe() if rate else "",
             "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
             "notes": notes, "accel": (c.get("accel") or "?").upper(),
+            "history": " ".join(str(h.get("verdict")) for h in c.get("history", [])),
             "drift": f"release {base.get('release')} -> {c.get('release')}" if base and base.get("release") and c.get("release")
             and base.get("release") != c.get("release") else "",
             "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,

@@ -75,6 +75,8 @@ class CellIn(_Open):
     provenance: dict[str, Any] = {}
     attempts: list[dict[str, Any]] = []
     flaky: list[StrictStr] = []
+    history: list[dict[str, Any]] = []
+    regressed_since: StrictStr | None = None
 
 
 class NightIn(_Open):

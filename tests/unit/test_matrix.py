@@ -217,6 +217,7 @@ def test_a_missing_cell_and_a_lasting_regression_fail_the_night_until_acknowledg
     night.merge([tmp_path / "a3"], night3, load(m))
     index, failing = report.write(night3, tmp_path / "r3", night2)
     assert failing == [cells[0]] and "since night-2" in index.read_text()
+    assert "last nights: PASS FAIL" in index.read_text()  # the cell's history, oldest first
     ack = tmp_path / "ack.toml"
     ack.write_text(f'[[ack]]\ncell = "{cells[0]}"\nwhy = "bisected to patch 3, reported upstream"\n')
     index, failing = report.write(night3, tmp_path / "r3b", night2, ack)
