@@ -191,16 +191,23 @@ def _matrix(args: argparse.Namespace):
     return m, matrix.select(m, args.cell)
 
 
+def _refuse_invalid(cells: list[Any], consequence: str) -> None:
+    """Every cell checked before anything runs: the invalid ones listed, one line each, then one error."""
+    from lab import matrix
+
+    problems = matrix.validate(cells)
+    for line in problems:
+        print(f"lab: invalid cell {line}", file=sys.stderr)
+    if problems:
+        raise UsageError(f"{len(problems)} of {len(cells)} cell(s) are invalid (listed above); {consequence}")
+
+
 def cmd_matrix_plan(args: argparse.Namespace) -> int:
     from lab import matrix
     from lab.paths import results_dir
 
     m, cells = _matrix(args)
-    problems = matrix.validate(cells)
-    if problems:
-        for line in problems:
-            print(f"lab: invalid cell {line}", file=sys.stderr)
-        raise UsageError(f"{len(problems)} of {len(cells)} cell(s) of {args.file} are invalid (listed above)")
+    _refuse_invalid(cells, f"fix {args.file}")
     print(matrix.plan_text(m, cells, matrix.known_durations(results_dir())))
     return 0
 
@@ -211,11 +218,7 @@ def cmd_matrix_run(args: argparse.Namespace) -> int:
     from lab.lab import reap_stale_runtimes
 
     m, cells = _matrix(args)
-    problems = matrix.validate(cells)
-    if problems:
-        for line in problems:
-            print(f"lab: invalid cell {line}", file=sys.stderr)
-        raise UsageError(f"{len(problems)} invalid cell(s); nothing was run")
+    _refuse_invalid(cells, "nothing was run")
     ensure_host()
     reap_stale_runtimes()
     outcomes = matrix.run_cells(cells)
@@ -231,11 +234,7 @@ def cmd_matrix_emit(args: argparse.Namespace) -> int:
     ciemit.check_cron(args.cron)
     m = matrix.load(Path(args.file), max_cells=args.max_cells)
     ciemit.check_path(m)
-    problems = matrix.validate(m.cells)
-    if problems:
-        for line in problems:
-            print(f"lab: invalid cell {line}", file=sys.stderr)
-        raise UsageError(f"{len(problems)} invalid cell(s); fix the matrix before emitting it")
+    _refuse_invalid(m.cells, "fix the matrix before emitting it")
     sys.stdout.write(ciemit.github(m, cron=args.cron) if args.github else ciemit.gitlab(m))
     return 0
 
@@ -273,9 +272,7 @@ def cmd_ci_cell(args: argparse.Namespace) -> int:
 
     m = matrix.load(Path(args.file))
     cells = matrix.select(m, [args.cell])
-    problems = matrix.validate(cells)
-    if problems:
-        raise UsageError(f"invalid cell {problems[0]}")
+    _refuse_invalid(cells, "nothing was run")
     ensure_host()
     reap_stale_runtimes()
     (cell, outcome), = matrix.run_cells(cells)
