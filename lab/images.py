@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from lab.errors import LabError, UsageError
+from lab.image_versions import Resolved, changes, installed_versions, resolve
 from lab.paths import cache_dir, images_dir
-from lab.progress import run_logged, step
+from lab.progress import run_logged, step, warn
 from lab.units import file_sha256, parse_size
 
 LOG = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class Recipe:
         return digest.hexdigest()[:16]
 
 
+def image_key(recipe: Recipe, resolved: Resolved) -> str:
+    """The recipe's files and the versions of every package it installs: a Debian update moves it."""
+    return hashlib.sha256(f"{recipe.key}\n{resolved.digest}".encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Image:
     recipe: Recipe
@@ -58,7 +64,17 @@ class Image:
 
     @property
     def key(self) -> str:
-        return self.recipe.key
+        return str(self.meta.get("image_key") or self.recipe.key)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self.meta.get("versions") or {})
+
+    def identity(self) -> dict:
+        """What a run's manifest records of its image."""
+        return {"recipe": self.recipe.name, "recipe_key": self.recipe.key, "key": self.key, "sha256": self.meta.get("sha256"),
+                "path": str(self.path), "suite": self.recipe.suite, "resolved_at": self.meta.get("resolved_at"),
+                "packages": self.versions}
 
 
 def load_recipe(name: str) -> Recipe:
@@ -75,20 +91,22 @@ def load_recipe(name: str) -> Recipe:
     return Recipe(name, directory, data["suite"], data["mirror"], data.get("variant", "apt"), parse_size(data["size"]), packages)
 
 
-def image_path(recipe: Recipe) -> Path:
-    return cache_dir() / "images" / f"{recipe.name}-{recipe.key}.img"
+def image_path(recipe: Recipe, resolved: Resolved) -> Path:
+    return cache_dir() / "images" / f"{recipe.name}-{image_key(recipe, resolved)}.img"
 
 
-def ensure_image(name: str) -> Image:
-    """The base image for a recipe, built if the cache lacks it. Concurrent labs wait on a lock."""
+def ensure_image(name: str, refresh: bool = False) -> Image:
+    """The base image for a recipe at today's package versions, built if the cache lacks it.
+    Concurrent labs wait on a lock."""
     recipe = load_recipe(name)
-    path = image_path(recipe)
+    resolved = resolve(recipe, refresh=refresh)
+    path = image_path(recipe, resolved)
     meta_path = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path.exists() and meta_path.exists()):
-            _build(recipe, path, meta_path)
+            _build(recipe, resolved, path, meta_path)
     return Image(recipe, path, json.loads(meta_path.read_text()))
 
 
@@ -100,7 +118,7 @@ class ImagesInBackground:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.error: BaseException | None = None
-        missing = [n for n in dict.fromkeys(names) if not image_path(load_recipe(n)).exists()]
+        missing = [n for n in dict.fromkeys(names) if not image_path(recipe := load_recipe(n), resolve(recipe)).exists()]
         self.thread = threading.Thread(target=self._build, args=(missing,), name="images", daemon=True) if missing else None
         if self.thread:
             self.thread.start()
@@ -119,7 +137,7 @@ class ImagesInBackground:
             raise self.error
 
 
-def _build(recipe: Recipe, path: Path, meta_path: Path) -> None:
+def _build(recipe: Recipe, resolved: Resolved, path: Path, meta_path: Path) -> None:
     for tool in ("mmdebstrap", "mkfs.ext4"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists() and not Path(f"/sbin/{tool}").exists():
             raise LabError(f"{tool} is not installed; run 'lab setup' to install the host packages")
@@ -143,6 +161,10 @@ def _build(recipe: Recipe, path: Path, meta_path: Path) -> None:
                 ],
                 log, st, what="mmdebstrap",
             )
+            installed = installed_versions(rootdir)
+            if changes(resolved.versions, installed):
+                warn(f"image {recipe.name}: the mirror moved while it was built ({'; '.join(changes(resolved.versions, installed)[:5])}); "
+                     "the next run resolves again and rebuilds it")
             st.update("mkfs.ext4 -d")
             with open(tmp_image, "wb") as f:
                 f.truncate(recipe.size)
@@ -159,7 +181,13 @@ def _build(recipe: Recipe, path: Path, meta_path: Path) -> None:
             "recipe": recipe.name,
             "recipe_key": recipe.key,
             "suite": recipe.suite,
+            "image_key": image_key(recipe, resolved),
             "packages": list(recipe.packages),
+            "resolved_at": resolved.resolved_at,
+            # What dpkg installed: the truth of this image (the key comes from the resolution, which
+            # matches it unless the mirror moved between the two).
+            "versions": installed,
+            "resolution_differs": changes(resolved.versions, installed),
             "sha256": sha,
             "size": recipe.size,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

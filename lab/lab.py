@@ -157,7 +157,7 @@ class Lab:
             qemu={"binary": caps.binary, "version": caps.version},
             accel={"name": self.chosen_accel.name, "reason": self.accel_reason},
             kernels={n: k.identity() for n, k in self.kernels.items()},
-            images={n: {"recipe_key": i.key, "sha256": i.meta.get("sha256"), "path": str(i.path)} for n, i in self.images.items()},
+            images={n: i.identity() for n, i in self.images.items()},
             runtime=str(self.runtime),
         )
 

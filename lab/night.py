@@ -68,12 +68,35 @@ def accel_of(run: Path, results: dict[str, Any]) -> str | None:
     return None
 
 
+def images_of(run: Path, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """recipe -> {key, resolved_at, packages} of the images the cell's first sub-run booted."""
+    for label in results.get("subruns") or {}:
+        sub = run / "subruns" / label / "manifest.json"
+        try:
+            images = json.loads(sub.read_text()).get("images") or {}
+        except (OSError, ValueError, AttributeError):
+            LOG.debug("no images in %s", sub, exc_info=True)
+            continue
+        out = {}
+        for name, image in images.items() if isinstance(images, dict) else ():
+            if isinstance(image, dict) and isinstance(image.get("key"), str):
+                packages = image["packages"] if isinstance(image.get("packages"), dict) else {}
+                out[str(name)] = {"key": image["key"], "resolved_at": str(image.get("resolved_at") or ""),
+                                  "packages": {str(k): str(v) for k, v in packages.items()}}
+        if out:
+            return out
+    return {}
+
+
 def cell_entry(run: Path, results: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
     subruns = results.get("subruns", {})
     section: dict[str, Any] = next(iter(subruns.values()), {}) if subruns else {}
     spec = results.get("cell_spec") or {}
+    images = images_of(run, results)
     return {
         "accel": accel_of(run, results),
+        "images": {name: image["key"] for name, image in images.items()},
+        "_image_details": images,
         "spec": spec,
         "scenario": results.get("scenario"),
         "entry": spec.get("entry") or results.get("scenario"),
@@ -128,6 +151,7 @@ def merge(sources: list[Path], out: Path, matrix: Any = None) -> dict[str, Any]:
                              "lab": {"version": __version__}, "cells": {}, "superseded": []}
     merged_results: dict[str, Any] = {"night": out.name, "cells": {}}
     suites = ET.Element("testsuites", name=out.name)
+    night_images: dict[str, dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: str(manifest(r).get("finished", ""))):
         results = validated(ResultsIn, read_json(run / "results.json", "results"), run / "results.json", "results.json")
         m = manifest(run, strict=True)
@@ -143,6 +167,8 @@ def merge(sources: list[Path], out: Path, matrix: Any = None) -> dict[str, Any]:
                 target.unlink()
             shutil.rmtree(target, ignore_errors=True)
             copy_tree(run, target, f"cell {cell_id}", ignore=shutil.ignore_patterns("*.bundle.tar.gz", "fstests.tar.gz"))
+        for name, image in entry.pop("_image_details").items():
+            night_images.setdefault(name, image)
         entry["run"] = f"cells/{cell_id}"
         night["cells"][cell_id] = entry
         merged_results["cells"][cell_id] = results
@@ -161,6 +187,8 @@ def merge(sources: list[Path], out: Path, matrix: Any = None) -> dict[str, Any]:
                 night["cells"][cell.id] = missing_entry(cell)
     kernels = {c["kernel"]: c["release"] for c in night["cells"].values() if c.get("kernel") and c.get("release")}
     night["kernels"] = kernels
+    # The images the night booted, with their package versions: the report shows what moved.
+    night["images"] = night_images
     (out / "night.json").write_text(json.dumps(night, indent=2, default=str))
     (out / "results.json").write_text(json.dumps(merged_results, indent=2, default=str))
     ET.indent(suites)

@@ -24,6 +24,7 @@ import jinja2
 
 from lab import __version__
 from lab.errors import UsageError
+from lab.image_versions import changes
 from lab.night import load as load_night
 from lab.stats import Rate, separated
 
@@ -255,6 +256,10 @@ td.drift, div.drift { font-weight: bold; }
 <table class="grid" id="kernels"><tr><th>kernel</th><th>release</th><th>last night</th></tr>
 {% for ref, release in night.kernels.items() %}{% set before = (baseline.kernels.get(ref) if baseline else None) %}<tr><td>{{ ref }}</td><td>{{ release }}</td>
 <td{% if before and before != release %} class="drift"{% endif %}>{% if before and before != release %}<strong>changed</strong> from {{ before }}{% elif before %}same{% else %}-{% endif %}</td></tr>{% endfor %}</table>
+{% if images %}<table class="grid" id="images"><tr><th>image</th><th>key</th><th>packages</th><th>last night</th></tr>
+{% for i in images %}<tr><td>{{ i.name }}</td><td>{{ i.key }}</td><td>{{ i.count }} (Debian as of {{ i.resolved_at }})</td>
+<td{% if i.changed %} class="drift"{% endif %}>{% if i.changed %}<strong>changed</strong> from {{ i.before }}: {{ i.moved | length }} package(s) moved
+<details><summary>which</summary><pre>{{ i.moved | join("\n") }}</pre></details>{% elif i.before %}same{% else %}-{% endif %}</td></tr>{% endfor %}</table>{% endif %}
 {% if regressions %}<p class="regressions" id="regressions">{{ regressions | length }} regression(s): {{ regressions | join(", ") }}</p>
 {% else %}<p id="regressions">No regressions.</p>{% endif %}
 {% if counts.missing %}<p class="regressions" id="missing">{{ counts.missing }} cell(s) of the matrix brought back no result (MISSING).</p>{% endif %}
@@ -273,6 +278,32 @@ td.drift, div.drift { font-weight: bold; }
 {% for key, text in tables %}<h3>{{ key }}</h3><pre>{{ text }}</pre>{% endfor %}
 </body></html>
 """, autoescape=True)
+
+
+def drift(cell: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """What the cell booted that moved since the baseline: the kernel release, an image's key."""
+    if not base:
+        return ""
+    moved = []
+    if base.get("release") and cell.get("release") and base["release"] != cell["release"]:
+        moved.append(f"release {base['release']} -> {cell['release']}")
+    for name, key in sorted((cell.get("images") or {}).items()):
+        before = (base.get("images") or {}).get(name)
+        if before and before != key:
+            moved.append(f"image {name} {before} -> {key}")
+    return "; ".join(moved)
+
+
+def image_changes(night: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per image the night booted: its key, package count, and the packages that moved since the baseline."""
+    out = []
+    for name, image in sorted((night.get("images") or {}).items()):
+        before = ((baseline or {}).get("images") or {}).get(name)
+        moved = changes(before["packages"], image["packages"]) if before and before["key"] != image["key"] else []
+        out.append({"name": name, "key": image["key"], "count": len(image.get("packages") or {}),
+                    "resolved_at": image.get("resolved_at", ""), "before": before["key"] if before else "",
+                    "changed": bool(before and before["key"] != image["key"]), "moved": moved})
+    return out
 
 
 def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file: Path | None = None) -> tuple[Path, list[str]]:
@@ -314,8 +345,7 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
             "baseline": base.get("verdict") if base and base.get("verdict") != c["verdict"] else "",
             "notes": notes, "accel": (c.get("accel") or "?").upper(),
             "history": " ".join(str(h.get("verdict")) for h in c.get("history", [])),
-            "drift": f"release {base.get('release')} -> {c.get('release')}" if base and base.get("release") and c.get("release")
-            and base.get("release") != c.get("release") else "",
+            "drift": drift(c, base),
             "summary": next((href for label, href in cell_links if label == "summary"), "#"), "links": cell_links,
         }
     (night_dir / "night.json").write_text(json.dumps(night, indent=2, default=str))  # regressed_since, for the next night
@@ -324,7 +354,7 @@ def write(night_dir: Path, out: Path, baseline_dir: Path | None = None, ack_file
                            if c.get("provenance")})
     text = PAGE.render(night=night, baseline=baseline, version=__version__, lab_versions=lab_versions, kernels=kernels,
                        rows=rows, counts=counts, classes=CLASSES, colours=COLOURS, regressions=regressions, failing=failing,
-                       plots=plots, tables=ab_tables(night_dir, night))
+                       plots=plots, tables=ab_tables(night_dir, night), images=image_changes(night, baseline))
     index = out / "index.html"
     index.write_text(text)
     (out / "summary.md").write_text(summary_markdown(night, rows, failing))
@@ -340,5 +370,6 @@ def summary_markdown(night: dict[str, Any], rows: dict[str, dict[str, dict[str, 
     for row, by_kernel in rows.items():
         for kernel, c in by_kernel.items():
             reason = str(c["reason"]).replace("|", "/").replace("\n", " ")[:160]
-            lines.append(f"| {row} | {kernel} | {c['verdict']} | {c['cls']}{' (' + c['notes'] + ')' if c['notes'] else ''} | {reason} |")
+            moved = f" (moved: {c['drift']})" if c.get("drift") else ""
+            lines.append(f"| {row} | {kernel} | {c['verdict']} | {c['cls']}{' (' + c['notes'] + ')' if c['notes'] else ''} | {reason}{moved} |")
     return "\n".join(lines) + "\n"

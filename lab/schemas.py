@@ -77,6 +77,13 @@ class CellIn(_Open):
     flaky: list[StrictStr] = []
     history: list[dict[str, Any]] = []
     regressed_since: StrictStr | None = None
+    images: dict[StrictStr, StrictStr] = {}
+
+
+class ImageIn(_Open):
+    key: StrictStr
+    resolved_at: StrictStr = ""
+    packages: dict[StrictStr, StrictStr] = {}
 
 
 class NightIn(_Open):
@@ -84,6 +91,7 @@ class NightIn(_Open):
     name: StrictStr
     cells: dict[str, CellIn]
     kernels: dict[str, StrictStr | None] = {}
+    images: dict[StrictStr, ImageIn] = {}
     superseded: list[Any] = []
 
 

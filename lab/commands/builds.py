@@ -27,6 +27,8 @@ def add_commands(sub: Any) -> None:
     img = sub.add_parser("image", help="guest root file system images").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = img.add_parser("build", help="build (or find in the cache) the base image of a recipe")
     p.add_argument("recipe", nargs="?", default="lab-trixie")
+    p.add_argument("--refresh", action="store_true",
+                   help="update the recipe's package lists now rather than once a day (a new Debian update gives a new image)")
     p.set_defaults(func=cmd_image_build)
     p = img.add_parser("list", help="cached base images")
     p.set_defaults(func=cmd_image_list)
@@ -132,8 +134,9 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from lab.images import ensure_image
 
     ensure_host()
-    image = ensure_image(args.recipe)
-    print(f"{image.path}  sha256 {image.meta['sha256'][:16]}  built {image.meta['built']} in {image.meta['build_seconds']} s")
+    image = ensure_image(args.recipe, refresh=args.refresh)
+    print(f"{image.path}  sha256 {image.meta['sha256'][:16]}  built {image.meta['built']} in {image.meta['build_seconds']} s; "
+          f"{len(image.versions)} packages as of {image.meta.get('resolved_at', '?')}")
     return 0
 
 
@@ -141,7 +144,8 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     from lab.images import list_images
 
     for img in list_images():
-        print(f"{img.get('recipe', '?'):12} {img.get('recipe_key', '?')}  {img.get('built', '?')}  "
+        print(f"{img.get('recipe', '?'):12} {img.get('image_key') or img.get('recipe_key', '?')}  {img.get('built', '?')}  "
+              f"{len(img.get('versions') or {}):4} packages  "
               f"{img.get('build_seconds', 0):6.1f} s  {img['path']}")
     return 0
 

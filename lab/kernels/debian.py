@@ -8,11 +8,11 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from lab import aptroot
 from lab.errors import LabError, UsageError
 from lab.kernels.kernel import Kernel, write_meta
 from lab.paths import cache_dir
@@ -22,7 +22,6 @@ LOG = logging.getLogger(__name__)
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Suites searched for kernels; a version present in several is taken from the newest package.
 SOURCES = [
     (MIRROR, "bookworm"),
@@ -32,61 +31,22 @@ SOURCES = [
     (MIRROR, "sid"),
 ]
 FLAVOUR = "amd64"
-LISTS_MAX_AGE = 24 * 3600
 _REF_RE = re.compile(r"^\d+\.\d+(\.\d+(\+deb\d+)?)?$")
 
 
 def apt_root() -> Path:
-    root = cache_dir() / "apt"
-    for sub in ("lists/partial", "cache/archives/partial", "etc"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    sources = "".join(f"deb [signed-by={KEYRING}] {url} {suite} main\n" for url, suite in SOURCES)
-    if not (root / "etc/sources.list").exists() or (root / "etc/sources.list").read_text() != sources:
-        (root / "etc/sources.list").write_text(sources)
-        (root / "lists/.stamp").unlink(missing_ok=True)
-    (root / "status").touch()
-    return root
+    return aptroot.make_root(cache_dir() / "apt", SOURCES)
 
 
-def apt_options(root: Path) -> list[str]:
-    # Every directory apt reads or writes is ours: the host's sources, lists and status stay untouched.
-    return [
-        "-o", f"Dir::Etc::sourcelist={root / 'etc/sources.list'}",
-        "-o", "Dir::Etc::sourceparts=-",
-        "-o", f"Dir::Etc::preferences={root / 'etc/preferences'}",
-        "-o", "Dir::Etc::preferencesparts=-",
-        "-o", f"Dir::State::Lists={root / 'lists'}",
-        "-o", f"Dir::State::status={root / 'status'}",
-        "-o", f"Dir::Cache={root / 'cache'}",
-        "-o", "APT::Sandbox::User=root",
-        "-o", "Debug::NoLocking=1",
-        "-o", "Acquire::Retries=3",
-    ]
+apt_options = aptroot.apt_options
 
 
 def _apt(root: Path, *args: str, check: bool = True) -> str:
-    res = subprocess.run(["apt-cache" if args[0] in ("pkgnames", "show", "policy") else "apt-get", *apt_options(root), *args],
-                         capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise LabError(f"apt {' '.join(args[:2])} failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
-    return res.stdout
+    return aptroot.run_apt(root, *args, check=check)
 
 
 def update_lists(root: Path, force: bool = False) -> None:
-    stamp = root / "lists/.stamp"
-    if not force and stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
-        return
-    # apt runs without its own locking here (Debug::NoLocking): two labs updating at once take turns.
-    asked = time.time()
-    with open(root / "update.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            fresh = time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
-            if (fresh and not force) or stamp.stat().st_mtime >= asked:
-                return  # fresh enough, or another lab updated them while this one waited
-        with step("updating the lab's private apt lists (bookworm, trixie, trixie-backports, sid)") as st:
-            run_logged(["apt-get", *apt_options(root), "-q", "update"], root / "update.log", st, what="apt-get update")
-        stamp.touch()
+    aptroot.update_lists(root, "bookworm, trixie, trixie-backports, sid", force)
 
 
 def _version_key(version: str) -> list:

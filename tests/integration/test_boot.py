@@ -1,6 +1,8 @@
 """Boot every shipped topology with both packaged kernels and check in the guest what the
 topology promised. The labs come from the lab's pytest plugin (lab_boot), shared across tests."""
 
+import json
+
 import pytest
 
 from lab import inspect
@@ -70,3 +72,20 @@ def test_base_image_is_never_written(lab_boot):
     lab.guest("vm").run("dd if=/dev/urandom of=/root/scratch bs=1M count=8 && sync", timeout=120, check=True)
     lab.stop()
     assert file_sha256(image.path) == image.meta["sha256"]
+
+
+def test_the_image_is_keyed_by_the_debian_versions_it_installed(lab_boot):
+    """apt's simulation of the recipe predicts what mmdebstrap installed, package for package, and
+    a run's manifest carries those versions."""
+    from lab.image_versions import resolve
+    from lab.images import image_key
+
+    lab = lab_boot("nvme-pi", kernel="debian:7.3")
+    image = next(iter(lab.images.values()))
+    resolved = resolve(image.recipe)
+    assert len(image.versions) > 200 and image.meta["resolution_differs"] == []
+    if image.meta["resolved_at"] == resolved.resolved_at:
+        assert resolved.versions == image.versions and image.key == image_key(image.recipe, resolved)
+    manifest = json.loads((lab.run.path / "manifest.json").read_text())
+    recorded = next(iter(manifest["images"].values()))
+    assert recorded["key"] == image.key and recorded["packages"] == image.versions

@@ -77,6 +77,10 @@ def test_matrix_plan_run_merge_report_and_browser(tmp_path):
     assert by_entry[("no-mutation", "debian:7.3")]["verdict"] == "ERROR"
     assert by_entry[("alternate", "debian:7.3")]["rate"]["failed"] == 2
     assert by_entry[("p2p-root-port", "debian:6.12")]["verdict"] == "N/A"
+    # The night carries the image each cell booted, keyed by its Debian package versions.
+    image = night["images"]["lab-trixie"]
+    assert len(image["packages"]) > 200 and "libc6" in image["packages"], image.keys()
+    assert all(c["images"] == {"lab-trixie": image["key"]} for c in night["cells"].values())
     # The plan now knows how long each cell takes.
     assert "never run here" not in lab("matrix", "plan", str(spec), env=env).stdout
 
@@ -89,9 +93,16 @@ def test_matrix_plan_run_merge_report_and_browser(tmp_path):
         if cell["entry"] == "stable-pages":
             cell["verdict"] = "FAIL" if cell["kernel"] == "debian:7.3" else "PASS"
             cell["figures"]["boot seconds"] = cell["figures"].get("boot seconds", 10) + 2
+        cell["images"] = {"lab-trixie": "0123456789abcdef"}
+    # Last night's image had an older libc6: a Debian update since then is drift, named by package.
+    base["images"]["lab-trixie"].update(key="0123456789abcdef")
+    base["images"]["lab-trixie"]["packages"]["libc6"] = "2.41-1"
     (baseline / "night.json").write_text(json.dumps(base))
     rep = lab("report", str(tmp_path / "night"), "--baseline", str(baseline), "-o", str(tmp_path / "report"))
     assert rep.returncode == 1 and "1 cell(s) regressed or missing: stable-pages_debian-6.12" in rep.stderr, rep.stderr
+    page = (tmp_path / "report/index.html").read_text()
+    assert f"libc6 2.41-1 -&gt; {image['packages']['libc6']}" in page and "1 package(s) moved" in page
+    assert f"image lab-trixie 0123456789abcdef -&gt; {image['key']}" in page
     check_in_browser(tmp_path / "report" / "index.html", night, tmp_path)
 
 
