@@ -24,6 +24,10 @@ LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
 MARKER = "LAB-PROBE-OK"
+# CPU models the probe tries, in order. The last has no XSAVE: KVM nested in a TCG guest (-cpu max
+# under TCG, kvm_amd inside) panics every guest kernel whose CPU offers XSAVE in fpstate_reset during
+# fpu__init_system_xstate (host, max, EPYC, SandyBridge all do; Nehalem, Westmere, qemu64 boot).
+PROBE_CPUS = ("host", "max", "Nehalem")
 
 
 def virtualization_flag(cpuinfo: str) -> str | None:
@@ -70,14 +74,25 @@ def probe_kvm(qemu: str, kernel: Path, initrd: Path, cpu: str) -> tuple[bool, st
                     return True, f"probe guest booted under KVM in {time.monotonic() - started:.1f} s"
                 errors = errlog.read_text(errors="replace")
                 if "internal error" in errors.lower() or "failed to" in errors or proc.poll() is not None:
-                    first = next((l for l in errors.splitlines() if l.strip()), f"QEMU exited {proc.poll()}")
-                    why = first.strip()[:160]
+                    first = next((l for l in errors.splitlines() if l.strip() and "warning:" not in l), "")
+                    why = first.strip()[:160] or _console_problem(console) or f"QEMU exited {proc.poll()} without the probe's marker"
                     break
                 time.sleep(0.1)
         finally:
             proc.kill()
             proc.wait()
         return False, why
+
+
+def _console_problem(console: Path) -> str:
+    """The probe kernel's own last words: the panic and where it happened."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return ""
+    panic = next((l.split("]", 1)[-1].strip() for l in text.splitlines() if "Kernel panic" in l), "")
+    rip = next((l.split("]", 1)[-1].strip() for l in text.splitlines() if "RIP: " in l), "")
+    return "; ".join(filter(None, [panic[:100], rip[:80]]))
 
 
 def choose(requested: str, qemu: str, qemu_version: str, kernel: Path, kernel_sha: str, initrd: Path) -> tuple[Accel, str]:
@@ -105,7 +120,7 @@ def choose(requested: str, qemu: str, qemu_version: str, kernel: Path, kernel_sh
             verdict["reasons"].append("the host CPU has no vmx or svm flag in /proc/cpuinfo")
         else:
             info("testing whether KVM can really run a guest here (boots a probe guest once)")
-        for cpu in ("host", "max") if flag else ():
+        for cpu in PROBE_CPUS if flag else ():
             ok, why = probe_kvm(qemu, kernel, initrd, cpu)
             verdict["reasons"].append(f"-cpu {cpu}: {why}")
             if ok:

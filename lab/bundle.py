@@ -9,6 +9,9 @@ reference that would build from source (or a tree that would be cloned and built
 
 from __future__ import annotations
 
+import atexit
+import shutil
+
 import hashlib
 import io
 import json
@@ -225,6 +228,8 @@ def plan_replay(bundle: Path, allow_build: bool = False, kernels: list[str] | No
 
     meta, files, modes = load_with_modes(bundle)
     directory = Path(tempfile.mkdtemp(prefix="lab-replay-"))
+    # The sandbox lives as long as the process that replays from it (the run reads its files).
+    atexit.register(shutil.rmtree, directory, True)
     if meta.get("scenario_file"):
         # A scenario written as a Python file is code that runs on this host: only with consent.
         name = Path(str(meta["scenario_file"])).name

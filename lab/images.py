@@ -40,15 +40,23 @@ class Recipe:
     variant: str
     size: int
     packages: tuple[str, ...]
+    parent: Recipe | None = None  # `extends`: its packages and customize script come first
 
     @property
     def key(self) -> str:
-        """Hash of every file in the recipe directory: the image's identity."""
+        """Hash of every file in the recipe directory (and its parent's): the recipe's identity."""
         digest = hashlib.sha256(BUILD_FORMAT.encode())
+        if self.parent is not None:
+            digest.update(f"extends {self.parent.name} {self.parent.key}\0".encode())
         for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(self.directory)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
         return digest.hexdigest()[:16]
+
+    @property
+    def customize_scripts(self) -> list[Path]:
+        own = self.directory / "customize.sh"
+        return [*(self.parent.customize_scripts if self.parent else []), *([own] if own.is_file() else [])]
 
 
 def image_key(recipe: Recipe, resolved: Resolved) -> str:
@@ -77,18 +85,43 @@ class Image:
                 "packages": self.versions}
 
 
-def load_recipe(name: str) -> Recipe:
+RECIPE_KEYS = {"suite", "mirror", "variant", "size", "extends"}
+
+
+def load_recipe(name: str, _children: tuple[str, ...] = ()) -> Recipe:
     directory = images_dir() / name
     if not (directory / "recipe.toml").is_file():
         known = sorted(p.name for p in images_dir().iterdir() if (p / "recipe.toml").is_file())
         raise UsageError(f"unknown image recipe {name!r}; recipes in images/: {', '.join(known)}")
-    data = tomllib.loads((directory / "recipe.toml").read_text())
-    packages = tuple(
+    try:
+        data = tomllib.loads((directory / "recipe.toml").read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{directory / 'recipe.toml'}: not TOML ({exc})") from None
+    unknown = set(data) - RECIPE_KEYS
+    if unknown:
+        raise UsageError(f"{directory / 'recipe.toml'}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}")
+    parent = None
+    if "extends" in data:
+        if data["extends"] in (*_children, name):
+            raise UsageError(f"image recipe {name}: extends {data['extends']!r} in a loop")
+        parent = load_recipe(str(data["extends"]), (*_children, name))
+    packages_file = directory / "packages.txt"
+    own = tuple(
         line.split("#", 1)[0].strip()
-        for line in (directory / "packages.txt").read_text().splitlines()
+        for line in (packages_file.read_text().splitlines() if packages_file.is_file() else [])
         if line.split("#", 1)[0].strip()
     )
-    return Recipe(name, directory, data["suite"], data["mirror"], data.get("variant", "apt"), parse_size(data["size"]), packages)
+
+    def inherited(key: str, default: str | None = None) -> str:
+        value = data.get(key, getattr(parent, key, None) if parent else default)
+        if value is None:
+            raise UsageError(f"{directory / 'recipe.toml'}: {key} is missing")
+        return str(value)
+
+    size = data.get("size")
+    return Recipe(name, directory, inherited("suite"), inherited("mirror"), inherited("variant", "apt"),
+                  parse_size(size) if size is not None else parent.size if parent else parse_size(inherited("size")),
+                  tuple(dict.fromkeys([*(parent.packages if parent else ()), *own])), parent)
 
 
 def image_path(recipe: Recipe, resolved: Resolved) -> Path:
@@ -154,7 +187,7 @@ def _build(recipe: Recipe, resolved: Resolved, path: Path, meta_path: Path) -> N
                     "mmdebstrap",
                     f"--variant={recipe.variant}",
                     f"--include={','.join(recipe.packages)}",
-                    f"--customize-hook={recipe.directory / 'customize.sh'} \"$1\"",
+                    *(f"--customize-hook={script} \"$1\"" for script in recipe.customize_scripts),
                     recipe.suite,
                     str(rootdir),
                     recipe.mirror,

@@ -18,10 +18,12 @@ from typing import Any
 from lab import accel as accel_mod
 from lab import processes
 from lab.errors import BootError, LabError
+from lab import nested
 from lab.images import Image, create_overlay, ensure_image
 from lab.kernels.initramfs import ensure_initramfs
 from lab.kernels.kernel import Kernel
 from lab.kernels.pvh import pvh_image
+from lab.kernel_log import first_crash
 from lab.kernels.resolve import DEFAULT_KERNEL, resolve
 from lab.machine import QemuMachine, boot_phases
 from lab.paths import runtime_root
@@ -130,6 +132,9 @@ class Lab:
         self.run.update(argv=argvs, prepare_seconds=self.prepare_seconds)
         self._boot_all()
         self._write_state()
+        for name, machine in self.rendered.topology.machines.items():
+            if machine.lab_inside:
+                nested.stage(self, name)
 
     def _resolve_parts(self) -> None:
         """Every machine's kernel and base image, and whether the kernel can drive the topology."""
@@ -155,7 +160,7 @@ class Lab:
             topology={"name": self.rendered.name, "template": str(self.rendered.template), "params": self.rendered.params,
                       "rendered": self.rendered.text, "model": topo.model_dump()},
             qemu={"binary": caps.binary, "version": caps.version},
-            accel={"name": self.chosen_accel.name, "reason": self.accel_reason},
+            accel={"name": self.chosen_accel.name, "cpu": self.chosen_accel.cpu, "reason": self.accel_reason},
             kernels={n: k.identity() for n, k in self.kernels.items()},
             images={n: i.identity() for n, i in self.images.items()},
             runtime=str(self.runtime),
@@ -379,6 +384,16 @@ def reap_stale_runtimes() -> list[str]:
     return cleaned
 
 
-def wait_forever() -> None:
+def wait_while_up(lab: Lab, poll: float = 2.0) -> str | None:
+    """Until Ctrl-C (the caller's KeyboardInterrupt) or a machine's QEMU exits: then a one-line
+    account of it (a guest that panicked, or a QEMU that died, must not leave `lab up` waiting on a
+    lab that is gone)."""
     while True:
-        time.sleep(3600)
+        for name, machine in lab.machines.items():
+            if not machine.alive():
+                try:
+                    crash = first_crash(machine.console_log.read_text(errors="replace"))
+                except OSError:
+                    crash = None
+                return f"{name}: QEMU exited while the lab was up" + (f" (console: {crash.line})" if crash else "")
+        time.sleep(poll)

@@ -124,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from lab.lab import boot_summary, wait_forever
+    from lab.lab import boot_summary, wait_while_up
 
     lab = lab_for(args, die_with_parent=not args.detach)
     try:
@@ -141,11 +141,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"detached; stop with: lab down {lab.run.id}")
         return 0
     print("guests are up; 'lab ssh MACHINE' in another terminal; Ctrl-C or 'lab down' stops them", flush=True)
+    stopped = None
     try:
-        wait_forever()
+        stopped = wait_while_up(lab)
     finally:
         lab.__exit__(None, None, None)
-        lab.run.finish("down")
+        lab.run.finish("failed" if stopped else "down")
+    if stopped:
+        print(f"lab: error: {stopped}; run directory {lab.run.path}", file=sys.stderr)
+        return 1
     return 0
 
 

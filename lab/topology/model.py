@@ -149,6 +149,15 @@ class Machine(Strict):
     nvme: list[Nvme] = Field(default_factory=list, max_length=16)
     nics: list[Nic] = Field(default_factory=list, max_length=8)
     shares: list[Share] = Field(default_factory=list, max_length=8)
+    lab_inside: bool = Field(default=False, description="after boot, put the lab (wheel, venv, this run's images and "
+                                                        "kernels) into the machine: it runs its own guests, with KVM "
+                                                        "where the CPU model offers svm or vmx")
+
+    @model_validator(mode="after")
+    def _lab_inside_has_its_share(self) -> "Machine":
+        if self.lab_inside and not any(s.tag == "labcache" and s.readonly for s in self.shares):
+            raise ValueError("lab_inside needs a read-only share with tag 'labcache' (the lab's wheel and cache reach the guest through it)")
+        return self
 
 
 class Link(Strict):

@@ -125,3 +125,26 @@ def test_up_ssh_qmp_down(tmp_path):
         down = run("down")
     assert down.returncode == 0, down.stderr
     assert _gone(str(tmp_path), 10)
+
+
+def test_up_in_the_foreground_ends_when_its_guest_panics(tmp_path):
+    """`lab up` waiting for Ctrl-C must not outlive its guest: a kernel panic ends it with exit 1,
+    the panic line, and the run directory kept."""
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path))
+    up = _spawn(tmp_path, "up", "nvme-pi", "--kernel", "debian:7.3")
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "guests are up" not in (line := up.stdout.readline()):
+            assert line or up.poll() is None, up.stderr.read()
+        crash = subprocess.run(_lab_cmd("ssh", "vm", "--", "echo c > /proc/sysrq-trigger"), env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert crash.returncode != 0
+        rc = up.wait(timeout=60)
+        err = up.stderr.read()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert rc == 1 and "vm: QEMU exited while the lab was up (console: Kernel panic - not syncing: sysrq triggered crash" in err, err
+    manifest = json.loads(next(tmp_path.glob("*up-nvme-pi*/manifest.json")).read_text())
+    assert manifest["status"] == "failed"
+    assert _gone(str(tmp_path), 10)
