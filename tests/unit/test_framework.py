@@ -321,3 +321,22 @@ def test_junit_carries_a_sub_run_error_after_passing_cases_flakes_and_no_control
     failed = by_name["generic/003 (tcp)"]
     assert failed.find("failure") is not None and failed.find("rerunFailure") is not None
     assert "\x1b" not in path.read_text() and "\x00" not in path.read_text()
+
+
+def test_a_kvm_internal_error_is_the_emulators_fault_only_under_kvm():
+    from types import SimpleNamespace
+
+    from lab.scenarios.framework import emulator_fault
+    from lab.topology.argv import Accel
+
+    class Machine:
+        def __init__(self, error):
+            self.error = error
+
+        def kvm_internal_error(self):
+            return self.error
+
+    lab = SimpleNamespace(chosen_accel=Accel("kvm", "Nehalem"), machines={"a": Machine(None), "vm": Machine("KVM internal error. Suberror: 1")})
+    assert emulator_fault(lab).startswith("vm: KVM internal error. Suberror: 1 (QEMU paused the guest")
+    lab.machines["vm"].error = None
+    assert emulator_fault(lab) is None

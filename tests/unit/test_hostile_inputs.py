@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import cli
 from tests.unit.test_matrix import fake_run
@@ -111,8 +112,6 @@ MATRIX = '[matrix]\nname = "n"\nkernels = ["debian:7.3"]\n[[entry]]\nscenario = 
 
 
 def test_emit_quotes_the_matrix_path_in_job_scripts(tmp_path, monkeypatch, capsys):
-    import yaml
-
     hostile = tmp_path / "m;touch pwned;$(id)`id`.toml"
     hostile.write_text(MATRIX)
     monkeypatch.chdir(tmp_path)
@@ -139,12 +138,29 @@ def test_emit_quotes_the_matrix_path_in_job_scripts(tmp_path, monkeypatch, capsy
     (MATRIX + "[other]\nx = 1\n", [], "other: unknown key"),
     (MATRIX.replace('name = "n"', 'name = "../n"'), [], "is not a plain name"),
     (MATRIX + "params = { pi = { x = 1 } }\n", [], "entry[0].params.pi: holds dict"),
+    (MATRIX, ["--install", "--index-url=http://evil/ lab"], "--install '--index-url=http://evil/ lab': a path inside the checkout"),
+    (MATRIX, ["--install", "lab; rm -rf ~"], "no options, spaces or '..'"),
+    (MATRIX, ["--install", "../../other/lab.whl"], "no options, spaces or '..'"),
+    (MATRIX, ["--install", "dist/lab.whl\nx: 1"], "no options, spaces or '..'"),
 ])
 def test_bad_matrices_and_schedules_are_refused(tmp_path, capsys, text, argv_extra, message):
     path = tmp_path / "m.toml"
     path.write_text(text)
     line = one_error(["matrix", "emit", "--github", str(path), *argv_extra], capsys)
     assert message in line
+
+
+@pytest.mark.parametrize("engine", ["--github", "--gitlab"])
+def test_the_install_spec_is_one_quoted_word_in_every_job(tmp_path, capsys, engine):
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    assert cli.main(["matrix", "emit", engine, str(path), "--install", "lab[series]>=0.1,<0.2"]) == 0
+    out = capsys.readouterr().out
+    doc = yaml.safe_load(out)
+    scripts = ([s["run"] for job in doc["jobs"].values() for s in job["steps"] if "run" in s] if engine == "--github"
+               else [line for job in ("cell", "report") for line in doc[job]["script"]])
+    installs = [line for script in scripts for line in script.splitlines() if "pip\" install" in line or "pip install" in line]
+    assert len(installs) == 2 and all(shlex.split(line)[-1] == "lab[series]>=0.1,<0.2" for line in installs), installs
 
 
 def test_a_matrix_path_with_a_newline_cannot_go_into_a_job(tmp_path, capsys):

@@ -77,6 +77,14 @@ def test_the_tcg_int3_oops_is_recognised_exactly(machine):
     assert err.phase == "tcg-int3" and err.infrastructure
 
 
+def test_a_kvm_internal_error_is_the_hypervisors_at_once(machine):
+    """Seen with KVM nested in a TCG guest: QEMU pauses the guest and says why on stderr. The boot
+    fails at once (not after the ready timeout) as the hypervisor's failure."""
+    err = boot(machine("kvm-internal-error"), timeout=30)
+    assert err.phase == "kvm-internal-error" and err.infrastructure
+    assert "KVM internal error. Suberror: 1" in err.evidence.detail and err.evidence.seconds < 10
+
+
 def test_a_controller_that_never_answered_fails_the_boot_for_the_emulator(machine):
     err = boot(machine("nvme-timeout"))
     assert err.phase == "nvme-timeout" and err.infrastructure and "nvme nvme0" in err.evidence.detail
