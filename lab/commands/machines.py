@@ -62,6 +62,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("arguments", nargs="?", help="JSON object of arguments")
     p.set_defaults(func=cmd_qmp)
 
+    p = sub.add_parser("dump", parents=[lab_sel], help="write a machine's memory as a vmcore (QMP dump-guest-memory) "
+                                                        "for drgn or crash")
+    p.add_argument("machine")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: vmcore-<time> in the machine's run directory")
+    p.add_argument("--format", choices=["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "kdump-zstd"],
+                   help="default: the best kdump compression this QEMU has, else elf")
+    p.set_defaults(func=cmd_dump)
+
     p = sub.add_parser("down", help="stop a running lab")
     p.add_argument("lab", nargs="?", help="run id (or part of it); default: the newest")
     p.set_defaults(func=cmd_down)
@@ -217,6 +225,30 @@ def cmd_qmp(args: argparse.Namespace) -> int:
     reply = qmp_call(str(machine.get("qmp")), args.command, arguments)
     print(json.dumps(reply, indent=2))
     return 0 if "error" not in reply else 1
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    import time
+
+    from lab.dump import dump
+
+    directory, state = live_state(args.lab)
+    name, machine = machine_of(state, args.machine)
+    if args.output:
+        out = Path(args.output)
+    else:
+        from lab.paths import results_dir
+
+        run = Path(str(state.get("run") or "")).resolve()
+        # The state file is read back from disk: its run directory must be one of the lab's runs.
+        if not ((run / "manifest.json").is_file() and run.is_relative_to(results_dir().resolve())):
+            raise UsageError("the lab's state names no run directory under the results directory; give -o FILE")
+        out = run / "machines" / name / f"vmcore-{time.strftime('%Y%m%d-%H%M%S')}"
+    socket = str(machine.get("qmp"))
+    done = dump(lambda command, arguments: qmp_call(socket, command, arguments, timeout=30.0), out, args.format)
+    print(f"{done['path']}: {done['format']}, {done['bytes'] >> 20} MiB of {int(done['guest_bytes'] or 0) >> 20} MiB guest memory "
+          f"in {done['seconds']} s")
+    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -4,7 +4,9 @@ benchmarks."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from lab.errors import UsageError
@@ -63,6 +65,26 @@ def add_commands(sub: Any) -> None:
                                                   "with --repeat); other cases' expected failures then do not decide")
     p.add_argument("scenario_args", nargs=argparse.REMAINDER, help="options of 'lab run SCENARIO' (after --)")
     p.set_defaults(func=cmd_bisect)
+
+    p = sub.add_parser("review", help="review a posted series: the checks its files call for, on the base and the series, "
+                                      "bisected where worse, and a reply",
+                       description="Picks the checks from the files the series touches (scenarios/review.toml, or --map), "
+                                   "prints the plan, builds the base and base + series, runs each check on both, bisects "
+                                   "every case that got worse to its first patch, and writes reply.txt (plain text under 80 "
+                                   "columns) and results.json. Exit status: 0 nothing got worse, 1 a regression, 2 bad input, "
+                                   "3 inconclusive (a check that errored).")
+    p.add_argument("series", metavar="SERIES", help="an mbox, a directory of format-patch files, or a message-id (through b4)")
+    p.add_argument("--base", default="linux-source-7.3", metavar="SOURCE",
+                   help="what the series applies to: linux-source-X.Y, a tarball or a tree (default: linux-source-7.3)")
+    p.add_argument("--repeat", type=whole_number, default=1, metavar="N",
+                   help="run each check's cases N times per kernel and compare failure rates (default: 1)")
+    p.add_argument("--debug", action="store_true",
+                   help="build both kernels with the debug fragment (KASAN, KFENCE, lockdep, DMA API and list debugging)")
+    p.add_argument("--config", action="append", metavar="FRAGMENT", help="extra config fragment, repeatable")
+    p.add_argument("--map", metavar="FILE", help="the review map (default: the lab's scenarios/review.toml)")
+    p.add_argument("--plan", action="store_true", help="print the plan and stop (nothing is built)")
+    p.add_argument("-o", "--output", metavar="DIR", help="also copy reply.txt and results.json here")
+    p.set_defaults(func=cmd_review)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = bench.add_parser("boot", parents=[topology_parent(), boot], help="time to the first guest command, and the lab's overhead over bare QEMU")
@@ -161,6 +183,40 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     print(report(summary))
     print(f"results: {run_dir.path}")
     return exit_status(summary["result"])
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from lab import review
+    from lab.host import ensure_host
+    from lab.kernels.series import load_series
+    from lab.lab import reap_stale_runtimes
+    from lab.rundir import RunDir
+
+    map_path = Path(args.map) if args.map else review.DEFAULT_MAP
+    if args.plan:
+        print(review.plan(load_series(args.series), review.load_map(map_path)).text())
+        return 0
+    out_copy = Path(args.output) if args.output else None
+    if out_copy is not None and out_copy.exists() and not out_copy.is_dir():
+        raise UsageError(f"-o {out_copy}: exists and is not a directory")
+    configs = tuple(args.config or ()) + (("debug",) if args.debug else ())
+    rev = review.Review(args.series, args.base, repeat=args.repeat, configs=configs, map_path=map_path)
+    review.load_map(map_path)  # bad input before any host package or build
+    ensure_host(build=True)
+    reap_stale_runtimes()
+    run_dir = RunDir.create("review", "series")
+    the_plan, status = rev.run(run_dir)
+    text = review.reply(rev, the_plan, status)
+    run_dir.write("reply.txt", text)
+    run_dir.write("results.json", json.dumps(review.results(rev, the_plan, status), indent=2, default=str))
+    run_dir.finish("done", exit_status=status)
+    if out_copy is not None:
+        out_copy.mkdir(parents=True, exist_ok=True)
+        for name in ("reply.txt", "results.json"):
+            (out_copy / name).write_bytes((run_dir.path / name).read_bytes())
+    print(text)
+    print(f"results: {run_dir.path}")
+    return status
 
 
 def cmd_bench_stable_pages(args: argparse.Namespace) -> int:

@@ -31,7 +31,9 @@ UNTIL_FAIL_CAP = 10000
 
 
 class ReproOptions(ScenarioOptions):
-    command: str | None = opt(None, "shell command run in the guest, in /root/repro (lab repro takes it after --)",
+    command: str | None = opt(None, "shell command run in the guest, in /root/repro (lab repro takes it after --); "
+                                    "exit 0 passes, 125 means it could not test (ERROR, as git bisect run's skip), "
+                                    "any other status fails",
                               max_length=8192)
     put: list[str] = opt([], "file or directory copied to /root/repro in the guest before the runs, repeatable", metavar="PATH")
     get: list[str] = opt([], "guest path kept in the run directory after the first failing run and the last one, "
@@ -78,8 +80,16 @@ def fio_errors(text: str) -> tuple[dict[str, Any] | None, list[str]]:
     return report, failed
 
 
+# `git bisect run`'s convention, which kernel developers' reproducers already follow: this run could
+# not test (a missing tool, a setup step that failed), so it says nothing about the kernel.
+CANNOT_TEST = 125
+
+
 def judge(exit_code: int | None, problems: dict[str, list[str]], fio_failed: list[str], note: str = "") -> tuple[str, str]:
-    """FAIL when the command failed, a fio job failed, or the kernel logged a problem."""
+    """FAIL when the command failed, a fio job failed, or the kernel logged a problem; ERROR when the
+    reproducer said it could not test (exit 125) and the kernel logged nothing."""
+    if exit_code == CANNOT_TEST and not problems and not note and not fio_failed:
+        return ERROR, f"the reproducer could not test (exit {CANNOT_TEST}, git bisect run's 'skip'): nothing was learnt about the kernel"
     reasons = []
     if note:
         reasons.append(note)

@@ -203,6 +203,9 @@ def _base_argv(machine: Machine, name: str, files: BootFiles, caps: QemuCaps, ac
         "-initrd", str(files.initrd),
         "-append", cmdline,
         "-device", "virtio-rng-pci",
+        # The guest kernel publishes its vmcoreinfo here, so `lab dump` writes a vmcore drgn and
+        # crash can open without being told the kernel's layout (KASLR offset, page tables).
+        "-device", "vmcoreinfo",
         *agent_argv(files.agent_socket),
         # Root: a copy-on-write overlay over the read-only base image.
         "-drive", f"file={opt_path(files.root_overlay)},format=qcow2,if=none,id=root,discard=unmap",

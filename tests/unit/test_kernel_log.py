@@ -145,3 +145,20 @@ def test_a_panic_anywhere_wins_over_the_nvme_timeout_signature():
     panicked = timeout + "[   90.00] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n"
     phase, detail = classify_console(panicked)
     assert phase == "panic" and "Attempted to kill init" in detail
+
+
+def test_what_the_debug_fragment_prints_is_a_crash_of_the_kernel():
+    """The reports of kernel/fragments/debug.config's checks, as the kernel prints them."""
+    from lab.kernel_log import detect
+
+    lines = {
+        "[   12.1] BUG: KASAN: slab-use-after-free in nfs_direct_write_reschedule+0x3c/0x1a0": "sanitizer",
+        "[   12.1] BUG: KFENCE: out-of-bounds read in bio_iov_iter_get_pages+0x58/0x300": "sanitizer",
+        "[   12.1] WARNING: possible circular locking dependency detected": "warning",
+        "[   12.1] BUG: sleeping function called from invalid context at mm/gup.c:2150": "bug",
+        "[   12.1] WARNING: CPU: 1 PID: 212 at kernel/dma/debug.c:1058 check_unmap+0x6f4/0x890": "warning",
+        "[   12.1] kernel BUG at lib/list_debug.c:32!": "bug",
+    }
+    for line, kind in lines.items():
+        found = detect(line + "\n")
+        assert [p.kind for p in found] == [kind] and found[0].family == "crash", line

@@ -36,6 +36,9 @@ def test_what_fails_a_run():
     assert verdict == "FAIL" and "kernel: warning (WARNING: at x)" in reason  # a clean exit with a WARN still fails
     assert judge(0, {}, ["write: error 84"]) == ("FAIL", "fio write: error 84")
     assert judge(None, {}, [], "did not finish within 60 s (hung?)")[0] == "FAIL"
+    # 125, as for git bisect run: the reproducer could not test. ERROR, unless the kernel logged a problem.
+    assert judge(125, {}, [])[0] == "ERROR" and "could not test (exit 125" in judge(125, {}, [])[1]
+    assert judge(125, {"bug": ["BUG: KASAN: x"]}, [])[0] == "FAIL"
 
 
 def test_fio_report_parsing():
