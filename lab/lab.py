@@ -83,6 +83,8 @@ class Lab:
     boot_retries: list[dict[str, Any]] = field(default_factory=list)  # one entry per failed attempt retried
     files: dict[str, BootFiles] = field(default_factory=dict)  # what each machine was started with (faults use it)
     prepare_seconds: float = 0.0  # from start() to the first QEMU launch
+    gdb: bool = False  # a gdb stub per machine on a free local port, the kernel booted with nokaslr
+    gdb_ports: dict[str, int] = field(default_factory=dict)
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -124,6 +126,9 @@ class Lab:
         for name in self.rendered.topology.machines:
             files = self._machine_files(name, boot_image[name], initrds[name], links.get(name, {}), key_blob)
             plan = machine_argv(self.rendered.topology, name, files, caps, self.chosen_accel)
+            if self.gdb:
+                self.gdb_ports[name] = free_local_port()
+                with_gdb(plan.argv, self.gdb_ports[name])
             argvs[name] = plan.argv
             self.machines[name] = QemuMachine(name, plan.argv, files.qmp_socket, files.console_log,
                                               self.run.machine_dir(name) / "qemu-stderr.log", key_file, agent_socket=files.agent_socket)
@@ -135,6 +140,19 @@ class Lab:
         for name, machine in self.rendered.topology.machines.items():
             if machine.lab_inside:
                 nested.stage(self, name)
+        if self.gdb:
+            self._keep_kallsyms()
+
+    def _keep_kallsyms(self) -> None:
+        """The running kernel's symbol addresses (nokaslr: what gdb sees), kept per machine: Debian
+        ships System.map only in its -dbg package."""
+        from lab.transfer import download
+
+        assert self.run is not None
+        for name in self.machines:
+            guest = self.guest(name)
+            guest.run("grep -v '\\]$' /proc/kallsyms > /tmp/lab-kallsyms", timeout=120, check=True)
+            download(guest, "/tmp/lab-kallsyms", self.run.machine_dir(name) / "kallsyms")
 
     def _resolve_parts(self) -> None:
         """Every machine's kernel and base image, and whether the kernel can drive the topology."""
@@ -298,6 +316,7 @@ class Lab:
             "key_file": str(ensure_key()[0]),
             "machines": {
                 n: {"pid": m.pid, "ssh_port": m.ssh_port, "qmp": str(m.qmp_socket.with_name("qmp-user.sock")),
+                    "gdb_port": self.gdb_ports.get(n),
                     "console": str(m.console_log), "namespaces": self._namespaces(n)}
                 for n, m in self.machines.items()
             },
@@ -340,11 +359,41 @@ class Lab:
             shutil.rmtree(self.runtime, ignore_errors=True)
 
 
+def free_local_port() -> int:
+    """A TCP port nobody listens on now (QEMU binds it a moment later; a clash fails the boot loudly)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_gdb(argv: list[str], port: int) -> None:
+    """QEMU's gdb stub on 127.0.0.1:port, and a kernel without KASLR so System.map's addresses hold."""
+    argv += ["-gdb", f"tcp:127.0.0.1:{port}"]
+    at = argv.index("-append") + 1
+    argv[at] += " nokaslr"
+
+
+def gdb_hint(lab: Lab, name: str) -> str:
+    kernel = lab.kernels[name]
+    vmlinux = kernel.vmlinuz.parent / "vmlinux"
+    kallsyms = lab.run.machine_dir(name) / "kallsyms" if lab.run else None
+    where = (f"gdb -q {vmlinux} -ex 'target remote 127.0.0.1:{lab.gdb_ports[name]}'" if vmlinux.is_file()
+             else f"gdb -q -ex 'target remote 127.0.0.1:{lab.gdb_ports[name]}'")
+    symbols = (f"symbols: {vmlinux}" if vmlinux.is_file() else
+               f"no vmlinux with debug info for {kernel.ref} (Debian ships it in its -dbg package, not fetched); "
+               f"addresses: {kallsyms} (the running kernel's, nokaslr)")
+    return f"{name}: {where}\n  {symbols}"
+
+
 def boot_summary(lab: Lab) -> str:
     lines = []
     for name, m in lab.machines.items():
         k = lab.kernels[name]
         lines.append(f"{name}: ssh port {m.ssh_port}, kernel {k.release}, ready in {lab.boot_seconds.get(name, 0):.1f} s")
+        if name in lab.gdb_ports:
+            lines.append(gdb_hint(lab, name))
     return "\n".join(lines)
 
 

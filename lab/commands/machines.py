@@ -26,6 +26,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("up", parents=[topology_parent(), boot], help="boot a topology and keep it running for interactive use")
     p.add_argument("--detach", action="store_true", help="return once booted; guests run until 'lab down'")
+    p.add_argument("--gdb", action="store_true", help="QEMU's gdb stub on a free local port per machine (the kernel boots "
+                                                      "with nokaslr); prints the gdb command line")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("ssh", parents=[lab_sel], help="a shell (or one command) on a machine of a running lab")
@@ -135,6 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab.lab import boot_summary, wait_while_up
 
     lab = lab_for(args, die_with_parent=not args.detach)
+    lab.gdb = args.gdb
     try:
         lab.start() if args.detach else lab.__enter__()
     except BaseException:

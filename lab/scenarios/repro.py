@@ -17,6 +17,7 @@ from pydantic import model_validator
 
 from lab import kernel_log
 from lab.errors import LabError, UsageError
+from lab.progress import info, warn
 from lab.safepaths import links_out_of
 from lab.scenarios.framework import Context, Scenario, register
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
@@ -42,6 +43,8 @@ class ReproOptions(ScenarioOptions):
                           "the run", metavar="JOB")
     expect: Literal["pass", "fail"] | None = opt(None, "what the reproducer should do here: pass or fail (default: pass)")
     until_fail: bool = opt(False, "repeat until the first failure (at most --repeat times if given, and --max-time)")
+    dump_on_fail: bool = opt(False, "keep a vmcore of the guest at the first failing run (QMP dump-guest-memory; open it "
+                                    "with drgn or crash)")
     max_time: Seconds | None = opt(None, "with --until-fail: stop repeating after this many seconds", metavar="SECONDS")
     reboot_each: bool = opt(False, "boot again, from fresh disks, before every repetition")
     machine: str | None = opt(None, "the machine that runs the command (default: the topology's first)", max_length=15)
@@ -179,8 +182,10 @@ class Repro(Scenario):
         first_failure = verdict == FAIL and not ctx.failed_repetitions
         if first_failure or not self.more(ctx, t0):
             self._fetch(ctx, name, "first-failure" if first_failure else "last")
+        vmcore = self._dump(ctx, name) if first_failure and self.options.dump_on_fail else None
         ctx.case("repro", verdict, reason, expected=self._expected(), exit_code=exit_code, kernel_problems=problems,
-                 seconds=round(time.monotonic() - t0, 1), output=ctx.path("stdout"), kernel_log=ctx.path("dmesg"))
+                 seconds=round(time.monotonic() - t0, 1), output=ctx.path("stdout"), kernel_log=ctx.path("dmesg"),
+                 vmcore=vmcore)
 
     def kernel_log_rules(self, ctx: Context, case: str, facets: dict[str, Any]) -> Sequence[kernel_log.Rule]:
         # The reproducer's verdict reads the guest's whole dmesg itself (judge() above).
@@ -200,6 +205,22 @@ class Repro(Scenario):
         if "timed out" in error:
             return f"did not finish within {self.options.timeout:g} s (hung?)"
         raise LabError(error)
+
+    def _dump(self, ctx: Context, name: str) -> str | None:
+        """The guest's memory at its first failure, beside the run's other files (a guest that died
+        has no memory left to dump: said, not hidden)."""
+        from lab.dump import dump
+
+        machine = ctx.lab.machines[name]
+        if not machine.alive():
+            warn(f"{name}: no vmcore, the guest is gone")
+            return None
+        rel = ctx.path("vmcore-first-failure")
+        target = ctx.sub.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        done = dump(lambda command, arguments: {"return": machine.qmp_cmd(command, **arguments)}, target)
+        info(f"{name}: vmcore of the first failure: {target} ({done['format']}, {done['bytes'] >> 20} MiB)")
+        return rel
 
     def _fetch(self, ctx: Context, name: str, label: str) -> None:
         if not self.options.get or not ctx.lab.machines[name].alive():

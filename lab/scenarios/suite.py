@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pydantic import model_validator
 
 from lab import kernel_log
-from lab.errors import UsageError
+from lab.errors import LabError, UsageError
 from lab.scenarios.expect import Expectation, expectation_for, load_rules
 from lab.scenarios.options import ScenarioOptions, Seconds, opt
 from lab.scenarios.verdict import ERROR, FAIL, NOT_APPLICABLE, PASS
@@ -192,7 +192,8 @@ class SuiteOptions(ScenarioOptions):
     stall_timeout: Seconds = opt(900.0, "seconds a test may go without progress (no CPU time, no I/O in its processes) "
                                  "before it is killed as hung and check moves on (default: 900)", metavar="SECONDS")
     shard: str | None = opt(None, "run only part I of N of the test list (I/N), parts of about equal time by the "
-                            "durations this lab recorded in earlier runs (else by count): one matrix cell per part",
+                            "durations the lab ships (scenarios/fstests/durations.toml; else by count), the same on every "
+                            "runner: one matrix cell per part",
                             metavar="I/N", pattern=r"^[1-9][0-9]?/[1-9][0-9]?$")
 
     @model_validator(mode="after")
@@ -207,7 +208,8 @@ class SuiteOptions(ScenarioOptions):
         if not self.shard:
             return tests
         index, count = (int(x) for x in self.shard.split("/"))
-        return shard(tests, index, count, recorded_durations(scenario))
+        durations, default = shipped_durations(scenario)
+        return shard(tests, index, count, durations, default)
 
 
 def tree_from_environment(data: Any, field: str, value: str | None, message: str) -> Any:
@@ -334,12 +336,14 @@ def record(ctx: Any, run: CheckRun, known: dict[str, Expectation | None], runner
 
 
 # -- shards ---------------------------------------------------------------------------------------------
-def shard(tests: list[str], index: int, count: int, durations: Mapping[str, float]) -> list[str]:
+def shard(tests: list[str], index: int, count: int, durations: Mapping[str, float], default: float | None = None) -> list[str]:
     """Part `index` of `count` (from 1): the longest tests first, each into the part with the least
-    time so far (a test never timed counts as the median of those that were; with none, as 1 s, which
-    is a split by count). The parts keep the list's order and together are the whole list."""
+    time so far (a test never timed counts as `default`, else the median of those that were; with
+    none, as 1 s, which is a split by count). The parts keep the list's order and together are the
+    whole list."""
     known = sorted(v for t, v in durations.items() if t in tests)
-    default = known[len(known) // 2] if known else 1.0
+    if default is None:
+        default = known[len(known) // 2] if known else 1.0
     loads = [0.0] * count
     part_of: dict[str, int] = {}
     for test in sorted(tests, key=lambda t: (-durations.get(t, default), tests.index(t))):
@@ -349,25 +353,18 @@ def shard(tests: list[str], index: int, count: int, durations: Mapping[str, floa
     return [t for t in tests if part_of[t] == index - 1]
 
 
-def recorded_durations(scenario: str) -> dict[str, float]:
-    """Seconds per test from this lab's earlier runs of the scenario (the latest run of each test)."""
-    import json
+def shipped_durations(scenario: str) -> tuple[dict[str, float], float | None]:
+    """(seconds per test, seconds of a test not listed) from the lab's scenarios/fstests/durations.toml:
+    the same on every runner, so the shards of one night are the same parts everywhere."""
+    import tomllib
 
-    from lab.paths import results_dir
+    from lab.paths import DATA_ROOT
 
-    out: dict[str, tuple[str, float]] = {}
-    for path in results_dir().glob("*/results.json"):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(results, dict) or results.get("scenario") != scenario:
-            continue
-        when = path.parent.name
-        for section in (results.get("subruns") or {}).values():
-            runs: dict[str, Any] = next((section.get(k) for k in ("transports", "sections", "runs") if isinstance(section.get(k), dict)), {})
-            for run in runs.values():
-                for test, seconds in ((run or {}).get("seconds_per_test") or {}).items():
-                    if isinstance(seconds, (int, float)) and (test not in out or when > out[test][0]):
-                        out[test] = (when, float(seconds))
-    return {t: v for t, (_, v) in out.items()}
+    path = DATA_ROOT / "scenarios" / "fstests" / "durations.toml"
+    try:
+        table = tomllib.loads(path.read_text()).get(scenario) or {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LabError(f"{path}: {exc}") from None
+    default = table.get("default")
+    durations = {str(t): float(v) for t, v in table.items() if t != "default" and isinstance(v, (int, float))}
+    return durations, float(default) if isinstance(default, (int, float)) else None

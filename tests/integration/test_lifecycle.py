@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .conftest import qemu_pids_matching
 
@@ -148,3 +149,59 @@ def test_up_in_the_foreground_ends_when_its_guest_panics(tmp_path):
     manifest = json.loads(next(tmp_path.glob("*up-nvme-pi*/manifest.json")).read_text())
     assert manifest["status"] == "failed"
     assert _gone(str(tmp_path), 10)
+
+
+def test_dump_writes_a_vmcore_drgn_reads(tmp_path):
+    """`lab dump` of a running guest: drgn opens the vmcore through its vmcoreinfo (no debug info
+    needed) and reads the kernel's release out of init_uts_ns in the guest's memory."""
+    import re
+
+    import drgn
+
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path))
+    run = lambda *a: subprocess.run(_lab_cmd(*a), env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
+    up = run("up", "nvme-pi", "--kernel", "debian:7.3", "-p", "memory=512M", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr
+        release = run("ssh", "vm", "--", "uname", "-r").stdout.strip()
+        vmcore = tmp_path / "vmcore"
+        dumped = run("dump", "vm", "-o", str(vmcore))
+        assert dumped.returncode == 0, dumped.stderr
+        assert f"{vmcore}: elf, 512 MiB of 512 MiB guest memory" in dumped.stdout
+        again = run("dump", "vm", "-o", str(vmcore))
+        assert again.returncode == 2 and "exists; the lab does not overwrite files" in again.stderr
+    finally:
+        assert run("down").returncode == 0
+    prog = drgn.Program()
+    prog.set_core_dump(str(vmcore))
+    assert prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL
+    with open(vmcore, "rb") as f:
+        head = f.read(1 << 20)  # the ELF notes, vmcoreinfo among them, come first
+    info = dict(re.findall(rb"^([A-Z_()a-z0-9]+)=(\S+)$", head[head.index(b"OSRELEASE="):].split(b"\0")[0], re.MULTILINE))
+    assert info[b"OSRELEASE"].decode() == release
+    uts = int(info[b"SYMBOL(init_uts_ns)"], 16)
+    # struct uts_namespace starts with struct new_utsname: sysname[65], nodename[65], release[65].
+    assert prog.read(uts, 5) == b"Linux" and prog.read(uts + 130, 65).split(b"\0")[0].decode() == release
+
+
+def test_up_with_gdb_prints_a_command_line_that_reads_kernel_memory(tmp_path):
+    """`lab up --gdb`: a gdb stub per machine; gdb in batch mode, attached as printed, reads the
+    kernel's release out of init_uts_ns at the address the kept kallsyms gives."""
+    import re
+    import shlex
+
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path))
+    run = lambda *a: subprocess.run(_lab_cmd(*a), env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
+    up = run("up", "nvme-pi", "--kernel", "debian:7.3", "--gdb", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr
+        command = re.search(r"^vm: (gdb -q .*)$", up.stdout, re.MULTILINE).group(1)
+        kallsyms = Path(re.search(r"addresses: (\S+) \(the running kernel's, nokaslr\)", up.stdout).group(1))
+        addr = next(line.split()[0] for line in kallsyms.read_text().splitlines() if line.endswith(" init_uts_ns"))
+        release = run("ssh", "vm", "--", "uname", "-r").stdout.strip()
+        gdb = subprocess.run([*shlex.split(command), "-batch", "-ex", f"x/s 0x{addr}+130"], capture_output=True, text=True,
+                             timeout=120)
+        assert f'"{release}"' in gdb.stdout, gdb.stdout + gdb.stderr
+        assert "nokaslr" in run("ssh", "vm", "--", "cat", "/proc/cmdline").stdout
+    finally:
+        assert run("down").returncode == 0

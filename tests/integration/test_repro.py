@@ -122,3 +122,21 @@ class Mine(Scenario):
     assert lab(tmp_path, "results", "bundle", str(run), "-o", str(bundle)).returncode == 0
     refused = lab(tmp_path, "replay", str(bundle))
     assert refused.returncode == 2 and "runs the bundle's Python scenario file my_scenario.py" in refused.stderr
+
+
+def test_until_fail_keeps_a_vmcore_of_the_first_failure(tmp_path):
+    """`lab repro --until-fail --dump-on-fail`: the second run fails, its guest's memory is kept in
+    the run directory, and drgn opens it as a Linux kernel core."""
+    import drgn
+
+    res = lab(tmp_path, "repro", "--kernel", "debian:7.3", "-p", "memory=512M", "--until-fail", "--repeat", "5",
+              "--dump-on-fail", "--", "test -e /tmp/ran || { touch /tmp/ran; exit 0; }; exit 1")
+    assert res.returncode == 1, res.stdout + res.stderr
+    run, data = results(tmp_path, "*-repro-*")
+    case = data["subruns"]["debian-7.3"]["cases"]["repro"]
+    assert case["rate"]["failed"] == 1 and case["rate"]["runs"] == 2, case
+    vmcore = run / "subruns/debian-7.3" / case["first_failure"]["vmcore"]
+    assert vmcore.stat().st_size >= 512 << 20
+    prog = drgn.Program()
+    prog.set_core_dump(str(vmcore))
+    assert prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL

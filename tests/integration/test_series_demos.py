@@ -62,19 +62,29 @@ NFS_BUG = (r"(\t\t\treq = nfs_page_create_from_page\(dreq->ctx, pagevec\[i\],\n\
            r"\t\t\tif \(IS_ERR\(req\)\) \{\n\t\t\t\tresult = PTR_ERR\(req\);\n\t\t\t\tbreak;\n\t\t\t\}\n\n\t\t\tif \(desc\.pg_error)")
 
 
-def test_nfs_intra_page_offset_bug_fails_nfs_dio_and_bisect_names_it(tmp_path):
-    mbox = make_series(tmp_path, "nfs-v1", [
-        ("nfs: direct: say what the write loop builds\n\nA comment only.",
-         {"fs/nfs/direct.c": (r"^\tNFS_I\(inode\)->write_io \+= iov_iter_count\(iter\);",
-                              "\t/* one nfs_page per page of the user buffer */\n\tNFS_I(inode)->write_io += iov_iter_count(iter);")}),
-        ("nfs: direct: start write requests at the page\n\nThe bug class of the series' v1: the offset of the user\n"
-         "buffer in its first page is lost.",
-         {"fs/nfs/direct.c": (NFS_BUG, r"\g<1>0\g<2>")}),
-        ("nfs: direct: another comment\n\nA comment only.",
-         {"fs/nfs/direct.c": (r"^\t\t\tpgbase = 0;\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes \+= req_len;\n\t\t\tpos \+= req_len;\n\n\t\t\tif \(defer\)",
-                              "\t\t\tpgbase = 0; /* later pages start at 0 */\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes += req_len;\n"
-                              "\t\t\tpos += req_len;\n\n\t\t\tif (defer)")}),
-    ])
+NFS_V1_SERIES = [
+    ("nfs: direct: say what the write loop builds\n\nA comment only.",
+     {"fs/nfs/direct.c": (r"^\tNFS_I\(inode\)->write_io \+= iov_iter_count\(iter\);",
+                          "\t/* one nfs_page per page of the user buffer */\n\tNFS_I(inode)->write_io += iov_iter_count(iter);")}),
+    ("nfs: direct: start write requests at the page\n\nThe bug class of the series' v1: the offset of the user\n"
+     "buffer in its first page is lost.",
+     {"fs/nfs/direct.c": (NFS_BUG, r"\g<1>0\g<2>")}),
+    ("nfs: direct: another comment\n\nA comment only.",
+     {"fs/nfs/direct.c": (r"^\t\t\tpgbase = 0;\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes \+= req_len;\n\t\t\tpos \+= req_len;\n\n\t\t\tif \(defer\)",
+                          "\t\t\tpgbase = 0; /* later pages start at 0 */\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes += req_len;\n"
+                          "\t\t\tpos += req_len;\n\n\t\t\tif (defer)")}),
+]
+
+
+@pytest.fixture(scope="module")
+def nfs_v1_mbox(tmp_path_factory) -> Path:
+    """One mbox for the demo and the review: the same patch bytes, so the review finds every kernel
+    the demo's bisect built in the cache."""
+    return make_series(tmp_path_factory.mktemp("nfs-v1"), "nfs-v1", NFS_V1_SERIES)
+
+
+def test_nfs_intra_page_offset_bug_fails_nfs_dio_and_bisect_names_it(nfs_v1_mbox):
+    mbox = nfs_v1_mbox
     cls = framework.get("nfs-dio")
     options = validate(cls.Options, {"transports": ["tcp"], "only": "size=page off=aligned"})
     # The whole series fails, naming a case whose buffer starts inside a page and the offset.
@@ -92,21 +102,7 @@ def test_nfs_intra_page_offset_bug_fails_nfs_dio_and_bisect_names_it(tmp_path):
     assert result["last_good"]["signature"] == "PASS" and result["first_bad"]["signature"] == "FAIL"
 
 
-NFS_V1_SERIES = [
-    ("nfs: direct: say what the write loop builds\n\nA comment only.",
-     {"fs/nfs/direct.c": (r"^\tNFS_I\(inode\)->write_io \+= iov_iter_count\(iter\);",
-                          "\t/* one nfs_page per page of the user buffer */\n\tNFS_I(inode)->write_io += iov_iter_count(iter);")}),
-    ("nfs: direct: start write requests at the page\n\nThe bug class of the series' v1: the offset of the user\n"
-     "buffer in its first page is lost.",
-     {"fs/nfs/direct.c": (NFS_BUG, r"\g<1>0\g<2>")}),
-    ("nfs: direct: another comment\n\nA comment only.",
-     {"fs/nfs/direct.c": (r"^\t\t\tpgbase = 0;\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes \+= req_len;\n\t\t\tpos \+= req_len;\n\n\t\t\tif \(defer\)",
-                          "\t\t\tpgbase = 0; /* later pages start at 0 */\n\t\t\tbytes -= req_len;\n\t\t\trequested_bytes += req_len;\n"
-                          "\t\t\tpos += req_len;\n\n\t\t\tif (defer)")}),
-]
-
-
-def test_review_of_the_nfs_v1_series_names_the_patch_and_writes_the_reply(tmp_path):
+def test_review_of_the_nfs_v1_series_names_the_patch_and_writes_the_reply(nfs_v1_mbox, tmp_path):
     """`lab review` as a reviewer runs it on the same series: the touched file picks nfs-dio, both
     kernels are built (cached by the test above), the series fails where the base passes, the bisect
     names patch 2, and the reply fits a mail. The map keeps nfs-dio to TCP and one buffer size
@@ -114,7 +110,7 @@ def test_review_of_the_nfs_v1_series_names_the_patch_and_writes_the_reply(tmp_pa
     import json
     import sys
 
-    mbox = make_series(tmp_path, "nfs-v1", NFS_V1_SERIES)
+    mbox = nfs_v1_mbox
     review_map = tmp_path / "review.toml"
     review_map.write_text('[[check]]\nname = "nfs-dio"\nscenario = "nfs-dio"\npaths = ["fs/nfs/", "net/sunrpc/"]\n'
                           'why = "NFS O_DIRECT through every buffer alignment"\n'

@@ -159,8 +159,9 @@ def test_the_install_spec_is_one_quoted_word_in_every_job(tmp_path, capsys, engi
     doc = yaml.safe_load(out)
     scripts = ([s["run"] for job in doc["jobs"].values() for s in job["steps"] if "run" in s] if engine == "--github"
                else [line for job in ("cell", "report") for line in doc[job]["script"]])
-    installs = [line for script in scripts for line in script.splitlines() if "pip\" install" in line or "pip install" in line]
-    assert len(installs) == 2 and all(shlex.split(line)[-1] == "lab[series]>=0.1,<0.2" for line in installs), installs
+    specs = [line for script in scripts for line in script.splitlines() if line.startswith("spec=")]
+    assert len(specs) == 2 and all(shlex.split(line) == ["spec=lab[series]>=0.1,<0.2"] for line in specs), specs
+    assert all('"$LAB_VENV/bin/pip" install -q "$spec"' in script for script in scripts if "spec=" in script)
 
 
 def test_a_matrix_path_with_a_newline_cannot_go_into_a_job(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_emitted_workflows_match_the_engines_schemas(tmp_path, engine, schema):
         assert doc["jobs"]["report"]["needs"] == "cell"
     else:
         cells = doc["cell"]["parallel"]["matrix"][0]["CELL"]
-    assert len(cells) == 29  # the fstests entry in three shards
+    assert len(cells) == 31  # the fstests entries: three shards over TCP, two over RDMA
 
 
 # -- nights and reports ------------------------------------------------------------------------------

@@ -240,6 +240,24 @@ def test_shards_split_a_test_list_by_recorded_time_and_together_are_the_whole_li
     assert [len(classes.shard(tests, i, 4, {})) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
 
 
+def test_the_seed_list_is_cut_by_the_shipped_durations_the_same_everywhere(tmp_path, monkeypatch) -> None:
+    """Every runner of a night cuts the same parts: from the shipped durations, not from its own
+    results (a runner with another history would otherwise run some tests twice and others never).
+    Over TCP the longest part is generic/155 with little else: under 35 minutes."""
+    from lab.scenarios import fstests
+
+    monkeypatch.setenv("LAB_RESULTS", str(tmp_path))  # an empty history changes nothing
+    durations, default = classes.shipped_durations("nfs-fstests")
+    assert durations["generic/155"] == 1860 and default == 40
+    tests = fstests.resolve_tests(None, "nfs-dio")
+    assert len(tests) == 27
+    parts = [classes.shard(tests, i, 3, durations, default) for i in (1, 2, 3)]
+    assert sorted(t for p in parts for t in p) == sorted(tests)
+    loads = [sum(durations.get(t, default) for t in p) for p in parts]
+    assert max(loads) < 35 * 60 - 180, loads  # room for boots, mounts and the tree's install
+    assert ["generic/155"] == [t for t in parts[loads.index(max(loads))] if durations.get(t, default) > 100]
+
+
 def test_a_matrix_entry_with_shards_is_one_cell_per_part(tmp_path: Path) -> None:
     from lab import matrix
 
