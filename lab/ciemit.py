@@ -42,7 +42,8 @@ def check_install(spec: str) -> None:
 
 
 def venv_script(spec: str) -> str:
-    """Shell lines that leave the lab's venv in $LAB_VENV, made once per runner and install."""
+    """Shell lines that leave the lab's venv in $LAB_VENV, made once per runner and install (and only
+    marked complete when pip succeeded, with or without the engine's `set -e`)."""
     return (f"spec={shlex.quote(spec)}\n"
             'key=$({ echo "$spec"; if [ -f "$spec" ]; then sha256sum "$spec"; elif [ "$spec" = . ]; then git rev-parse HEAD; fi; }'
             " | sha256sum | cut -c1-16)\n"
@@ -52,10 +53,14 @@ def venv_script(spec: str) -> str:
             "flock 9\n"
             'if [ ! -e "$LAB_VENV/.complete" ]; then\n'
             '  rm -rf "$LAB_VENV"\n'
-            '  python3 -m venv "$LAB_VENV"\n'
-            '  "$LAB_VENV/bin/pip" install -q "$spec"\n'
-            '  touch "$LAB_VENV/.complete"\n'
+            '  python3 -m venv "$LAB_VENV" && "$LAB_VENV/bin/pip" install -q "$spec" && touch "$LAB_VENV/.complete"\n'
             "fi\n"
+            'test -e "$LAB_VENV/.complete"  # a failed install fails the job here, and is not kept\n' 
+            # In use tonight; venvs no job used for two weeks are removed (under the same lock file
+            # names, so never one a job is setting up).
+            'touch "$LAB_VENV/.complete"\n'
+            'find "$HOME/.cache/lab-venvs" -mindepth 2 -maxdepth 2 -name .complete -mtime +14 -printf "%h\\n" | '
+            'while read -r old; do rm -rf "$old"; done\n'
             "exec 9>&-\n")
 
 
