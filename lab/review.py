@@ -205,7 +205,8 @@ class Review:
     timings: dict[str, float] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
-    kernels: dict[str, str] = field(default_factory=dict)  # base/series -> release
+    kernels: dict[str, str] = field(default_factory=dict)  # base/series -> "build:KEY (release)"
+    bundles: dict[str, str] = field(default_factory=dict)  # check -> bundle of its run, when it got worse
 
     def _timed(self, phase: str, started: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + time.monotonic() - started, 1)
@@ -225,7 +226,7 @@ class Review:
         t = time.monotonic()
         requests, labels = series_candidates(self.base, self.series_spec, self.configs)
         base_kernel, series_kernel = build.build(requests[0]), build.build(requests[-1])
-        self.kernels = {"base": base_kernel.release, "series": series_kernel.release}
+        self.kernels = {"base": f"{base_kernel.ref} ({base_kernel.release})", "series": f"{series_kernel.ref} ({series_kernel.release})"}
         self._timed("builds", t)
         for planned in the_plan.chosen:
             check = planned.check
@@ -248,6 +249,11 @@ class Review:
                                                   case=change.case)
                     self._timed("bisect", t)
                     change.bisect = {"run": str(run_dir.path), "result": summary.get("result")}
+            if any(c.worse for c in found):
+                from lab import bundle
+
+                # What a maintainer replays: the check's run on both kernels, its files and options.
+                self.bundles[check.name] = str(bundle.create(outcome.run_dir.path, out.path / f"{check.name}.bundle.tar.gz"))
             self.changes += found
         worse = [c for c in self.changes if c.worse]
         unclear = [c for c in self.changes if not c.worse]
@@ -279,8 +285,8 @@ def reply(review: Review, the_plan: Plan, status: int) -> str:
         for p in the_plan.chosen:
             out.append(f"  - {p.check.name}: {p.check.why}"[:WIDTH + 6])
         if review.kernels:
-            out += ["", f"Kernels: base {review.kernels.get('base')}, series {review.kernels.get('series')}"
-                    + (f", {review.repeat} repetitions each" if review.repeat > 1 else "") + "."]
+            out += ["", para(f"Kernels: base {review.kernels.get('base')}, series {review.kernels.get('series')}"
+                         + (f", {review.repeat} repetitions each" if review.repeat > 1 else "") + ".")]
         out.append("")
         worse = [c for c in review.changes if c.worse]
         if not worse:
@@ -294,13 +300,15 @@ def reply(review: Review, the_plan: Plan, status: int) -> str:
             elif c.bisect:
                 out.append("The bisect could not name one patch (see its summary).")
             if c.detail:
-                out += [para(c.detail), ""]
+                out.append(para(c.detail))
             lines = _kernel_lines(review.runs.get(c.check), c.case)
             if lines:
                 out.append("Kernel log of the failing run:")
                 out += [f"  {line[:WIDTH - 2]}" for line in lines]
-            out += ["", "To reproduce:", f"  lab review {Path(review.series_spec).name} --base {review.base}",
-                    f"  lab replay <bundle of {Path(review.runs.get(c.check, '?')).name}>", ""]
+            out += ["", "To reproduce:", f"  lab review {Path(review.series_spec).name} --base {review.base}"]
+            if c.check in review.bundles:
+                out.append(f"  lab replay {Path(review.bundles[c.check]).name}   # the run itself, from its bundle")
+            out.append("")
         for c in (c for c in review.changes if not c.worse):
             out += [para(f"Not comparable: {c.check} {c.case} was {c.base} on the base and {c.series} with the "
                          f"series ({c.detail})."), ""]
@@ -336,6 +344,6 @@ def results(review: Review, the_plan: Plan, status: int) -> dict[str, Any]:
         "patches": [p.title for p in the_plan.series.patches], "files": the_plan.files,
         "checks": [{"name": p.check.name, "scenario": p.check.scenario, "files": p.files, "run": review.runs.get(p.check.name)}
                    for p in the_plan.chosen],
-        "not_run": [c.name for c in the_plan.skipped], "kernels": review.kernels,
+        "not_run": [c.name for c in the_plan.skipped], "kernels": review.kernels, "bundles": review.bundles,
         "changes": [vars(c) for c in review.changes], "seconds": review.timings,
     }

@@ -83,7 +83,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--config", action="append", metavar="FRAGMENT", help="extra config fragment, repeatable")
     p.add_argument("--map", metavar="FILE", help="the review map (default: the lab's scenarios/review.toml)")
     p.add_argument("--plan", action="store_true", help="print the plan and stop (nothing is built)")
-    p.add_argument("-o", "--output", metavar="DIR", help="also copy reply.txt and results.json here")
+    p.add_argument("-o", "--output", metavar="DIR", help="also copy reply.txt, results.json and the bundles here")
     p.set_defaults(func=cmd_review)
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)").add_subparsers(dest="sub", required=True, metavar="SUB")
@@ -212,8 +212,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     run_dir.finish("done", exit_status=status)
     if out_copy is not None:
         out_copy.mkdir(parents=True, exist_ok=True)
-        for name in ("reply.txt", "results.json"):
-            (out_copy / name).write_bytes((run_dir.path / name).read_bytes())
+        for path in [run_dir.path / "reply.txt", run_dir.path / "results.json", *sorted(run_dir.path.glob("*.bundle.tar.gz"))]:
+            (out_copy / path.name).write_bytes(path.read_bytes())
     print(text)
     print(f"results: {run_dir.path}")
     return status

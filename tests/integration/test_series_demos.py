@@ -126,6 +126,7 @@ def test_review_of_the_nfs_v1_series_names_the_patch_and_writes_the_reply(nfs_v1
     assert "Regression in nfs-dio, case tcp: PASS on the base, FAIL with the series." in reply
     assert "First bad patch: patch 2/3 nfs: direct: start write requests at the page" in reply
     assert "data differs at file offset" in " ".join(reply.split())
+    assert "lab replay nfs-dio.bundle.tar.gz" in reply and (tmp_path / "out/nfs-dio.bundle.tar.gz").is_file()
     results = json.loads((tmp_path / "out/results.json").read_text())
     assert results["exit_status"] == 1 and set(results["seconds"]) >= {"plan", "builds", "runs", "bisect"}
     print(f"review phases: {results['seconds']}")
