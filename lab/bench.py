@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paramiko
 
+from lab.errors import UsageError
 from lab.agent import AgentClient, shell_argv
 from lab.images import create_overlay
 from lab.lab import Lab
@@ -77,6 +78,11 @@ def print_phases(phases: list[dict[str, float]]) -> None:
 
 
 def bench_boot(template: Lab, runs: int = 3) -> int:
+    machines = list(template.rendered.topology.machines)
+    if len(machines) != 1:
+        # The bare-QEMU half boots one machine alone: a machine linked to a peer cannot.
+        raise UsageError(f"lab bench boot measures a one-machine topology; {template.rendered.name} has {len(machines)} "
+                         f"({', '.join(machines)}): use nvme-pi or p2p-switch")
     lab_times: list[float] = []
     bare_times: list[float] = []
     phases: list[dict[str, float]] = []

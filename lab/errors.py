@@ -61,11 +61,12 @@ BOOT_PHASES = (
     "panic",  # the guest kernel panicked
     "tcg-int3",  # the known multi-threaded TCG early-boot oops (int3 in sched_clock_cpu)
     "kvm-internal-error",  # QEMU stopped the guest: KVM could not handle an exit (seen nested under TCG)
+    "stall",  # under TCG: the console stopped mid-boot, no kernel problem in it (the emulator's stall)
     "ready",  # the guest printed but never reached the lab's ready marker
     "channel",  # the ready marker came but the command channel (guest agent or SSH) did not answer
 )
 # Failures of the emulator or host, not of the kernel under test: a fresh boot is allowed.
-INFRASTRUCTURE_PHASES = ("console", "tcg-int3", "nvme-timeout", "kvm-internal-error")
+INFRASTRUCTURE_PHASES = ("console", "tcg-int3", "nvme-timeout", "kvm-internal-error", "stall")
 
 
 @dataclass

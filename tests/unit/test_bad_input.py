@@ -143,6 +143,7 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["run", "stable-pages", "--kernel", "build:base=/nonexistent/linux"], {}, "kernel source '/nonexistent/linux'"),
     (["run", "stable-pages", "--kernel", "build:source=/tmp,colour=blue"], {}, "unknown key 'colour'"),
     (["run", "stable-pages", "--kernel", "no-such-kernel-name"], {}, "unknown kernel reference"),
+    (["bench", "boot", "nfs-rdma-pair", "--runs", "1"], {}, "lab bench boot measures a one-machine topology; nfs-rdma-pair has 2"),
     (["inspect", "nvme-pi", "--kernel", ""], {}, "--kernel: a kernel reference cannot be empty"),
     (["inspect", "nvme-pi", "--kernel", "debian:banana"], {}, "debian:MAJOR.MINOR"),
     (["up", "nvme-pi", "--kernel", "/nonexistent/bzImage"], {}, "does not exist"),

@@ -77,6 +77,24 @@ def test_the_tcg_int3_oops_is_recognised_exactly(machine):
     assert err.phase == "tcg-int3" and err.infrastructure
 
 
+def test_a_console_that_stops_mid_boot_is_a_stall_only_with_nothing_wrong_in_it(machine):
+    """Given a stall time (the lab gives one under TCG), a console that stops growing before the ready
+    marker is the emulator's stall, retried; one that stopped after a kernel warning is not."""
+    m = machine("stall")
+    with pytest.raises(BootError) as info:
+        m.launch()
+        m.wait_ready(30, None, 1.5)
+    err = info.value
+    assert err.phase == "stall" and err.infrastructure and err.evidence.seconds < 10
+    assert "printed nothing for 2 s after 'lab-init: [0.93] stage 1: modules loaded'" in err.evidence.detail
+    m = machine("stall-after-warning")
+    with pytest.raises(BootError) as info:
+        m.launch()
+        m.wait_ready(4, None, 1.0)
+    assert info.value.phase == "ready" and not info.value.infrastructure
+    assert boot(machine("stall"), timeout=3).phase == "ready"  # no stall time given (KVM): the timeout decides
+
+
 def test_a_kvm_internal_error_is_the_hypervisors_at_once(machine):
     """Seen with KVM nested in a TCG guest: QEMU pauses the guest and says why on stderr. The boot
     fails at once (not after the ready timeout) as the hypervisor's failure."""
