@@ -242,6 +242,8 @@ def create_overlay(base: Path, overlay: Path) -> None:
 def list_images() -> list[dict]:
     out = []
     for meta in sorted((cache_dir() / "images").glob("*.json")):
+        if meta.name.endswith(".resolved.json"):
+            continue  # a recipe's package resolution, not an image
         data = json.loads(meta.read_text())
         data["path"] = str(meta.with_suffix(".img"))
         out.append(data)

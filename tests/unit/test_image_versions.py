@@ -84,3 +84,13 @@ def test_lab_image_build_offline_says_so_in_one_line(tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith("lab: error")]
     assert res.returncode != 0 and len(errors) == 1 and "never resolved before" in errors[0], res.stderr
     assert "Traceback" not in res.stderr and not list((tmp_path / "cache").glob("images/*.img"))
+
+
+def test_the_image_list_shows_images_not_resolutions(tmp_path, monkeypatch):
+    from lab.images import list_images
+
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/t-0123456789abcdef.json").write_text(json.dumps({"recipe": "t", "image_key": "0123456789abcdef"}))
+    (tmp_path / "images/t.resolved.json").write_text(json.dumps({"recipe_key": "x", "versions": {"libc6": "2.41"}}))
+    assert [i["recipe"] for i in list_images()] == ["t"]
