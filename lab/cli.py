@@ -18,13 +18,13 @@ EX_SOFTWARE = 70  # an internal error: a bug in the lab, reported with a pointer
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: each group of commands adds its own (lab/commands/)."""
-    from lab.commands import builds, machines, results, scenarios
+    from lab.commands import builds, machines, results, scenarios, shell
 
     parser = argparse.ArgumentParser(prog="lab", description="QEMU-based virtual hardware lab for P2PDMA and T10 PI kernel work")
     parser.add_argument("--version", action="version", version=f"lab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for group in (builds, machines, scenarios, results):
+    for group in (builds, machines, scenarios, results, shell):
         group.add_commands(sub)
     return parser
 
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             from lab.scenarios.framework import load_file
 
             argv[1] = load_file(Path(argv[1]))
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.parser = parser  # lab completion generates its script from the whole parser
         return args.func(args)
     except LabError as exc:
         if verbose:

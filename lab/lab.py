@@ -164,7 +164,7 @@ class Lab:
         """Every machine's kernel and base image, and whether the kernel can drive the topology."""
         topo = self.rendered.topology
         for name, machine in topo.machines.items():
-            self.kernels[name] = self._kernel(self.kernel_ref or machine.kernel or DEFAULT_KERNEL)
+            self.kernels[name] = self._kernel(self.kernel_ref or machine.kernel or next(iter(settings().kernels), DEFAULT_KERNEL))
             if machine.image not in self.images:
                 self.images[machine.image] = ensure_image(machine.image)
         check_kernel_fits(topo, self.kernels, self.rendered.name)
@@ -389,9 +389,8 @@ def gdb_hint(lab: Lab, name: str) -> str:
     where = (f"gdb -q {vmlinux} -ex 'target remote 127.0.0.1:{lab.gdb_ports[name]}'" if vmlinux.is_file()
              else f"gdb -q -ex 'target remote 127.0.0.1:{lab.gdb_ports[name]}'")
     symbols = (f"symbols: {vmlinux}" if vmlinux.is_file() else
-               f"no vmlinux with debug info for {kernel.ref} (Debian ships it in its -dbg package, not fetched); "
-               f"addresses: {kallsyms} (the running kernel's, nokaslr)")
-    return f"{name}: {where}\n  {symbols}"
+               f"no vmlinux with debug info for {kernel.ref} (for a Debian kernel: lab kernel fetch --debug-symbols {kernel.ref})")
+    return f"{name}: {where}\n  {symbols}\n  addresses: {kallsyms} (the running kernel's, nokaslr)"
 
 
 def boot_summary(lab: Lab) -> str:

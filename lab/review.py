@@ -112,7 +112,8 @@ class Plan:
     skipped: list[Check]
 
     def text(self) -> str:
-        lines = [f"series: {len(self.series.patches)} patch(es) from {self.series.origin}, touching {len(self.files)} file(s)"]
+        picked = "picked by b4, reviewers' trailers applied" if self.series.picker == "b4" else "picked by the lab's own picker"
+        lines = [f"series: {len(self.series.patches)} patch(es) from {self.series.origin} ({picked}), touching {len(self.files)} file(s)"]
         lines += [f"  {p.title}" for p in self.series.patches]
         if self.chosen:
             lines.append("checks:")
@@ -341,7 +342,7 @@ def _kernel_lines(run: str | None, case: str, limit: int = 6) -> list[str]:
 def results(review: Review, the_plan: Plan, status: int) -> dict[str, Any]:
     return {
         "series": review.series_spec, "base": review.base, "repeat": review.repeat, "exit_status": status,
-        "patches": [p.title for p in the_plan.series.patches], "files": the_plan.files,
+        "patches": [p.title for p in the_plan.series.patches], "picked_by": the_plan.series.picker, "files": the_plan.files,
         "checks": [{"name": p.check.name, "scenario": p.check.scenario, "files": p.files, "run": review.runs.get(p.check.name)}
                    for p in the_plan.chosen],
         "not_run": [c.name for c in the_plan.skipped], "kernels": review.kernels, "bundles": review.bundles,

@@ -2,6 +2,10 @@ import os
 
 import pytest
 
+# A developer's ~/.config/lab/config.toml (their kernels, accel, cache) must not change what the tests
+# check: the tests read no config file unless one sets LAB_CONFIG itself.
+os.environ.setdefault("LAB_CONFIG", "/dev/null")
+
 
 # Tests that need the kernel built from source run last: the session starts that build at idle
 # priority (tests/integration/conftest.py), so it runs in the CPU time the guests of every other test

@@ -48,6 +48,9 @@ def add_commands(sub: Any) -> None:
     ker = sub.add_parser("kernel", help="kernels").add_subparsers(dest="sub", required=True, metavar="SUB")
     p = ker.add_parser("fetch", help="fetch packaged kernels into the cache (debian:6.12, debian:7.3, ...)")
     p.add_argument("ref", nargs="+")
+    p.add_argument("--debug-symbols", action="store_true",
+                   help="also fetch the kernel's vmlinux from Debian's -dbg package (about 1.2 GB downloaded; only vmlinux is kept), "
+                        "for `lab up --gdb` and drgn")
     p.set_defaults(func=cmd_kernel_fetch)
     p = ker.add_parser("build", help="build a kernel from a source, a series and config fragments (or find it in the cache); prints its --kernel reference")
     p.add_argument("--source", required=True, metavar="SOURCE",
@@ -178,6 +181,10 @@ def cmd_kernel_fetch(args: argparse.Namespace) -> int:
     for ref in args.ref:
         k = resolve(ref)
         print(f"{ref}: {k.release}  sha256 {k.sha256[:16]}  {k.vmlinuz.parent}")
+        if args.debug_symbols:
+            from lab.kernels.debug_symbols import fetch_debug_symbols
+
+            print(f"{ref}: debug symbols {fetch_debug_symbols(k)}")
     return 0
 
 

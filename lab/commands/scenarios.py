@@ -12,7 +12,7 @@ from typing import Any
 from lab.errors import UsageError
 from lab.commands.common import accel, boot_parent, topology_parent, whole_number
 from lab.commands.machines import cmd_bench_boot
-from lab.settings import ACCELS
+from lab.settings import ACCELS, settings
 
 def add_commands(sub: Any) -> None:
     """run, repro, bisect and bench."""
@@ -74,8 +74,9 @@ def add_commands(sub: Any) -> None:
                                    "columns) and results.json. Exit status: 0 nothing got worse, 1 a regression, 2 bad input, "
                                    "3 inconclusive (a check that errored).")
     p.add_argument("series", metavar="SERIES", help="an mbox, a directory of format-patch files, or a message-id (through b4)")
-    p.add_argument("--base", default="linux-source-7.3", metavar="SOURCE",
-                   help="what the series applies to: linux-source-X.Y, a tarball or a tree (default: linux-source-7.3)")
+    p.add_argument("--base", metavar="SOURCE",
+                   help="what the series applies to: linux-source-X.Y, a tarball or a tree (default: review.base of the config file, "
+                        "or linux-source-7.3)")
     p.add_argument("--repeat", type=whole_number, default=1, metavar="N",
                    help="run each check's cases N times per kernel and compare failure rates (default: 1)")
     p.add_argument("--debug", action="store_true",
@@ -200,7 +201,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if out_copy is not None and out_copy.exists() and not out_copy.is_dir():
         raise UsageError(f"-o {out_copy}: exists and is not a directory")
     configs = tuple(args.config or ()) + (("debug",) if args.debug else ())
-    rev = review.Review(args.series, args.base, repeat=args.repeat, configs=configs, map_path=map_path)
+    rev = review.Review(args.series, args.base or settings().review_base, repeat=args.repeat, configs=configs, map_path=map_path)
     review.load_map(map_path)  # bad input before any host package or build
     ensure_host(build=True)
     reap_stale_runtimes()

@@ -45,6 +45,7 @@ class Patch:
 class Series:
     origin: str  # what the user gave
     patches: tuple[Patch, ...]
+    picker: str = "lab"  # who chose the patches: "b4" (newest revision, trailers from replies) or the lab's own picker
 
     def digest(self) -> str:
         """Content identity: the patches' bytes in order (not the mbox's other messages)."""
@@ -55,7 +56,7 @@ class Series:
 
     def prefix(self, count: int) -> "Series":
         """The first `count` patches (what bisect builds step by step)."""
-        return Series(f"{self.origin}[1..{count}]", self.patches[:count])
+        return Series(f"{self.origin}[1..{count}]", self.patches[:count], self.picker)
 
     def mbox_bytes(self) -> bytes:
         return b"".join(_as_mbox_entry(p.raw) for p in self.patches)
@@ -157,12 +158,46 @@ def _fetch_msgid(msgid: str, work: Path) -> Path:
     """b4 fetches the thread from lore and writes the newest version's series as one mbox."""
     if not shutil.which("b4"):
         raise UsageError(f"{msgid}: looks like a message-id, which needs b4 (pip install b4, or the lab's 'series' extra)")
-    res = subprocess.run(["b4", "am", "-q", "-n", "series", "-o", str(work), msgid.strip("<>")],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(["b4", "am", "-q", "-n", "series", "-o", str(work), msgid.strip("<>")], cwd=work,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, env=_b4_environment())
     mbox = next(iter(sorted(work.glob("series*.mbx"))), None)
     if res.returncode != 0 or mbox is None:
         last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
         raise LabError(f"b4 could not fetch {msgid}: {last}")
+    return mbox
+
+
+def _has_message_ids(messages: list[tuple[Message, bytes]]) -> bool:
+    """A thread saved from a mail client or lore carries Message-Ids b4 can follow; `git format-patch`
+    without --thread does not, and b4 would wait for one on stdin."""
+    return any(msg.get("Message-Id") and parse_subject(str(msg.get("Subject", ""))) for msg, _ in messages)
+
+
+def _b4_environment() -> dict[str, str]:
+    # Attestation checks look up DKIM keys over the network: off, so a saved thread is read the same
+    # way offline. Passed as git config through the environment (b4 reads git's), not the user's files.
+    import os
+
+    return os.environ | {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "b4.attestation-policy", "GIT_CONFIG_VALUE_0": "off"}
+
+
+def _b4_local(path: Path, work: Path) -> Path | None:
+    """b4's pick of a local mbox (the newest revision, reviewers' trailers added), or None when b4
+    is not installed or cannot read this mbox (the lab's own picker is used then, with a warning)."""
+    b4 = shutil.which("b4")
+    if not b4:
+        return None
+    try:
+        res = subprocess.run([b4, "am", "-q", "-m", str(path.resolve()), "-n", "series", "-o", str(work)], cwd=work,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env=_b4_environment())
+    except subprocess.TimeoutExpired:
+        LOG.warning("b4 took over 120 s on %s; using the lab's own patch picker", path)
+        return None
+    mbox = work / "series.mbx"
+    if res.returncode != 0 or not mbox.is_file():
+        last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
+        LOG.warning("b4 could not read %s (%s); using the lab's own patch picker", path, last[:200])
+        return None
     return mbox
 
 
@@ -179,8 +214,15 @@ def load_series(spec: str) -> Series:
             messages = [(msg, path.read_bytes())] if msg.get("Subject") else []
         if not messages:
             raise UsageError(f"{spec}: not an mbox (no messages)")
+        if _has_message_ids(messages):
+            with tempfile.TemporaryDirectory(prefix="lab-b4-") as tmp:
+                picked = _b4_local(path, Path(tmp))
+                if picked is not None:
+                    chosen = select_patches(read_mbox(picked), spec)
+                    return Series(spec, chosen.patches, "b4")
         return select_patches(messages, spec)
     if _MSGID_RE.match(spec):
         with tempfile.TemporaryDirectory(prefix="lab-b4-") as tmp:
-            return select_patches(read_mbox(_fetch_msgid(spec, Path(tmp))), spec)
+            fetched = select_patches(read_mbox(_fetch_msgid(spec, Path(tmp))), spec)
+            return Series(spec, fetched.patches, "b4")
     raise UsageError(f"series {spec!r}: no such file or directory, and not a message-id")

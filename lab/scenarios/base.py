@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 from lab import kernel_log
 from lab.errors import LabError, UsageError
 from lab.progress import info
+from lab.settings import settings
 from lab.scenarios.options import ScenarioOptions
 from lab.topology.render import Rendered, render
 
@@ -107,7 +108,7 @@ class Scenario:
 
     @property
     def kernels(self) -> list[str]:
-        return list(self.options.kernels) or list(self.default_kernels)
+        return list(self.options.kernels) or list(settings().kernels) or list(self.default_kernels)
 
     def param_sets(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(parameters, the ones that vary) per cell of the -p matrix: `-p pi=1,3 -p pif=0,2` is four

@@ -205,3 +205,30 @@ def test_up_with_gdb_prints_a_command_line_that_reads_kernel_memory(tmp_path):
         assert "nokaslr" in run("ssh", "vm", "--", "cat", "/proc/cmdline").stdout
     finally:
         assert run("down").returncode == 0
+
+
+def test_debian_debug_symbols_let_gdb_read_a_kernel_variable_by_name(tmp_path):
+    """`lab kernel fetch --debug-symbols debian:7.3` keeps the -dbg package's vmlinux (the 1.2 GB
+    download is streamed; only vmlinux and the real System.map stay); `lab up --gdb` then names it, and
+    gdb prints init_uts_ns.name.release by its name, with the kernel's types."""
+    import re
+    import shlex
+
+    env = dict(os.environ, LAB_RESULTS=str(tmp_path))
+    run = lambda *a, timeout=300: subprocess.run(_lab_cmd(*a), env=env, capture_output=True, text=True, timeout=timeout)  # noqa: E731
+    fetched = run("kernel", "fetch", "--debug-symbols", "debian:7.3", timeout=1800)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    vmlinux = Path(re.search(r"debug symbols (\S+)$", fetched.stdout, re.MULTILINE).group(1))
+    assert vmlinux.name == "vmlinux" and vmlinux.read_bytes()[:4] == b"\x7fELF"
+    assert (vmlinux.parent / "System.map").stat().st_size > 1_000_000, "the real System.map, not the placeholder"
+    up = run("up", "nvme-pi", "--kernel", "debian:7.3", "--gdb", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"symbols: {vmlinux}" in up.stdout
+        command = re.search(r"^vm: (gdb -q .*)$", up.stdout, re.MULTILINE).group(1)
+        release = run("ssh", "vm", "--", "uname", "-r").stdout.strip()
+        gdb = subprocess.run([*shlex.split(command), "-batch", "-ex", "p init_uts_ns.name.release"], capture_output=True,
+                             text=True, timeout=600)
+        assert re.search(rf'= "{re.escape(release)}"', gdb.stdout), gdb.stdout[-2000:] + gdb.stderr[-2000:]
+    finally:
+        assert run("down").returncode == 0

@@ -110,3 +110,34 @@ def test_ccache_hit_rate_of_one_build():
     assert ccache_delta(before, after) == {"hits": 90, "misses": 10, "hit_rate": 90.0}
     assert ccache_delta(before, before) is None  # nothing compiled
     assert ccache_delta({}, after) is None  # no ccache
+
+
+def threaded(subject: str, body: str, msgid: str, parent: str | None = None, sender: str = "Dev <dev@example.org>") -> str:
+    reply = f"In-Reply-To: <{parent}@example.org>\nReferences: <{parent}@example.org>\n" if parent else ""
+    return (f"From lab Mon Jun  1 10:00:00 2026\nFrom: {sender}\nDate: Mon, 1 Jun 2026 10:00:00 +0000\n"
+            f"Subject: {subject}\nMessage-Id: <{msgid}@example.org>\n{reply}\n{body}\n\n")
+
+
+def test_a_saved_thread_goes_through_b4_which_adds_the_reviewers_trailers(tmp_path: Path, monkeypatch) -> None:
+    """A thread saved from a mail client (Message-Ids, replies): b4 picks the patches and adds a
+    reviewer's Reviewed-by from a reply; format-patch output without Message-Ids stays with the lab's picker."""
+    import shutil
+    import sys
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
+    assert shutil.which("b4"), "b4 is in the test extras"
+    box = tmp_path / "thread.mbox"
+    box.write_text(
+        threaded("[PATCH 0/2] the series", "cover letter", "c")
+        + threaded("[PATCH 1/2] first", diff("a.c", "one"), "p1", "c")
+        + threaded("[PATCH 2/2] second", diff("b.c", "two"), "p2", "c")
+        + threaded("Re: [PATCH 2/2] second", "> quoted\n\nReviewed-by: Rev Iewer <rev@example.org>", "r2", "p2",
+                   "Rev Iewer <rev@example.org>"))
+    series = load_series(str(box))
+    assert series.picker == "b4"
+    assert [p.title for p in series.patches] == ["1/2 first", "2/2 second"]
+    assert b"Reviewed-by: Rev Iewer <rev@example.org>" in series.patches[1].raw
+    assert b"Reviewed-by" not in series.patches[0].raw
+    plain = tmp_path / "plain.mbox"
+    plain.write_text("From lab Mon Jun  1 10:00:00 2026\nFrom: Dev <dev@example.org>\nSubject: [PATCH] fix\n\n" + diff("a.c", "x"))
+    assert load_series(str(plain)).picker == "lab"
