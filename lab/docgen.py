@@ -9,6 +9,7 @@ models, topology parameters from the templates, config keys from the settings.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -93,10 +94,26 @@ def man_page() -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "")
-    text = re.sub(r"<class '([^']+)'>", r"\1", text)
-    text = re.sub(r"Annotated\[([^,\]]+(?:\[[^\]]*\])?),[^\]]*\]", r"\1", text)
-    return text.replace("lab.kernels.resolve.", "").replace("NoneType", "None")
+    """A readable type: `float | None`, `list of 'tcp' | 'rdma'`, validators left out."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "table"
+    if annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def scenario_options() -> str:
@@ -187,7 +204,15 @@ def config_keys() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def figures_page() -> str:
+    from lab.figures import page
+    from lab.paths import repo_dir
+
+    return page(repo_dir())
+
+
 PAGES: dict[str, Callable[[], str]] = {
+    "docs/figures.md": figures_page,
     "docs/reference/cli.md": cli_reference,
     "docs/reference/scenario-options.md": scenario_options,
     "docs/reference/topologies.md": topology_parameters,
@@ -204,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="the checkout (default: this lab's)")
     args = parser.parse_args(argv)
     root = args.root or repo_dir()
+    # argparse wraps help to the terminal's width: fixed, so the pages do not depend on who made them.
+    os.environ["COLUMNS"] = "100"
     stale = []
     for rel, make in PAGES.items():
         path = root / rel

@@ -85,7 +85,8 @@ def measure_one(figure: dict[str, Any], root: Path) -> dict[str, Any]:
                              timeout=4 * 3600)
         seconds = time.monotonic() - started
     keep = re.compile(figure.get("keep", "."))
-    lines = [line.rstrip() for line in res.stdout.splitlines() if line.strip() and keep.search(line)]
+    # The run directory was a temporary one, gone now: its path is no figure.
+    lines = [line.rstrip() for line in res.stdout.splitlines() if line.strip() and keep.search(line) and results not in line]
     if res.returncode not in (0, 1) or not lines:
         tail = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UsageError(f"figure {figure['name']}: `lab {shlex.join(figure['command'])}` exited {res.returncode}: {tail[:300]}")

@@ -306,7 +306,7 @@ def reply(review: Review, the_plan: Plan, status: int) -> str:
             if lines:
                 out.append("Kernel log of the failing run:")
                 out += [f"  {line[:WIDTH - 2]}" for line in lines]
-            out += ["", "To reproduce:", f"  lab review {Path(review.series_spec).name} --base {review.base}"]
+            out += ["", "To reproduce:", f"  {reproduce_command(review)}"]
             if c.check in review.bundles:
                 out.append(f"  lab replay {Path(review.bundles[c.check]).name}   # the run itself, from its bundle")
             out.append("")
@@ -337,6 +337,17 @@ def _kernel_lines(run: str | None, case: str, limit: int = 6) -> list[str]:
             if line:
                 lines.append(str(line))
     return lines[:limit]
+
+
+def reproduce_command(review: Review) -> str:
+    """The review command again, with every choice that changes what ran (a map of one's own, --repeat, --debug)."""
+    words = ["lab review", Path(review.series_spec).name, "--base", review.base]
+    if review.map_path != DEFAULT_MAP:
+        words += ["--map", review.map_path.name]
+    if review.repeat > 1:
+        words += ["--repeat", str(review.repeat)]
+    words += [f"--config {c}" if c != "debug" else "--debug" for c in review.configs]
+    return " ".join(words)
 
 
 def results(review: Review, the_plan: Plan, status: int) -> dict[str, Any]:

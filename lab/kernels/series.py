@@ -158,7 +158,7 @@ def _fetch_msgid(msgid: str, work: Path) -> Path:
     """b4 fetches the thread from lore and writes the newest version's series as one mbox."""
     if not shutil.which("b4"):
         raise UsageError(f"{msgid}: looks like a message-id, which needs b4 (pip install b4, or the lab's 'series' extra)")
-    res = subprocess.run(["b4", "am", "-q", "-n", "series", "-o", str(work), msgid.strip("<>")], cwd=work,
+    res = subprocess.run(["b4", "-q", "am", "-n", "series", "-o", str(work), msgid.strip("<>")], cwd=work,
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, env=_b4_environment())
     mbox = next(iter(sorted(work.glob("series*.mbx"))), None)
     if res.returncode != 0 or mbox is None:
@@ -188,7 +188,7 @@ def _b4_local(path: Path, work: Path) -> Path | None:
     if not b4:
         return None
     try:
-        res = subprocess.run([b4, "am", "-q", "-m", str(path.resolve()), "-n", "series", "-o", str(work)], cwd=work,
+        res = subprocess.run([b4, "-q", "am", "-m", str(path.resolve()), "-n", "series", "-o", str(work)], cwd=work,
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env=_b4_environment())
     except subprocess.TimeoutExpired:
         LOG.warning("b4 took over 120 s on %s; using the lab's own patch picker", path)

@@ -23,15 +23,27 @@ def test_dio_bench_measures_zero_copy_and_bounce_each_proven():
     assert "bounce/zc" in outcome.table and "seed 003" in outcome.table
 
 
-def test_bench_boot_from_the_command_line_times_the_lab_against_bare_qemu():
-    """The benchmarks' small real case in CI: `lab bench boot --runs 1`, as a user types it."""
+def test_bench_boot_measured_through_the_figures_script(tmp_path):
+    """The benchmarks' small real case in CI, the way the docs' figures are made: the figures script
+    runs `lab bench boot --runs 1` as a user types it and records its output with the date, the
+    machine and the commit; the page is rendered from that record."""
+    import json
     import re
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "lab", "bench", "boot", "--runs", "1", "--kernel", "debian:7.3"],
+    listing = tmp_path / "figures.toml"
+    listing.write_text('[[figure]]\nname = "boot"\nwhat = "first guest command"\n'
+                       'command = ["bench", "boot", "--runs", "1", "--kernel", "debian:7.3"]\n')
+    record = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, "-m", "lab.figures", "measure", "boot", "--list", str(listing), "--record", str(record)],
                           capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    m = re.search(r"first guest command: lab ([\d.]+) s \(median of 1\), bare QEMU ([\d.]+) s", proc.stdout)
-    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, proc.stdout
-    assert "boot phases, median of 1 run(s):" in proc.stdout
+    boot = json.loads(record.read_text())["boot"]
+    out = "\n".join(boot["output"])
+    m = re.search(r"first guest command: lab ([\d.]+) s \(median of 1\), bare QEMU ([\d.]+) s", out)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, out
+    assert "boot phases, median of 1 run(s):" in out
+    assert boot["command"] == "lab bench boot --runs 1 --kernel debian:7.3" and boot["machine"]["cpus"] >= 1 and boot["commit"]
+    page = (tmp_path / "figures.md").read_text()
+    assert boot["date"] in page and "$ lab bench boot --runs 1 --kernel debian:7.3" in page

@@ -56,6 +56,22 @@ def test_the_installed_lab_uses_the_data_in_its_wheel(installed):
     assert os.access(Path(data_root) / "images/init/init", os.X_OK)
 
 
+def test_the_installed_lab_has_its_man_page_completion_and_config(installed, tmp_path):
+    """`man lab` finds the page the wheel installs beside the venv's bin/; completion and `lab config
+    show` work from the wheel (shtab is a dependency), reading a config file named by LAB_CONFIG."""
+    lab, env, work = installed
+    page = lab.parent.parent / "share/man/man1/lab.1"
+    assert page.is_file() and page.read_text().startswith(".TH LAB")
+    where = run(["man", "-w", "lab"], work, {k: v for k, v in env.items() if k != "MANPATH"})
+    assert where.returncode == 0 and where.stdout.strip() == str(page), where.stdout + where.stderr
+    bash = run([str(lab), "completion", "bash"], work, env)
+    assert bash.returncode == 0 and "_lab_topologies" in bash.stdout
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('accel = "tcg"\n')
+    shown = run([str(lab), "config", "show"], work, dict(env, LAB_CONFIG=str(cfg)))
+    assert shown.returncode == 0 and "tcg" in shown.stdout and f"file {cfg}" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_the_installed_lab_boots_a_guest_and_runs_a_matrix_cell(installed):
     lab, env, work = installed
     seen = run([str(lab), "inspect", "nvme-pi", "--kernel", "debian:7.3"], work, env)

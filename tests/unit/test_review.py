@@ -87,7 +87,13 @@ def test_the_reply_fits_a_mail_and_names_the_patch(tmp_path):
     assert all(len(line) < 80 for line in text.splitlines()), [line for line in text.splitlines() if len(line) >= 80]
     assert "Regression in nfs-dio, case tcp: PASS on the base, FAIL with the series." in text
     assert "First bad patch: patch 2/3 nfs: direct: start write requests at the page" in text
-    assert "Not covered (no touched file under their paths): " in text and "lab review " in text
+    assert "Not covered (no touched file under their paths): " in text
+    assert f"  lab review {mbox.name} --base linux-source-7.3\n" in text
+    # The reproduce line repeats every choice that changed what ran.
+    own = tmp_path / "mine.toml"
+    rev = review.Review(str(mbox), "linux-source-6.12", repeat=5, configs=("debug",), map_path=own, kernels=rev.kernels)
+    rev.changes = review_changes = [review.Change("nfs-dio", "nfs-dio", "tcp", "PASS", "FAIL", "x", True, None)]
+    assert review_changes and f"  lab review {mbox.name} --base linux-source-6.12 --map mine.toml --repeat 5 --debug\n" in review.reply(rev, plan, 1)
 
 
 @pytest.mark.parametrize("text,message", [
