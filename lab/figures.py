@@ -67,8 +67,9 @@ def commit(root: Path) -> str:
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=30).stdout.strip()
+        # The record and the page change as the figures land: they are not changes to the lab.
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!docs/figures.json", ":!docs/figures.md"], capture_output=True, text=True, timeout=30).stdout.strip()
         return head + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from lab import __version__
