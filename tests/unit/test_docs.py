@@ -87,3 +87,21 @@ def test_a_bad_figures_list_is_one_line(tmp_path):
     bad.write_text('[[figure]]\nname = "Bad Name"\nwhat = "y"\ncommand = ["bench"]\n')
     with pytest.raises(Exception, match="a unique lower-case name"):
         figures.load_list(bad)
+
+
+def test_a_scenario_loaded_in_this_process_stays_out_of_the_pages(tmp_path, monkeypatch):
+    """`lab run ./mine.py` (or another package's plugin) adds to the registry; the reference describes
+    the lab as shipped, so a test that loaded one earlier cannot make the pages look stale."""
+    from lab.scenarios import base
+
+    monkeypatch.setenv("LAB_CONFIG", "/dev/null")
+    mine = tmp_path / "mine.py"
+    mine.write_text("from lab.scenarios.framework import Scenario\n\nclass Mine(Scenario):\n    name = 'docs-test-mine'\n"
+                    "    topology = 'nvme-pi'\n\n    def exercise(self, ctx):\n        pass\n")
+    name = base.load_file(mine)
+    try:
+        assert name in base.scenarios()
+        assert docgen.main(["--check"]) == 0
+        assert name in base.scenarios(), "the registry is restored after the pages are made"
+    finally:
+        base._REGISTRY.pop(name, None)

@@ -141,3 +141,20 @@ def test_a_saved_thread_goes_through_b4_which_adds_the_reviewers_trailers(tmp_pa
     plain = tmp_path / "plain.mbox"
     plain.write_text("From lab Mon Jun  1 10:00:00 2026\nFrom: Dev <dev@example.org>\nSubject: [PATCH] fix\n\n" + diff("a.c", "x"))
     assert load_series(str(plain)).picker == "lab"
+
+
+def test_a_message_id_goes_to_b4_with_arguments_it_accepts(monkeypatch) -> None:
+    """b4's -q is a global option (`b4 -q am`, not `b4 am -q`, which b4 refused as an unrecognized
+    argument, so no message-id ever reached lore). A made-up id fails as a fetch, whether lore is
+    reachable (no such thread) or not (this machine), never as bad arguments."""
+    import os
+    import sys
+
+    from lab.errors import LabError
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    with pytest.raises(LabError) as err:
+        load_series("<20261207-no-such-thread-lab-test@example.org>")
+    message = str(err.value)
+    assert message.startswith("b4 could not fetch <20261207-no-such-thread-lab-test@example.org>: ")
+    assert "unrecognized arguments" not in message and "usage:" not in message
