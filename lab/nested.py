@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 SHARE_TAG = "labcache"
-# Wheels the guest's venv takes from PyPI (the rest are Debian packages in the lab-kvm-host image).
-FROM_PYPI = ("fabric", "qemu.qmp")
+# Wheels the guest's venv takes from PyPI (the rest are Debian packages in the lab-kvm-host image):
+# every dependency of the lab that Debian does not package at the version it needs, or at all.
+FROM_PYPI = ("fabric", "qemu.qmp", "shtab")
 
 GUEST_SETUP = r"""set -e
 modprobe -a 9pnet_virtio 9p
