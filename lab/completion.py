@@ -78,8 +78,12 @@ def words(kind: str, matrix: str | None = None) -> Iterable[str]:
     if kind == "kernels":
         return _kernel_refs()
     if kind == "runs":
+        from lab.paths import results_path
         from lab.results import list_runs
 
+        # A TAB press never makes a results directory (an installed lab's is ./results, wherever you are).
+        if not results_path().is_dir():
+            return ["latest"]
         return ["latest", *sorted((r["id"] for r in list_runs()), reverse=True)]
     if kind == "cells":
         from lab import matrix as matrices

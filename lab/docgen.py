@@ -203,11 +203,11 @@ def config_keys() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def figures_page() -> str:
+def figures_page(root: Path) -> str:
+    """Rendered from the record of the checkout being written or checked (`--root`)."""
     from lab.figures import page
-    from lab.paths import repo_dir
 
-    return page(repo_dir())
+    return page(root)
 
 
 @contextmanager
@@ -227,13 +227,14 @@ def lab_scenarios_only() -> Iterator[None]:
         base._REGISTRY.update(saved)
 
 
-PAGES: dict[str, Callable[[], str]] = {
+# Each page from the checkout's root (only the figures page reads anything there).
+PAGES: dict[str, Callable[[Path], str]] = {
     "docs/figures.md": figures_page,
-    "docs/reference/cli.md": cli_reference,
-    "docs/reference/scenario-options.md": scenario_options,
-    "docs/reference/topologies.md": topology_parameters,
-    "docs/reference/config.md": config_keys,
-    "docs/man/lab.1": man_page,
+    "docs/reference/cli.md": lambda _root: cli_reference(),
+    "docs/reference/scenario-options.md": lambda _root: scenario_options(),
+    "docs/reference/topologies.md": lambda _root: topology_parameters(),
+    "docs/reference/config.md": lambda _root: config_keys(),
+    "docs/man/lab.1": lambda _root: man_page(),
 }
 
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     for rel, make in PAGES.items():
         path = root / rel
         with lab_scenarios_only():
-            text = make()
+            text = make(root)
         if args.check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(rel)

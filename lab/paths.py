@@ -33,11 +33,16 @@ def cache_dir() -> Path:
     return _make_dir(settings().cache, "cache")
 
 
-def results_dir() -> Path:
-    """Run output; LAB_RESULTS overrides; default results/ of the checkout, or of the current
-    directory for an installed lab (never inside site-packages)."""
+def results_path() -> Path:
+    """Where run output goes, without making it (what `lab config show` and completion name): LAB_RESULTS,
+    else results/ of the checkout, or of the current directory for an installed lab (never site-packages)."""
     default = Path.cwd() / "results" if INSTALLED else PROJECT_ROOT / "results"
-    return _make_dir(settings().results or default, "results")
+    return settings().results or default
+
+
+def results_dir() -> Path:
+    """Run output, made when missing."""
+    return _make_dir(results_path(), "results")
 
 
 def check_private_dir(path: Path) -> None:

@@ -3,7 +3,7 @@
 all three. Every value is checked by name when it is read, so a typo is one line naming the key or
 variable and where it came from, before anything is built or booted. `settings()` re-reads the
 environment and the file on each call (cheap) because tests and `lab` subprocesses change them; the
-parsed result is cached per snapshot. `sources()` says where each value came from (`lab config show`).
+parsed result is cached per snapshot. `Settings.sources` says where each value came from (`lab config show`).
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class Settings:
     sources: tuple[tuple[str, str], ...] = ()  # (key, "default" | "file PATH" | "environment LAB_X")
 
 
-def _path(name: str, value: str, must_exist: bool = False) -> Path:
+def _path(name: str, value: str, must_exist: bool = False, what: str = "a directory") -> Path:
     if not value.strip():
-        raise UsageError(f"{name} is set but empty; unset it or give a directory")
+        raise UsageError(f"{name} is set but empty; unset it or give {what}")
     if len(value) > MAX_PATH or "\0" in value or "\n" in value:
         raise UsageError(f"{name}: not a usable path (too long or contains a control character)")
     path = Path(value).expanduser()
@@ -93,15 +93,9 @@ def positive_seconds(name: str, value: str) -> float:
 def config_path(env: dict[str, str]) -> tuple[Path | None, bool]:
     """The config file and whether it must exist ($LAB_CONFIG must; the default place may be absent)."""
     if "LAB_CONFIG" in env:
-        return _path_file("LAB_CONFIG", env["LAB_CONFIG"]), True
+        return _path("LAB_CONFIG", env["LAB_CONFIG"], what="a file"), True
     xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
     return Path(xdg) / "lab" / "config.toml", False
-
-
-def _path_file(name: str, value: str) -> Path:
-    if not value.strip() or len(value) > MAX_PATH or "\0" in value or "\n" in value:
-        raise UsageError(f"{name}={value!r}: not a usable path")
-    return Path(value).expanduser()
 
 
 def _flatten(data: dict[str, Any], label: str) -> dict[str, Any]:
@@ -164,8 +158,8 @@ def _parse(snapshot: tuple[tuple[str, str], ...], file_stamp: tuple[str, float] 
                 value = str(cfg_path.parent / Path(str(value)).expanduser())
             env[var] = str(value)
             where[var] = f"file {cfg_path}"
-    for var in KNOWN:
-        if var in snapshot_keys(snapshot):
+    for var, _ in snapshot:
+        if var in KNOWN:
             where.setdefault(var, f"environment {var}")
     accel = env.get("LAB_ACCEL", "auto").strip() or "auto"
     if accel not in ACCELS:
@@ -199,10 +193,6 @@ def _parse(snapshot: tuple[tuple[str, str], ...], file_stamp: tuple[str, float] 
                     for key, var in FILE_KEYS.items())
     return Settings(accel, boot_timeout, cache, results, runtime, topologies, kernels_file, fstests, blktests, cc,
                     kernels, review_base, read_path, sources)
-
-
-def snapshot_keys(snapshot: tuple[tuple[str, str], ...]) -> set[str]:
-    return {k for k, _ in snapshot}
 
 
 def _file_stamp(snapshot: tuple[tuple[str, str], ...]) -> tuple[str, float] | None:

@@ -51,7 +51,7 @@ def _show(value: object) -> str:
 
 def config_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """(key, value, source) for every setting, the flags given to `config show` winning."""
-    from lab.paths import results_dir, topologies_dir
+    from lab.paths import results_path, topologies_dir
 
     s = settings()
     source = dict(s.sources)
@@ -59,7 +59,7 @@ def config_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         "accel": s.accel,
         "boot_timeout": f"{s.boot_timeout:g} s" if s.boot_timeout else "per accelerator (KVM 60 s, TCG longer)",
         "cache": s.cache,
-        "results": results_dir(),
+        "results": results_path(),
         "runtime": s.runtime,
         "topologies": s.topologies or topologies_dir(),
         "named_kernels": s.kernels_file or "./lab-kernels.toml when present",
@@ -78,8 +78,9 @@ def config_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from lab.settings import config_path
     import os
+
+    from lab.settings import config_path
 
     path, _ = config_path(dict(os.environ))
     read = settings().config_file

@@ -9,6 +9,7 @@ import email.policy
 import hashlib
 import logging
 import mailbox
+import os
 import re
 import shutil
 import subprocess
@@ -154,16 +155,29 @@ def read_patch_dir(path: Path) -> list[tuple[Message, bytes]]:
     return out
 
 
+def _b4_am(args: list[str], work: Path, timeout: float) -> tuple[Path | None, str]:
+    """`b4 -q am ARGS -n series -o WORK`: its one mbox of the newest revision (reviewers' trailers
+    added), or None and b4's last line. Attestation looks up DKIM keys over the network: off, through
+    git config in the environment (b4 reads git's), so a saved thread is read the same way offline."""
+    env = os.environ | {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "b4.attestation-policy", "GIT_CONFIG_VALUE_0": "off"}
+    try:
+        res = subprocess.run(["b4", "-q", "am", *args, "-n", "series", "-o", str(work)], cwd=work, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"no answer within {timeout:.0f} s"
+    mbox = work / "series.mbx"
+    if res.returncode != 0 or not mbox.is_file():
+        return None, (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
+    return mbox, ""
+
+
 def _fetch_msgid(msgid: str, work: Path) -> Path:
     """b4 fetches the thread from lore and writes the newest version's series as one mbox."""
     if not shutil.which("b4"):
         raise UsageError(f"{msgid}: looks like a message-id, which needs b4 (pip install b4, or the lab's 'series' extra)")
-    res = subprocess.run(["b4", "-q", "am", "-n", "series", "-o", str(work), msgid.strip("<>")], cwd=work,
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, env=_b4_environment())
-    mbox = next(iter(sorted(work.glob("series*.mbx"))), None)
-    if res.returncode != 0 or mbox is None:
-        last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
-        raise LabError(f"b4 could not fetch {msgid}: {last}")
+    mbox, why = _b4_am([msgid.strip("<>")], work, timeout=300)
+    if mbox is None:
+        raise LabError(f"b4 could not fetch {msgid}: {why}")
     return mbox
 
 
@@ -173,31 +187,14 @@ def _has_message_ids(messages: list[tuple[Message, bytes]]) -> bool:
     return any(msg.get("Message-Id") and parse_subject(str(msg.get("Subject", ""))) for msg, _ in messages)
 
 
-def _b4_environment() -> dict[str, str]:
-    # Attestation checks look up DKIM keys over the network: off, so a saved thread is read the same
-    # way offline. Passed as git config through the environment (b4 reads git's), not the user's files.
-    import os
-
-    return os.environ | {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "b4.attestation-policy", "GIT_CONFIG_VALUE_0": "off"}
-
-
 def _b4_local(path: Path, work: Path) -> Path | None:
-    """b4's pick of a local mbox (the newest revision, reviewers' trailers added), or None when b4
-    is not installed or cannot read this mbox (the lab's own picker is used then, with a warning)."""
-    b4 = shutil.which("b4")
-    if not b4:
+    """b4's pick of a local mbox, or None when b4 is not installed or cannot read this mbox (the lab's
+    own picker is used then, with a warning naming b4's error)."""
+    if not shutil.which("b4"):
         return None
-    try:
-        res = subprocess.run([b4, "-q", "am", "-m", str(path.resolve()), "-n", "series", "-o", str(work)], cwd=work,
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env=_b4_environment())
-    except subprocess.TimeoutExpired:
-        LOG.warning("b4 took over 120 s on %s; using the lab's own patch picker", path)
-        return None
-    mbox = work / "series.mbx"
-    if res.returncode != 0 or not mbox.is_file():
-        last = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
-        LOG.warning("b4 could not read %s (%s); using the lab's own patch picker", path, last[:200])
-        return None
+    mbox, why = _b4_am(["-m", str(path.resolve())], work, timeout=120)
+    if mbox is None:
+        LOG.warning("b4 could not read %s (%s); using the lab's own patch picker", path, why[:200])
     return mbox
 
 

@@ -112,3 +112,17 @@ def test_zsh_completion_loads_and_defines_its_completers(tmp_path: Path) -> None
     res = subprocess.run(["zsh", "-fc", f"autoload -U compinit; compinit -u; source {script}; whence -w _lab_topologies _shtab_lab"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "_lab_topologies: function" in res.stdout, res.stderr
+
+
+def test_a_tab_press_or_config_show_makes_no_results_directory(tmp_path: Path) -> None:
+    """They name where results go; only a run makes the directory (an installed lab's is ./results
+    of wherever the user happens to be)."""
+    import os
+
+    missing = tmp_path / "not-yet"
+    env = dict(os.environ, LAB_RESULTS=str(missing))
+    words = lab("complete-words", "runs", env=env)
+    assert words.returncode == 0 and words.stdout.split() == ["latest"]
+    shown = lab("config", "show", env=env)
+    assert shown.returncode == 0 and str(missing) in shown.stdout
+    assert not missing.exists()

@@ -41,7 +41,7 @@ def test_generated_pages_are_current(monkeypatch):
 
 def test_a_changed_parser_makes_the_reference_stale(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_CONFIG", "/dev/null")
-    for rel in docgen.PAGES:
+    for rel in [*docgen.PAGES, "docs/figures.toml", "docs/figures.json"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((ROOT / rel).read_text())
     page = tmp_path / "docs/reference/cli.md"
